@@ -1,0 +1,175 @@
+//! Hand-written SVG charts (no plotting dependency): accuracy against latency, one labelled
+//! point per variant, latency on a log axis.
+
+use std::fmt::Write;
+
+/// One point of the chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// Text next to the point.
+    pub label: String,
+    /// Latency in milliseconds (x, log scale).
+    pub latency_ms: f64,
+    /// Top-1 accuracy in percent (y).
+    pub top1: f64,
+}
+
+const W: f64 = 900.0;
+const H: f64 = 560.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 30.0;
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 60.0;
+
+/// An SVG document plotting top-1 against latency.
+pub fn accuracy_vs_latency(title: &str, points: &[Point]) -> String {
+    let finite: Vec<&Point> = points
+        .iter()
+        .filter(|p| p.latency_ms > 0.0 && p.latency_ms.is_finite() && p.top1.is_finite())
+        .collect();
+    let (mut x0, mut x1) = finite.iter().fold((f64::INFINITY, 0.0f64), |(a, b), p| {
+        (a.min(p.latency_ms), b.max(p.latency_ms))
+    });
+    let (mut y0, mut y1) = finite
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.top1), b.max(p.top1))
+        });
+    if finite.is_empty() {
+        (x0, x1, y0, y1) = (1.0, 10.0, 0.0, 100.0);
+    }
+    // Whole decades on x, multiples of 5 points on y, with a margin.
+    let (lx0, lx1) = ((x0 / 1.5).log10().floor(), (x1 * 1.5).log10().ceil());
+    let (y0, y1) = (
+        ((y0 - 2.0) / 5.0).floor() * 5.0,
+        ((y1 + 2.0) / 5.0).ceil() * 5.0,
+    );
+    let px = |ms: f64| LEFT + (ms.log10() - lx0) / (lx1 - lx0) * (W - LEFT - RIGHT);
+    let py = |t: f64| H - BOTTOM - (t - y0) / (y1 - y0) * (H - TOP - BOTTOM);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="28" text-anchor="middle" font-size="16">{}</text>"#,
+        W / 2.0,
+        escape(title)
+    );
+    // Grid and ticks.
+    let mut decade = lx0;
+    while decade <= lx1 + 1e-9 {
+        for m in [1.0, 2.0, 5.0] {
+            let v = 10f64.powf(decade) * m;
+            if v.log10() > lx1 + 1e-9 {
+                continue;
+            }
+            let x = px(v);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+                H - BOTTOM
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                H - BOTTOM + 18.0,
+                trim_number(v)
+            );
+        }
+        decade += 1.0;
+    }
+    let mut t = y0;
+    while t <= y1 + 1e-9 {
+        let y = py(t);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+            W - RIGHT
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{t}</text>"#,
+            LEFT - 8.0,
+            y + 4.0
+        );
+        t += 5.0;
+    }
+    let _ = writeln!(
+        s,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{:.1}" height="{:.1}" fill="none" stroke="#333"/>"##,
+        W - LEFT - RIGHT,
+        H - TOP - BOTTOM
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">latency per image (ms, log scale)</text>"#,
+        (LEFT + W - RIGHT) / 2.0,
+        H - 15.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text transform="translate(20 {:.1}) rotate(-90)" text-anchor="middle">top-1 accuracy (%)</text>"#,
+        (TOP + H - BOTTOM) / 2.0
+    );
+    for p in finite {
+        let (x, y) = (px(p.latency_ms), py(p.top1));
+        let _ = writeln!(
+            s,
+            r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="#1f77b4"><title>{}: {:.1}% at {:.2} ms</title></circle>"##,
+            escape(&p.label),
+            p.top1,
+            p.latency_ms
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10">{}</text>"#,
+            x + 6.0,
+            y - 4.0,
+            escape(&p.label)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn trim_number(v: f64) -> String {
+    if v >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_every_point_with_its_label() {
+        let pts = vec![
+            Point {
+                label: "a<b".into(),
+                latency_ms: 0.4,
+                top1: 41.0,
+            },
+            Point {
+                label: "big".into(),
+                latency_ms: 11.0,
+                top1: 70.5,
+            },
+        ];
+        let svg = accuracy_vs_latency("t", &pts);
+        assert_eq!(svg.matches("<circle").count(), 2);
+        assert!(svg.contains("a&lt;b") && svg.contains(">big<"));
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+}

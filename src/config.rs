@@ -1,0 +1,123 @@
+//! Command line and environment configuration. Every flag can also be set by the environment
+//! variable named in its help.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::kernels::TierChoice;
+
+/// MobileNet v1 classification with our own CPU engine, cross-checked against tract.
+#[derive(Debug, Parser)]
+#[command(name = "mobilenet-serve", version, about)]
+pub struct Cli {
+    /// Options shared by every command.
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOptions {
+    /// Directory holding the ONNX files (and optionally manifest.json, imagenet_classes.txt).
+    #[arg(
+        long = "models",
+        env = "MODELS_DIR",
+        default_value = "models",
+        global = true
+    )]
+    pub models_dir: PathBuf,
+    /// Kernel tier: auto (the fastest this CPU supports) or scalar.
+    #[arg(long, env = "MOBILENET_KERNELS", default_value = "auto", value_parser = parse_tier, global = true)]
+    pub kernels: TierChoice,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Input size for manifest-less ONNX files whose input size is symbolic.
+    #[arg(long, env = "MOBILENET_RESOLUTION", global = true)]
+    pub resolution: Option<usize>,
+}
+
+fn parse_tier(s: &str) -> Result<TierChoice, String> {
+    s.parse()
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the variants found in the models directory.
+    Models,
+    /// Compare our engine with tract-onnx on every variant; exit 1 on any disagreement.
+    Verify(VerifyArgs),
+    /// Measure top-1 / top-5 accuracy and latency of every variant on a labelled image folder.
+    Eval(EvalArgs),
+    /// Write the preprocessed input tensors of a labelled image folder to a .npy file
+    /// (for cross-checks with other runtimes).
+    Preprocess(PreprocessArgs),
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// Comma-separated variant names (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Option<Vec<String>>,
+    /// Folder of images to use as inputs (default: deterministic random tensors).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Inputs per variant.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub count: u64,
+}
+
+/// Arguments of `eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Folder with the images and labels.tsv (file TAB class index 0..999).
+    #[arg(long, env = "DATASET_DIR")]
+    pub data: PathBuf,
+    /// Comma-separated variant names (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Option<Vec<String>>,
+    /// Use only the first N images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Images per engine call.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub batch: u64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG chart of top-1 against latency here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+/// Arguments of `preprocess`.
+#[derive(Debug, Clone, Args)]
+pub struct PreprocessArgs {
+    /// Folder with the images and labels.tsv.
+    #[arg(long, env = "DATASET_DIR")]
+    pub data: PathBuf,
+    /// Output size (rho).
+    #[arg(long = "size")]
+    pub size: usize,
+    /// Use only the first N images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// The .npy file to write: float32 [N, size, size, 3], NHWC, normalised to [-1, 1].
+    #[arg(long)]
+    pub out: PathBuf,
+}

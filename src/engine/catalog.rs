@@ -1,0 +1,242 @@
+//! Which variants a models directory offers: read from its `manifest.json`, or derived from the
+//! ONNX graphs themselves when there is no manifest.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::Plan;
+use crate::error::{Error, Result};
+use crate::pipeline::preprocess::Normalization;
+
+/// File name of the manifest inside a models directory.
+pub const MANIFEST: &str = "manifest.json";
+/// File name of the class names (one per line, class 0 first) inside a models directory.
+pub const CLASS_NAMES: &str = "imagenet_classes.txt";
+
+/// Everything known about one servable variant before its weights are loaded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VariantSpec {
+    /// `mobilenet_v1_<alpha>_<resolution>`.
+    pub name: String,
+    /// Width multiplier.
+    pub alpha: f32,
+    /// Input height and width.
+    pub resolution: usize,
+    /// The ONNX file, relative to the models directory.
+    pub file: PathBuf,
+    /// Number of model outputs (1001 for TF-slim models with a background class).
+    pub num_classes: usize,
+    /// Output index of ImageNet class 0 (1 when index 0 is "background").
+    pub label_offset: usize,
+    /// Input normalisation.
+    #[serde(skip)]
+    pub normalization: Normalization,
+    /// Multiply-adds per image, when known.
+    pub mult_adds: Option<u64>,
+    /// Learned parameters, when known.
+    pub params: Option<u64>,
+    /// `float` or `dequantized-uint8-qat`, when known.
+    pub weights: Option<String>,
+    /// Published ImageNet top-1 (%) of the corresponding TF-slim model.
+    pub published_top1: Option<f32>,
+    /// Published ImageNet top-5 (%).
+    pub published_top5: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestEntry {
+    name: String,
+    alpha: f32,
+    resolution: usize,
+    file: PathBuf,
+    num_classes: usize,
+    #[serde(default)]
+    label_offset: usize,
+    #[serde(default)]
+    preprocessing: Option<ManifestPreprocessing>,
+    #[serde(default)]
+    mult_adds: Option<u64>,
+    #[serde(default)]
+    params: Option<u64>,
+    #[serde(default)]
+    weights: Option<String>,
+    #[serde(default)]
+    published_top1: Option<f32>,
+    #[serde(default)]
+    published_top5: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestPreprocessing {
+    scale: f32,
+    offset: f32,
+    #[serde(default)]
+    layout: Option<String>,
+    #[serde(default)]
+    color: Option<String>,
+}
+
+/// Reads `dir/manifest.json`; `Ok(None)` when there is none.
+pub fn read_manifest(dir: &Path) -> Result<Option<Vec<VariantSpec>>> {
+    let path = dir.join(MANIFEST);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let entries: Vec<ManifestEntry> = serde_json::from_str(&text)
+        .map_err(|e| Error::Catalog(format!("{}: {e}", path.display())))?;
+    let mut specs = Vec::with_capacity(entries.len());
+    for e in entries {
+        let pre = e.preprocessing;
+        if let Some(p) = &pre {
+            if p.color.as_deref().is_some_and(|c| c != "RGB") {
+                return Err(Error::Catalog(format!(
+                    "{}: only RGB input is supported",
+                    e.name
+                )));
+            }
+            if p.layout
+                .as_deref()
+                .is_some_and(|l| l != "NCHW" && l != "NHWC")
+            {
+                return Err(Error::Catalog(format!(
+                    "{}: unknown layout {:?}",
+                    e.name, p.layout
+                )));
+            }
+        }
+        if e.label_offset > 1 || e.num_classes < 1000 + e.label_offset {
+            return Err(Error::Catalog(format!(
+                "{}: {} classes with label_offset {} do not cover the 1000 ImageNet classes",
+                e.name, e.num_classes, e.label_offset
+            )));
+        }
+        specs.push(VariantSpec {
+            name: e.name,
+            alpha: e.alpha,
+            resolution: e.resolution,
+            file: e.file,
+            num_classes: e.num_classes,
+            label_offset: e.label_offset,
+            normalization: pre
+                .map(|p| Normalization {
+                    scale: p.scale,
+                    offset: p.offset,
+                })
+                .unwrap_or_default(),
+            mult_adds: e.mult_adds,
+            params: e.params,
+            weights: e.weights,
+            published_top1: e.published_top1,
+            published_top5: e.published_top5,
+        });
+    }
+    Ok(Some(specs))
+}
+
+/// The TF-slim name of a variant: `mobilenet_v1_1.0_224`, `mobilenet_v1_0.25_128`, ...
+pub fn variant_name(alpha: f32, resolution: usize) -> String {
+    format!("mobilenet_v1_{}_{resolution}", format_alpha(alpha))
+}
+
+/// `1.0`, `0.75`, `0.5`, `0.25`: the alpha spelling of TF-slim names.
+pub fn format_alpha(alpha: f32) -> String {
+    if alpha.fract() == 0.0 {
+        format!("{alpha:.1}")
+    } else {
+        format!("{alpha}")
+    }
+}
+
+/// Describes a manifest-less ONNX file from its graph: alpha from the stem width / 32, the
+/// resolution from a fixed input shape (else `resolution`), the class count from the output, the
+/// standard [-1, 1] normalisation, and `label_offset` 1 when there are 1001 classes.
+pub fn derive_spec(file: &Path, plan: &Plan, resolution: Option<usize>) -> Result<VariantSpec> {
+    let stem = plan
+        .stem_width()
+        .ok_or_else(|| Error::Catalog(format!("{}: no convolution", file.display())))?;
+    let alpha = stem as f32 / 32.0;
+    let resolution = match (plan.height, plan.width, resolution) {
+        (Some(h), Some(w), _) if h == w => h,
+        (Some(h), Some(w), _) => {
+            return Err(Error::Catalog(format!(
+                "{}: non-square input {h}x{w}",
+                file.display()
+            )))
+        }
+        (_, _, Some(r)) => r,
+        _ => {
+            return Err(Error::Catalog(format!(
+                "{}: the input size is symbolic and there is no manifest; pass --resolution",
+                file.display()
+            )))
+        }
+    };
+    let label_offset = usize::from(plan.classes == 1001);
+    if plan.classes < 1000 + label_offset {
+        return Err(Error::Catalog(format!(
+            "{}: {} outputs cannot be ImageNet classes",
+            file.display(),
+            plan.classes
+        )));
+    }
+    Ok(VariantSpec {
+        name: variant_name(alpha, resolution),
+        alpha,
+        resolution,
+        file: file.file_name().map(PathBuf::from).unwrap_or_default(),
+        num_classes: plan.classes,
+        label_offset,
+        normalization: Normalization::default(),
+        mult_adds: plan.mult_adds(resolution, resolution).ok(),
+        params: Some(plan.params() as u64),
+        weights: None,
+        published_top1: None,
+        published_top5: None,
+    })
+}
+
+/// The ONNX files directly inside `dir`, sorted by name.
+pub fn onnx_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("onnx"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The 1000 ImageNet class names from `dir/imagenet_classes.txt`, or `class_<i>` when absent.
+pub fn class_names(dir: &Path) -> Result<Vec<String>> {
+    let path = dir.join(CLASS_NAMES);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok((0..1000).map(|i| format!("class_{i}")).collect())
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_tf_slim() {
+        assert_eq!(variant_name(1.0, 224), "mobilenet_v1_1.0_224");
+        assert_eq!(variant_name(0.75, 192), "mobilenet_v1_0.75_192");
+        assert_eq!(variant_name(0.5, 160), "mobilenet_v1_0.5_160");
+        assert_eq!(variant_name(0.25, 128), "mobilenet_v1_0.25_128");
+    }
+}

@@ -1,0 +1,169 @@
+//! Runs a [`Plan`] on a batch of NHWC images with one [`KernelSet`].
+
+use super::plan::{ConvKind, Layer, Plan};
+use crate::error::{Error, Result};
+use crate::kernels::{GemmShape, KernelSet};
+
+/// A network bound to the kernels that run it. Immutable and shareable between threads; each
+/// thread brings its own [`Workspace`].
+#[derive(Debug)]
+pub struct Model {
+    plan: Plan,
+    kernels: KernelSet,
+}
+
+/// Reusable activation buffers, so that steady-state inference does not allocate.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    front: Vec<f32>,
+    back: Vec<f32>,
+}
+
+impl Workspace {
+    /// An empty workspace; it grows to the largest activation it meets and keeps that size.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Model {
+    /// Binds `plan` to `kernels`.
+    pub fn new(plan: Plan, kernels: KernelSet) -> Self {
+        Model { plan, kernels }
+    }
+
+    /// The network description.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The kernels in use.
+    pub fn kernels(&self) -> &KernelSet {
+        &self.kernels
+    }
+
+    /// Classifies `batch` NHWC images of `h x w` and returns `[batch][classes]` outputs
+    /// (probabilities when the graph ends with a softmax, else logits).
+    pub fn run(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.run_with(&mut Workspace::new(), input, batch, h, w, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`Model::run`], reusing `ws` and writing into `out` (resized to `batch * classes`).
+    pub fn run_with(
+        &self,
+        ws: &mut Workspace,
+        input: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.check_input(input, batch, h, w)?;
+        let k = &self.kernels;
+        let (mut src, mut dst) = (std::mem::take(&mut ws.front), std::mem::take(&mut ws.back));
+        src.clear();
+        src.extend_from_slice(input);
+        let (mut h, mut w, mut c) = (h, w, self.plan.in_c);
+        let mut result = Ok(());
+        for layer in &self.plan.layers {
+            match layer {
+                Layer::Conv(conv) => {
+                    let g = match conv.geometry(batch, h, w) {
+                        Ok(g) => g,
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    };
+                    resize(&mut dst, g.output_len());
+                    match conv.kind {
+                        ConvKind::Dense => {
+                            (k.dense_conv)(&g, &src, &conv.weights, &conv.bias, conv.act, &mut dst)
+                        }
+                        ConvKind::Depthwise => {
+                            (k.depthwise)(&g, &src, &conv.weights, &conv.bias, conv.act, &mut dst)
+                        }
+                        ConvKind::Pointwise => {
+                            let s = GemmShape {
+                                m: batch * h * w,
+                                k: conv.in_c,
+                                n: conv.out_c,
+                            };
+                            (k.gemm)(&s, &src, &conv.weights, &conv.bias, conv.act, &mut dst)
+                        }
+                    }
+                    (h, w, c) = (g.out_h, g.out_w, g.out_c);
+                }
+                Layer::GlobalAvgPool { window } => {
+                    if let Some((wh, ww)) = *window {
+                        if (wh, ww) != (h, w) {
+                            result = Err(Error::BadInput(format!(
+                                "the graph averages a fixed {wh}x{ww} window but the feature \
+                                 map is {h}x{w}: use the input size the model was exported for"
+                            )));
+                            break;
+                        }
+                    }
+                    resize(&mut dst, batch * c);
+                    (k.global_avg_pool)(batch, h * w, c, &src, &mut dst);
+                    (h, w) = (1, 1);
+                }
+                Layer::Fc(fc) => {
+                    let s = GemmShape {
+                        m: batch * h * w,
+                        k: fc.in_c,
+                        n: fc.out_c,
+                    };
+                    resize(&mut dst, s.m * s.n);
+                    (k.gemm)(&s, &src, &fc.weights, &fc.bias, fc.act, &mut dst);
+                    c = fc.out_c;
+                }
+            }
+            std::mem::swap(&mut src, &mut dst);
+        }
+        if result.is_ok() {
+            out.clear();
+            out.extend_from_slice(&src);
+            if self.plan.softmax {
+                for row in out.chunks_exact_mut(c) {
+                    crate::pipeline::postprocess::softmax_in_place(row);
+                }
+            }
+        }
+        ws.front = src;
+        ws.back = dst;
+        result
+    }
+
+    fn check_input(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Result<()> {
+        let p = &self.plan;
+        if batch == 0 {
+            return Err(Error::BadInput("empty batch".into()));
+        }
+        for (fixed, actual, what) in [(p.height, h, "height"), (p.width, w, "width")] {
+            if fixed.is_some_and(|f| f != actual) {
+                return Err(Error::BadInput(format!(
+                    "input {what} {actual} but the model is fixed at {}",
+                    fixed.unwrap_or_default()
+                )));
+            }
+        }
+        let expected = batch * h * w * p.in_c;
+        if input.len() != expected {
+            return Err(Error::BadInput(format!(
+                "expected {batch}x{h}x{w}x{} = {expected} values, got {}",
+                p.in_c,
+                input.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Sets the length of an activation buffer; capacity is kept, so this allocates only while the
+/// workspace is still growing.
+fn resize(buf: &mut Vec<f32>, len: usize) {
+    buf.resize(len, 0.0);
+}

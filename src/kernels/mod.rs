@@ -1,0 +1,192 @@
+//! Compute kernels and the dispatch table that picks one implementation tier at start-up.
+//!
+//! Every kernel has a scalar reference in [`generic`]: it is the specification that faster tiers
+//! are tested against. Activations are NHWC (`[batch][row][col][channel]`); weights are prepacked
+//! by the importer with the output channel fastest, so every inner loop is contiguous.
+
+pub mod generic;
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An activation fused into a kernel's store: `min(max(x, lo), hi)`.
+///
+/// `Clamp::NONE` is the identity, `Clamp::RELU` is ReLU and `Clamp::RELU6` is ReLU6.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clamp {
+    /// Lower bound (may be `-inf`).
+    pub lo: f32,
+    /// Upper bound (may be `+inf`).
+    pub hi: f32,
+}
+
+impl Clamp {
+    /// No activation.
+    pub const NONE: Clamp = Clamp {
+        lo: f32::NEG_INFINITY,
+        hi: f32::INFINITY,
+    };
+    /// `max(x, 0)`.
+    pub const RELU: Clamp = Clamp {
+        lo: 0.0,
+        hi: f32::INFINITY,
+    };
+    /// `min(max(x, 0), 6)`.
+    pub const RELU6: Clamp = Clamp { lo: 0.0, hi: 6.0 };
+
+    /// True when this clamp leaves every value unchanged.
+    pub fn is_identity(&self) -> bool {
+        self.lo == f32::NEG_INFINITY && self.hi == f32::INFINITY
+    }
+
+    /// Applies the clamp to one value.
+    #[inline(always)]
+    pub fn apply(&self, x: f32) -> f32 {
+        x.max(self.lo).min(self.hi)
+    }
+}
+
+/// Geometry of one convolution over an NHWC batch, with padding already resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input rows.
+    pub in_h: usize,
+    /// Input columns.
+    pub in_w: usize,
+    /// Input channels.
+    pub in_c: usize,
+    /// Output rows.
+    pub out_h: usize,
+    /// Output columns.
+    pub out_w: usize,
+    /// Output channels.
+    pub out_c: usize,
+    /// Kernel rows.
+    pub kh: usize,
+    /// Kernel columns.
+    pub kw: usize,
+    /// Vertical stride.
+    pub stride_h: usize,
+    /// Horizontal stride.
+    pub stride_w: usize,
+    /// Zero rows added above the input (rows below follow from the output size).
+    pub pad_top: usize,
+    /// Zero columns added left of the input.
+    pub pad_left: usize,
+}
+
+impl ConvGeometry {
+    /// Number of input values the kernel reads.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_h * self.in_w * self.in_c
+    }
+
+    /// Number of output values the kernel writes.
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_h * self.out_w * self.out_c
+    }
+}
+
+/// Dense convolution (groups = 1). Weights `[kh][kw][in_c][out_c]`.
+pub type DenseConvFn = fn(&ConvGeometry, &[f32], &[f32], &[f32], Clamp, &mut [f32]);
+/// Depthwise convolution (one filter per channel, `in_c == out_c`). Weights `[kh][kw][c]`.
+pub type DepthwiseFn = fn(&ConvGeometry, &[f32], &[f32], &[f32], Clamp, &mut [f32]);
+/// `c[m][n] = clamp(bias[n] + sum_k a[m][k] * b[k][n])`: pointwise convs and fully connected layers.
+pub type GemmFn = fn(&GemmShape, &[f32], &[f32], &[f32], Clamp, &mut [f32]);
+/// Mean over the spatial positions: `[batch][positions][c] -> [batch][c]`.
+pub type GlobalAvgPoolFn = fn(usize, usize, usize, &[f32], &mut [f32]);
+
+/// Sizes of a GEMM: `a` is `m x k`, `b` is `k x n`, `c` is `m x n`, all row-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmShape {
+    /// Rows of `a` and `c` (pixels times batch for a pointwise conv).
+    pub m: usize,
+    /// Columns of `a`, rows of `b` (input channels).
+    pub k: usize,
+    /// Columns of `b` and `c` (output channels).
+    pub n: usize,
+}
+
+/// An implementation tier of the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Portable scalar code; the specification of every other tier.
+    Scalar,
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tier::Scalar => f.write_str("scalar"),
+        }
+    }
+}
+
+/// What the user asked for with `--kernels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TierChoice {
+    /// The fastest tier this CPU supports.
+    #[default]
+    Auto,
+    /// Force one tier (refused at start when the CPU lacks it).
+    Force(Tier),
+}
+
+impl FromStr for TierChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(TierChoice::Auto),
+            "scalar" | "generic" => Ok(TierChoice::Force(Tier::Scalar)),
+            other => Err(format!(
+                "unknown kernel tier `{other}` (this build has: auto, scalar)"
+            )),
+        }
+    }
+}
+
+/// The dispatch table: one function per operation, chosen once at start.
+#[derive(Clone, Copy)]
+pub struct KernelSet {
+    /// Which tier these functions belong to.
+    pub tier: Tier,
+    /// Dense convolution (the stem).
+    pub dense_conv: DenseConvFn,
+    /// Depthwise convolution.
+    pub depthwise: DepthwiseFn,
+    /// GEMM with fused bias and clamp.
+    pub gemm: GemmFn,
+    /// Global average pooling.
+    pub global_avg_pool: GlobalAvgPoolFn,
+}
+
+impl fmt::Debug for KernelSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KernelSet")
+            .field("tier", &self.tier)
+            .finish()
+    }
+}
+
+impl KernelSet {
+    /// The scalar reference tier.
+    pub fn scalar() -> Self {
+        KernelSet {
+            tier: Tier::Scalar,
+            dense_conv: generic::dense_conv,
+            depthwise: generic::depthwise,
+            gemm: generic::gemm,
+            global_avg_pool: generic::global_avg_pool,
+        }
+    }
+
+    /// Resolves `choice` against what this CPU supports.
+    pub fn select(choice: TierChoice) -> Result<Self, String> {
+        match choice {
+            TierChoice::Auto | TierChoice::Force(Tier::Scalar) => Ok(Self::scalar()),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The `mobilenet-serve` binary: parse the command line, set up logging, run the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mobilenet_serve::config::{Cli, Command, GlobalOptions};
+use mobilenet_serve::engine::catalog::format_alpha;
+use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::kernels::KernelSet;
+use mobilenet_serve::{eval, telemetry, verify, Error};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.global.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result<ModelPool, Error> {
+    let kernels = KernelSet::select(global.kernels).map_err(Error::Catalog)?;
+    tracing::info!(tier = %kernels.tier, "kernels selected");
+    let opts = LoadOptions {
+        variants,
+        resolution: global.resolution,
+        kernels,
+    };
+    ModelPool::load(&global.models_dir, &opts)
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    match cli.command {
+        Command::Models => {
+            let pool = load(&cli.global, None)?;
+            println!(
+                "{:<24} {:>5} {:>5} {:>8} {:>10} {:>9} {:>8}  file",
+                "name", "alpha", "rho", "classes", "mult-adds", "params", "top-1*"
+            );
+            for v in pool.variants() {
+                let s = &v.spec;
+                let plan = v.model.plan();
+                println!(
+                    "{:<24} {:>5} {:>5} {:>8} {:>9.1}M {:>8.2}M {:>8}  {}",
+                    s.name,
+                    format_alpha(s.alpha),
+                    s.resolution,
+                    s.num_classes,
+                    plan.mult_adds(s.resolution, s.resolution)? as f64 / 1e6,
+                    plan.params() as f64 / 1e6,
+                    s.published_top1
+                        .map(|t| format!("{t:.1}%"))
+                        .unwrap_or_else(|| "-".into()),
+                    s.file.display()
+                );
+            }
+            println!(
+                "{} variants (* published TF-slim top-1)",
+                pool.variants().len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            let pool = load(&cli.global, args.variants.clone())?;
+            let ok = verify::run(&pool, args.images.as_deref(), args.count as usize)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Eval(args) => {
+            let pool = load(&cli.global, args.variants.clone())?;
+            eval::run(&pool, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Preprocess(args) => {
+            let n = eval::dump_inputs(&args)?;
+            println!("wrote {n} images to {}", args.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The `verify` command: our engine against tract-onnx on the same ONNX files.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::engine::onnx::{self, pb};
+use crate::engine::pool::{ModelPool, Variant};
+use crate::engine::reference::TractReference;
+use crate::error::{Error, Result};
+use crate::pipeline::decode::{decode, DecodeLimits};
+use crate::pipeline::postprocess::argmax;
+use crate::pipeline::preprocess::preprocess;
+
+/// Largest accepted `max |ours - tract|`, relative to the reference's output range per input.
+pub const REL_TOLERANCE: f32 = 1e-4;
+
+/// Our engine against tract on one variant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantCheck {
+    /// Variant name.
+    pub name: String,
+    /// Inputs compared.
+    pub inputs: usize,
+    /// Largest absolute output difference.
+    pub max_abs_diff: f32,
+    /// Largest `|diff| / (max - min of the reference output)` over the inputs.
+    pub max_rel_diff: f32,
+    /// Inputs whose top-1 class agrees.
+    pub top1_agree: usize,
+}
+
+impl VariantCheck {
+    /// Within tolerance and every top-1 equal.
+    pub fn passed(&self) -> bool {
+        self.max_rel_diff <= REL_TOLERANCE && self.top1_agree == self.inputs
+    }
+}
+
+/// Runs `inputs` (NHWC images at the variant's resolution) through both engines; ours takes
+/// them as one batch, tract one at a time.
+pub fn check_variant(
+    variant: &Variant,
+    proto: &pb::ModelProto,
+    inputs: &[Vec<f32>],
+) -> Result<VariantCheck> {
+    let plan = variant.model.plan();
+    let r = variant.spec.resolution;
+    let reference = TractReference::new(proto, plan.input_layout, r, r, plan.in_c)?;
+    let batch: Vec<f32> = inputs.concat();
+    let ours = variant.model.run(&batch, inputs.len(), r, r)?;
+    let classes = plan.classes;
+    let mut check = VariantCheck {
+        name: variant.spec.name.clone(),
+        inputs: inputs.len(),
+        max_abs_diff: 0.0,
+        max_rel_diff: 0.0,
+        top1_agree: 0,
+    };
+    for (i, input) in inputs.iter().enumerate() {
+        let theirs = reference.run_nhwc(input)?;
+        let mine = &ours[i * classes..(i + 1) * classes];
+        if theirs.len() != classes {
+            return Err(Error::Reference(format!(
+                "tract returned {} outputs, expected {classes}",
+                theirs.len()
+            )));
+        }
+        let diff = mine
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let lo = theirs.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = theirs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let rel = if diff.is_nan() {
+            f32::INFINITY
+        } else {
+            diff / (hi - lo).max(f32::MIN_POSITIVE)
+        };
+        check.max_abs_diff = check.max_abs_diff.max(diff);
+        check.max_rel_diff = check.max_rel_diff.max(rel);
+        check.top1_agree += usize::from(argmax(mine) == argmax(&theirs));
+    }
+    Ok(check)
+}
+
+/// Deterministic pseudo-random input images in [-1, 1] (SplitMix64), the same on every machine.
+pub fn random_inputs(count: usize, len: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut state = seed;
+    (0..count)
+        .map(|_| {
+            (0..len)
+                .map(|_| {
+                    state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    let mut z = state;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    z ^= z >> 31;
+                    ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Decoded and preprocessed images for `variant`.
+pub fn image_inputs(files: &[PathBuf], variant: &Variant) -> Result<Vec<Vec<f32>>> {
+    files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+            let img = decode(&bytes, &DecodeLimits::default())?;
+            preprocess(&img, variant.spec.resolution, variant.spec.normalization)
+        })
+        .collect()
+}
+
+/// The `verify` command: prints one line per variant and the summary; returns whether all passed.
+pub fn run(pool: &ModelPool, images: Option<&Path>, count: usize) -> Result<bool> {
+    let files = match images {
+        Some(dir) => {
+            let mut f = crate::dataset::image_files(dir)?;
+            f.truncate(count);
+            if f.is_empty() {
+                return Err(Error::Catalog(format!("no images in {}", dir.display())));
+            }
+            Some(f)
+        }
+        None => None,
+    };
+    let mut protos: HashMap<PathBuf, pb::ModelProto> = HashMap::new();
+    let (mut worst, mut agree, mut total, mut all_ok) = (0.0f32, 0, 0, true);
+    for v in pool.variants() {
+        if !protos.contains_key(&v.spec.file) {
+            let path = pool.dir().join(&v.spec.file);
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            protos.insert(v.spec.file.clone(), onnx::decode_model(&bytes)?);
+        }
+        let inputs = match &files {
+            Some(f) => image_inputs(f, v)?,
+            None => random_inputs(count, v.input_len(), 0x5EED),
+        };
+        let c = check_variant(v, &protos[&v.spec.file], &inputs)?;
+        println!(
+            "{:<24} inputs {:>3}  max|diff| {:.3e}  rel {:.3e}  top-1 {}/{}  {}",
+            c.name,
+            c.inputs,
+            c.max_abs_diff,
+            c.max_rel_diff,
+            c.top1_agree,
+            c.inputs,
+            if c.passed() { "ok" } else { "FAILED" }
+        );
+        worst = worst.max(c.max_rel_diff);
+        agree += c.top1_agree;
+        total += c.inputs;
+        all_ok &= c.passed();
+    }
+    println!(
+        "verified {} variants: max rel diff {worst:.3e}, top-1 agreement {agree}/{total}",
+        pool.variants().len()
+    );
+    Ok(all_ok)
+}

@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests: where the zoo is, and a small ONNX graph builder.
+#![allow(dead_code)]
+
+pub mod onnx_builder;
+
+use std::path::PathBuf;
+
+/// The model zoo: `MODELS_DIR` when set, else `../shared/models` beside the repository. Fails
+/// (never skips) with a clear message when it is missing.
+pub fn zoo_dir() -> PathBuf {
+    let dir = std::env::var_os("MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "the MobileNet zoo is missing at {} (set MODELS_DIR, or see models/README.md)",
+        dir.display()
+    );
+    dir
+}
+
+/// The labelled ImageNet sample: `DATASET_DIR` when set, else `../shared/imagenet/val1300`.
+pub fn imagenet_dir() -> PathBuf {
+    let dir = std::env::var_os("DATASET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/imagenet/val1300")
+        });
+    assert!(
+        dir.join("labels.tsv").is_file(),
+        "the ImageNet sample is missing at {} (set DATASET_DIR)",
+        dir.display()
+    );
+    dir
+}
+
+/// Deterministic pseudo-random floats in [-scale, scale].
+pub fn random_vec(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    mobilenet_serve::verify::random_inputs(1, len, seed)
+        .remove(0)
+        .into_iter()
+        .map(|v| v * scale)
+        .collect()
+}

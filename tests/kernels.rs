@@ -1,0 +1,263 @@
+//! Every kernel tier against a naive implementation written straight from the ONNX definitions
+//! (NCHW, OIHW weights, explicit padding), over random shapes, strides and pads.
+
+mod common;
+
+use mobilenet_serve::kernels::{Clamp, ConvGeometry, GemmShape, KernelSet};
+use proptest::prelude::*;
+
+/// Every tier this machine can run (the scalar reference is always there).
+fn tiers() -> Vec<KernelSet> {
+    vec![KernelSet::scalar()]
+}
+
+/// ONNX Conv, NCHW, one image: out[o][y][x] = b[o] + sum in[g*cg+i][y*s+ky-pt][x*s+kx-pl] * w[o][i][ky][kx].
+#[allow(clippy::too_many_arguments)]
+fn naive_conv(
+    input: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    weights: &[f32],
+    bias: &[f32],
+    m: usize,
+    group: usize,
+    k: (usize, usize),
+    s: (usize, usize),
+    pads: [usize; 4],
+) -> (Vec<f32>, usize, usize) {
+    let (kh, kw) = k;
+    let oh = (h + pads[0] + pads[2] - kh) / s.0 + 1;
+    let ow = (w + pads[1] + pads[3] - kw) / s.1 + 1;
+    let cg = c / group;
+    let mg = m / group;
+    let mut out = vec![0.0f32; m * oh * ow];
+    for o in 0..m {
+        let g = o / mg;
+        for y in 0..oh {
+            for x in 0..ow {
+                let mut acc = bias[o] as f64;
+                for i in 0..cg {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (y * s.0 + ky) as isize - pads[0] as isize;
+                            let ix = (x * s.1 + kx) as isize - pads[1] as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let v = input[((g * cg + i) * h + iy as usize) * w + ix as usize];
+                            acc += v as f64 * weights[((o * cg + i) * kh + ky) * kw + kx] as f64;
+                        }
+                    }
+                }
+                out[(o * oh + y) * ow + x] = acc as f32;
+            }
+        }
+    }
+    (out, oh, ow)
+}
+
+fn nchw_to_nhwc(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for ch in 0..c {
+        for y in 0..h {
+            for xx in 0..w {
+                out[(y * w + xx) * c + ch] = x[(ch * h + y) * w + xx];
+            }
+        }
+    }
+    out
+}
+
+fn assert_close(ours: &[f32], want: &[f32], what: &str) {
+    assert_eq!(ours.len(), want.len(), "{what}: length");
+    for (i, (a, b)) in ours.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+            "{what}: element {i}: {a} vs {b}"
+        );
+    }
+}
+
+fn clamp_of(k: u8) -> Clamp {
+    [Clamp::NONE, Clamp::RELU, Clamp::RELU6][k as usize % 3]
+}
+
+#[derive(Debug, Clone)]
+struct ConvCase {
+    batch: usize,
+    c: usize,
+    m: usize,
+    h: usize,
+    w: usize,
+    k: (usize, usize),
+    s: (usize, usize),
+    pads: [usize; 4],
+    act: u8,
+    seed: u64,
+}
+
+fn conv_case(depthwise: bool) -> impl Strategy<Value = ConvCase> {
+    (
+        1usize..3,
+        1usize..20,
+        1usize..20,
+        1usize..4,
+        1usize..4,
+        1usize..3,
+        1usize..3,
+        [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        any::<u8>(),
+        any::<u64>(),
+        1usize..12,
+        1usize..12,
+    )
+        .prop_map(
+            move |(batch, c, m, kh, kw, sh, sw, pads, act, seed, h, w)| ConvCase {
+                batch,
+                c,
+                m: if depthwise { c } else { m },
+                h: h + kh,
+                w: w + kw,
+                k: (kh, kw),
+                s: (sh, sw),
+                pads,
+                act,
+                seed,
+            },
+        )
+}
+
+/// Runs one conv case through `kernel` (dense or depthwise layout) and the naive reference.
+fn check_conv(case: &ConvCase, depthwise: bool) {
+    let ConvCase {
+        batch,
+        c,
+        m,
+        h,
+        w,
+        k,
+        s,
+        pads,
+        ..
+    } = *case;
+    let act = clamp_of(case.act);
+    let cg = if depthwise { 1 } else { c };
+    let group = if depthwise { c } else { 1 };
+    let weights = common::random_vec(m * cg * k.0 * k.1, case.seed, 1.0);
+    let bias = common::random_vec(m, case.seed ^ 1, 1.0);
+    let images: Vec<Vec<f32>> = (0..batch)
+        .map(|b| common::random_vec(c * h * w, case.seed ^ (2 + b as u64), 3.0))
+        .collect();
+    let mut want = Vec::new();
+    let (mut oh, mut ow) = (0, 0);
+    for img in &images {
+        let (o, a, b) = naive_conv(img, c, h, w, &weights, &bias, m, group, k, s, pads);
+        (oh, ow) = (a, b);
+        want.extend(
+            nchw_to_nhwc(&o, m, oh, ow)
+                .into_iter()
+                .map(|v| act.apply(v)),
+        );
+    }
+    let input: Vec<f32> = images
+        .iter()
+        .flat_map(|i| nchw_to_nhwc(i, c, h, w))
+        .collect();
+    // Pack OIHW into the kernels' layouts, output channel fastest.
+    let mut packed = vec![0.0; weights.len()];
+    for o in 0..m {
+        for i in 0..cg {
+            for y in 0..k.0 {
+                for x in 0..k.1 {
+                    let from = ((o * cg + i) * k.0 + y) * k.1 + x;
+                    let to = if depthwise {
+                        (y * k.1 + x) * m + o
+                    } else {
+                        ((y * k.1 + x) * c + i) * m + o
+                    };
+                    packed[to] = weights[from];
+                }
+            }
+        }
+    }
+    let g = ConvGeometry {
+        batch,
+        in_h: h,
+        in_w: w,
+        in_c: c,
+        out_h: oh,
+        out_w: ow,
+        out_c: m,
+        kh: k.0,
+        kw: k.1,
+        stride_h: s.0,
+        stride_w: s.1,
+        pad_top: pads[0],
+        pad_left: pads[1],
+    };
+    for t in tiers() {
+        let mut out = vec![f32::NAN; g.output_len()];
+        let f = if depthwise { t.depthwise } else { t.dense_conv };
+        f(&g, &input, &packed, &bias, act, &mut out);
+        assert_close(
+            &out,
+            &want,
+            &format!(
+                "{} {} {case:?}",
+                t.tier,
+                if depthwise { "depthwise" } else { "dense" }
+            ),
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn dense_conv_matches_naive(case in conv_case(false)) {
+        check_conv(&case, false);
+    }
+
+    #[test]
+    fn depthwise_matches_naive(case in conv_case(true)) {
+        check_conv(&case, true);
+    }
+
+    #[test]
+    fn gemm_matches_naive(m in 1usize..40, k in 1usize..70, n in 1usize..70, act in any::<u8>(), seed in any::<u64>()) {
+        let a = common::random_vec(m * k, seed, 2.0);
+        let b = common::random_vec(k * n, seed ^ 1, 2.0);
+        let bias = common::random_vec(n, seed ^ 2, 2.0);
+        let act = clamp_of(act);
+        let mut want = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let acc: f64 = bias[j] as f64 + (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum::<f64>();
+                want[i * n + j] = act.apply(acc as f32);
+            }
+        }
+        for t in tiers() {
+            let mut c = vec![f32::NAN; m * n];
+            (t.gemm)(&GemmShape { m, k, n }, &a, &b, &bias, act, &mut c);
+            assert_close(&c, &want, &format!("{} gemm {m}x{k}x{n}", t.tier));
+        }
+    }
+
+    #[test]
+    fn global_avg_pool_matches_naive(batch in 1usize..4, pos in 1usize..60, c in 1usize..40, seed in any::<u64>()) {
+        let x = common::random_vec(batch * pos * c, seed, 5.0);
+        let mut want = vec![0.0f32; batch * c];
+        for b in 0..batch {
+            for ch in 0..c {
+                want[b * c + ch] = ((0..pos).map(|p| x[(b * pos + p) * c + ch] as f64).sum::<f64>() / pos as f64) as f32;
+            }
+        }
+        for t in tiers() {
+            let mut out = vec![f32::NAN; batch * c];
+            (t.global_avg_pool)(batch, pos, c, &x, &mut out);
+            assert_close(&out, &want, &format!("{} pool", t.tier));
+        }
+    }
+}
