@@ -38,8 +38,9 @@ pub fn accuracy_vs_latency(title: &str, points: &[Point]) -> String {
     if finite.is_empty() {
         (x0, x1, y0, y1) = (1.0, 10.0, 0.0, 100.0);
     }
-    // Whole decades on x, multiples of 5 points on y, with a margin.
-    let (lx0, lx1) = ((x0 / 1.5).log10().floor(), (x1 * 1.5).log10().ceil());
+    // A 1-2-5 tick range on x, multiples of 5 points on y, with a margin.
+    let ticks = log_ticks(x0 / 1.2, x1 * 1.2);
+    let (lx0, lx1) = (ticks[0].log10(), ticks[ticks.len() - 1].log10());
     let (y0, y1) = (
         ((y0 - 2.0) / 5.0).floor() * 5.0,
         ((y1 + 2.0) / 5.0).ceil() * 5.0,
@@ -59,27 +60,19 @@ pub fn accuracy_vs_latency(title: &str, points: &[Point]) -> String {
         escape(title)
     );
     // Grid and ticks.
-    let mut decade = lx0;
-    while decade <= lx1 + 1e-9 {
-        for m in [1.0, 2.0, 5.0] {
-            let v = 10f64.powf(decade) * m;
-            if v.log10() > lx1 + 1e-9 {
-                continue;
-            }
-            let x = px(v);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
-                H - BOTTOM
-            );
-            let _ = writeln!(
-                s,
-                r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                H - BOTTOM + 18.0,
-                trim_number(v)
-            );
-        }
-        decade += 1.0;
+    for &v in &ticks {
+        let x = px(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+            H - BOTTOM
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            H - BOTTOM + 18.0,
+            trim_number(v)
+        );
     }
     let mut t = y0;
     while t <= y1 + 1e-9 {
@@ -135,6 +128,29 @@ pub fn accuracy_vs_latency(title: &str, points: &[Point]) -> String {
     s
 }
 
+/// The 1-2-5 sequence (..., 0.5, 1, 2, 5, 10, ...) from the largest value at or below `lo` to the
+/// smallest at or above `hi`.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(lo > 0.0 && hi.is_finite() && hi >= lo) {
+        return vec![1.0, 10.0];
+    }
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powf(lo.log10().floor());
+    'outer: loop {
+        for m in [1.0, 2.0, 5.0] {
+            ticks.push(decade * m);
+            if decade * m >= hi {
+                break 'outer;
+            }
+        }
+        decade *= 10.0;
+    }
+    while ticks.len() > 2 && ticks[1] <= lo {
+        ticks.remove(0);
+    }
+    ticks
+}
+
 fn trim_number(v: f64) -> String {
     if v >= 1.0 {
         format!("{v:.0}")
@@ -171,5 +187,12 @@ mod tests {
         assert_eq!(svg.matches("<circle").count(), 2);
         assert!(svg.contains("a&lt;b") && svg.contains(">big<"));
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn ticks_bracket_the_data() {
+        assert_eq!(log_ticks(2.0, 96.0), [2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+        assert_eq!(log_ticks(0.3, 0.4), [0.2, 0.5]);
+        assert_eq!(log_ticks(0.0, 1.0), [1.0, 10.0]);
     }
 }

@@ -97,6 +97,9 @@ pub struct EvalArgs {
     /// Images per engine call.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub batch: u64,
+    /// Variants evaluated in parallel (each on its own thread; latencies then share the cores).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub jobs: u64,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

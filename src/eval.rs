@@ -2,6 +2,8 @@
 
 use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
@@ -33,6 +35,8 @@ pub struct VariantResult {
     pub top5: f64,
     /// Engine time per image in milliseconds (excluding decode and preprocessing).
     pub ms_per_image: f64,
+    /// Resize, crop and normalisation time per image in milliseconds.
+    pub preprocess_ms_per_image: f64,
     /// Multiply-adds per image, when known.
     pub mult_adds: Option<u64>,
     /// Published top-1 of the corresponding TF-slim model, for comparison.
@@ -50,12 +54,17 @@ pub struct EvalReport {
     pub batch: usize,
     /// Kernel tier used.
     pub kernels: String,
+    /// Mean time to decode one image, in milliseconds.
+    pub decode_ms_per_image: f64,
     /// One entry per variant.
     pub variants: Vec<VariantResult>,
 }
 
+/// Decoded labelled images and the total time their decoding took.
+pub type LoadedImages = (Vec<(LabeledImage, RgbImage)>, Duration);
+
 /// Decodes the labelled images of `dir` (the first `limit` of them).
-pub fn load_images(dir: &Path, limit: Option<usize>) -> Result<Vec<(LabeledImage, RgbImage)>> {
+pub fn load_images(dir: &Path, limit: Option<usize>) -> Result<LoadedImages> {
     let mut labels = dataset::read_labels(dir)?;
     if let Some(n) = limit {
         labels.truncate(n);
@@ -66,15 +75,17 @@ pub fn load_images(dir: &Path, limit: Option<usize>) -> Result<Vec<(LabeledImage
             dir.display()
         )));
     }
-    labels
-        .into_iter()
-        .map(|l| {
-            let bytes = std::fs::read(&l.path).map_err(|e| Error::io(&l.path, e))?;
-            let img = decode(&bytes, &DecodeLimits::default())
-                .map_err(|e| Error::Catalog(format!("{}: {e}", l.path.display())))?;
-            Ok((l, img))
-        })
-        .collect()
+    let mut decoding = Duration::ZERO;
+    let mut images = Vec::with_capacity(labels.len());
+    for l in labels {
+        let bytes = std::fs::read(&l.path).map_err(|e| Error::io(&l.path, e))?;
+        let started = Instant::now();
+        let img = decode(&bytes, &DecodeLimits::default())
+            .map_err(|e| Error::Catalog(format!("{}: {e}", l.path.display())))?;
+        decoding += started.elapsed();
+        images.push((l, img));
+    }
+    Ok((images, decoding))
 }
 
 /// Evaluates one variant over `images`, `batch` images per engine call.
@@ -91,11 +102,14 @@ pub fn eval_variant(
     let mut input = vec![0.0f32; batch * per];
     let mut out = Vec::new();
     let mut ws = Workspace::new();
-    let (mut top1, mut top5, mut engine_time) = (0usize, 0usize, Duration::ZERO);
+    let (mut top1, mut top5) = (0usize, 0usize);
+    let (mut engine_time, mut preprocess_time) = (Duration::ZERO, Duration::ZERO);
     for (chunk_no, chunk) in images.chunks(batch).enumerate() {
+        let started = Instant::now();
         for (slot, (_, img)) in input.chunks_exact_mut(per).zip(chunk) {
             preprocess_into(img, r, v.spec.normalization, slot)?;
         }
+        preprocess_time += started.elapsed();
         let n = chunk.len();
         let started = Instant::now();
         v.model
@@ -130,25 +144,59 @@ pub fn eval_variant(
         top1: 100.0 * top1 as f64 / n,
         top5: 100.0 * top5 as f64 / n,
         ms_per_image: engine_time.as_secs_f64() * 1000.0 / n,
+        preprocess_ms_per_image: preprocess_time.as_secs_f64() * 1000.0 / n,
         mult_adds: v.spec.mult_adds,
         published_top1: v.spec.published_top1,
     })
 }
 
+/// Evaluates every variant of `pool`, `jobs` variants at a time; results in catalogue order.
+fn eval_all(
+    pool: &ModelPool,
+    images: &[(LabeledImage, RgbImage)],
+    batch: usize,
+    jobs: usize,
+    progress: bool,
+) -> Result<Vec<VariantResult>> {
+    let variants = pool.variants();
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<Result<VariantResult>>>> =
+        variants.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, variants.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(v) = variants.get(i) else { break };
+                let r = eval_variant(pool, v, images, batch, progress && jobs == 1);
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err(Error::Catalog("an evaluation thread stopped".into())))
+        })
+        .collect()
+}
+
 /// The `eval` command: prints a table, and writes JSON and SVG when asked.
 pub fn run(pool: &ModelPool, args: &crate::config::EvalArgs) -> Result<EvalReport> {
-    let images = load_images(&args.data, args.limit)?;
+    let (images, decoding) = load_images(&args.data, args.limit)?;
+    let decode_ms = decoding.as_secs_f64() * 1000.0 / images.len() as f64;
+    println!("decoded {} images: {decode_ms:.3} ms/img", images.len());
     let batch = args.batch as usize;
     let progress = std::io::stderr().is_terminal();
     println!(
-        "{:<24} {:>7} {:>7} {:>10} {:>9} {:>8}",
-        "variant", "top-1", "top-5", "published", "ms/img", "img/s"
+        "{:<24} {:>7} {:>7} {:>10} {:>9} {:>8} {:>8}",
+        "variant", "top-1", "top-5", "published", "ms/img", "img/s", "prep ms"
     );
-    let mut results = Vec::new();
-    for v in pool.variants() {
-        let r = eval_variant(pool, v, &images, batch, progress)?;
+    let results = eval_all(pool, &images, batch, args.jobs as usize, progress)?;
+    for r in &results {
         println!(
-            "{:<24} {:>6.2}% {:>6.2}% {:>10} {:>9.3} {:>8.1}",
+            "{:<24} {:>6.2}% {:>6.2}% {:>10} {:>9.3} {:>8.1} {:>8.3}",
             r.name,
             r.top1,
             r.top5,
@@ -156,9 +204,9 @@ pub fn run(pool: &ModelPool, args: &crate::config::EvalArgs) -> Result<EvalRepor
                 .map(|p| format!("{p:.1}%"))
                 .unwrap_or_else(|| "-".into()),
             r.ms_per_image,
-            1000.0 / r.ms_per_image
+            1000.0 / r.ms_per_image,
+            r.preprocess_ms_per_image
         );
-        results.push(r);
     }
     let report = EvalReport {
         dataset: args.data.display().to_string(),
@@ -169,6 +217,7 @@ pub fn run(pool: &ModelPool, args: &crate::config::EvalArgs) -> Result<EvalRepor
             .first()
             .map(|v| v.model.kernels().tier.to_string())
             .unwrap_or_default(),
+        decode_ms_per_image: decode_ms,
         variants: results,
     };
     if let Some(path) = &args.json {
@@ -200,7 +249,7 @@ pub fn run(pool: &ModelPool, args: &crate::config::EvalArgs) -> Result<EvalRepor
 
 /// The `preprocess` command: writes our model inputs for a labelled folder as one .npy file.
 pub fn dump_inputs(args: &crate::config::PreprocessArgs) -> Result<usize> {
-    let images = load_images(&args.data, args.limit)?;
+    let (images, _) = load_images(&args.data, args.limit)?;
     let r = args.size;
     let per = r * r * 3;
     let mut data = vec![0.0f32; images.len() * per];

@@ -605,9 +605,10 @@ impl<'g> Importer<'g> {
         self.pool(node, Some((kh.max(0) as usize, kw.max(0) as usize)))
     }
 
-    fn reduce_mean(&mut self, node: &pb::NodeProto) -> Result<()> {
-        let a = Attrs(node);
-        let axes = match a.ints("axes") {
+    /// The `axes` of a reduction or squeeze on a 4-D tensor (an attribute before opset 13/18,
+    /// an input after), made non-negative and sorted.
+    fn axes(&self, node: &pb::NodeProto) -> Result<Vec<i64>> {
+        let axes = match Attrs(node).ints("axes") {
             Some(axes) => axes,
             None => self
                 .optional_constant(node, 1)?
@@ -619,6 +620,12 @@ impl<'g> Importer<'g> {
             .map(|&x| if x < 0 { x + 4 } else { x })
             .collect();
         axes.sort_unstable();
+        Ok(axes)
+    }
+
+    fn reduce_mean(&mut self, node: &pb::NodeProto) -> Result<()> {
+        let a = Attrs(node);
+        let axes = self.axes(node)?;
         let Stage::Map { layout, channels } = self.stage else {
             return Err(unsupported(
                 node,
@@ -683,18 +690,7 @@ impl<'g> Importer<'g> {
     }
 
     fn squeeze(&mut self, node: &pb::NodeProto) -> Result<()> {
-        let axes = match Attrs(node).ints("axes") {
-            Some(a) => a,
-            None => self
-                .optional_constant(node, 1)?
-                .map(|c| c.to_i64())
-                .unwrap_or_default(),
-        };
-        let mut axes: Vec<i64> = axes
-            .iter()
-            .map(|&x| if x < 0 { x + 4 } else { x })
-            .collect();
-        axes.sort_unstable();
+        let axes = self.axes(node)?;
         if !(axes == [2, 3] || axes == [1, 2]) {
             return Err(unsupported(
                 node,

@@ -14,14 +14,58 @@ pub fn dense_conv(
     act: Clamp,
     out: &mut [f32],
 ) {
-    assert_eq!(input.len(), g.input_len(), "dense_conv input length");
-    assert_eq!(out.len(), g.output_len(), "dense_conv output length");
     assert_eq!(
         weights.len(),
         g.kh * g.kw * g.in_c * g.out_c,
         "dense_conv weights length"
     );
-    assert_eq!(bias.len(), g.out_c, "dense_conv bias length");
+    convolve(g, input, bias, act, out, |o, px, tap| {
+        let w_tap = &weights[tap * g.in_c * g.out_c..(tap + 1) * g.in_c * g.out_c];
+        for (&v, w_row) in px.iter().zip(w_tap.chunks_exact(g.out_c)) {
+            for (acc, &w) in o.iter_mut().zip(w_row) {
+                *acc += v * w;
+            }
+        }
+    });
+}
+
+/// Depthwise NHWC convolution (`in_c == out_c`); weights `[kh][kw][c]`, bias `[c]`.
+pub fn depthwise(
+    g: &ConvGeometry,
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    act: Clamp,
+    out: &mut [f32],
+) {
+    assert_eq!(g.in_c, g.out_c, "depthwise channels");
+    assert_eq!(
+        weights.len(),
+        g.kh * g.kw * g.in_c,
+        "depthwise weights length"
+    );
+    convolve(g, input, bias, act, out, |o, px, tap| {
+        let w = &weights[tap * g.in_c..(tap + 1) * g.in_c];
+        for ((acc, &v), &wv) in o.iter_mut().zip(px).zip(w) {
+            *acc += v * wv;
+        }
+    });
+}
+
+/// The loop both convolutions share: seeds each output pixel with `bias`, calls
+/// `accumulate(output pixel, input pixel, tap index)` for every kernel tap that lands inside the
+/// input (taps in the zero padding contribute nothing), then applies `act`.
+fn convolve(
+    g: &ConvGeometry,
+    input: &[f32],
+    bias: &[f32],
+    act: Clamp,
+    out: &mut [f32],
+    mut accumulate: impl FnMut(&mut [f32], &[f32], usize),
+) {
+    assert_eq!(input.len(), g.input_len(), "conv input length");
+    assert_eq!(out.len(), g.output_len(), "conv output length");
+    assert_eq!(bias.len(), g.out_c, "conv bias length");
     for b in 0..g.batch {
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
@@ -37,63 +81,7 @@ pub fn dense_conv(
                             continue;
                         };
                         let px_at = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c;
-                        let px = &input[px_at..px_at + g.in_c];
-                        let w_at = (ky * g.kw + kx) * g.in_c * g.out_c;
-                        for (ci, &v) in px.iter().enumerate() {
-                            let w_row = &weights[w_at + ci * g.out_c..w_at + (ci + 1) * g.out_c];
-                            for (acc, &w) in o.iter_mut().zip(w_row) {
-                                *acc += v * w;
-                            }
-                        }
-                    }
-                }
-                for acc in o.iter_mut() {
-                    *acc = act.apply(*acc);
-                }
-            }
-        }
-    }
-}
-
-/// Depthwise NHWC convolution (`in_c == out_c`); weights `[kh][kw][c]`, bias `[c]`.
-pub fn depthwise(
-    g: &ConvGeometry,
-    input: &[f32],
-    weights: &[f32],
-    bias: &[f32],
-    act: Clamp,
-    out: &mut [f32],
-) {
-    assert_eq!(g.in_c, g.out_c, "depthwise channels");
-    assert_eq!(input.len(), g.input_len(), "depthwise input length");
-    assert_eq!(out.len(), g.output_len(), "depthwise output length");
-    assert_eq!(
-        weights.len(),
-        g.kh * g.kw * g.in_c,
-        "depthwise weights length"
-    );
-    assert_eq!(bias.len(), g.out_c, "depthwise bias length");
-    let c = g.in_c;
-    for b in 0..g.batch {
-        for oy in 0..g.out_h {
-            for ox in 0..g.out_w {
-                let o_at = ((b * g.out_h + oy) * g.out_w + ox) * c;
-                let o = &mut out[o_at..o_at + c];
-                o.copy_from_slice(bias);
-                for ky in 0..g.kh {
-                    let Some(iy) = tap(oy, g.stride_h, ky, g.pad_top, g.in_h) else {
-                        continue;
-                    };
-                    for kx in 0..g.kw {
-                        let Some(ix) = tap(ox, g.stride_w, kx, g.pad_left, g.in_w) else {
-                            continue;
-                        };
-                        let px_at = ((b * g.in_h + iy) * g.in_w + ix) * c;
-                        let px = &input[px_at..px_at + c];
-                        let w = &weights[(ky * g.kw + kx) * c..(ky * g.kw + kx + 1) * c];
-                        for ((acc, &v), &wv) in o.iter_mut().zip(px).zip(w) {
-                            *acc += v * wv;
-                        }
+                        accumulate(o, &input[px_at..px_at + g.in_c], ky * g.kw + kx);
                     }
                 }
                 for acc in o.iter_mut() {
