@@ -118,10 +118,10 @@ impl Net {
     ) -> String {
         let s = self.style;
         let group = if depthwise { cin } else { 1 };
-        let w = self.weights(
-            &[cout, cin / group, k, k],
-            0.9 / ((cin / group) * k * k) as f32,
-        );
+        // He-style scale keeps the signal alive through the stack, so that a wrong tap or pad
+        // changes the logits well beyond the tolerance.
+        let fan_in = ((cin / group) * k * k) as f32;
+        let w = self.weights(&[cout, cin / group, k, k], 2.5 / fan_in.sqrt());
         let mut attrs = vec![
             ("kernel_shape", Attr::Ints(vec![k, k])),
             ("strides", Attr::Ints(vec![stride, stride])),
@@ -276,12 +276,35 @@ fn assert_matches_tract(bytes: &[u8]) {
     let proto = mobilenet_serve::engine::onnx::decode_model(bytes).unwrap();
     let s = SIZE as usize;
     let reference = TractReference::new(&proto, layout, s, s, 3).expect("tract");
-    let inputs: Vec<Vec<f32>> = (0..3)
-        .map(|i| random_vec(s * s * 3, 100 + i, 1.0))
+    // Noise plus a per-image colour cast: pooled noise alone averages out to the same features
+    // for every image.
+    let inputs: Vec<Vec<f32>> = (0..3u64)
+        .map(|i| {
+            let noise = random_vec(s * s * 3, 100 + i, 0.5);
+            noise
+                .iter()
+                .enumerate()
+                .map(|(p, v)| v + 0.5 * ((i * 3 + (p % 3) as u64) as f32).sin())
+                .collect()
+        })
         .collect();
     let ours = model.run(&inputs.concat(), 3, s, s).expect("run");
     let classes = model.plan().classes;
     assert_eq!(classes, CLASSES as usize);
+    // The outputs must depend on the image, or a wrong tap or pad could hide behind the biases
+    // (compared as logits, since a softmax compresses differences).
+    let logit = |v: f32| if model.plan().softmax { v.ln() } else { v };
+    let spread = (0..classes)
+        .map(|j| (logit(ours[j]) - logit(ours[classes + j])).abs())
+        .fold(0.0f32, f32::max);
+    let first: Vec<f32> = ours[..classes].iter().map(|&v| logit(v)).collect();
+    let range = first.iter().fold(f32::MIN, |m, &v| m.max(v))
+        - first.iter().fold(f32::MAX, |m, &v| m.min(v));
+    assert!(
+        spread > 0.05 * range,
+        "outputs barely depend on the input: {:?}",
+        &ours[..2 * classes]
+    );
     for (i, input) in inputs.iter().enumerate() {
         let theirs = reference.run_nhwc(input).unwrap();
         let mine = &ours[i * classes..(i + 1) * classes];
@@ -506,4 +529,22 @@ fn garbage_and_headless_graphs_are_malformed_not_panics() {
     assert!(
         matches!(import_model(&b.model(&c)), Err(Error::MalformedModel(m)) if m.contains("feature map"))
     );
+}
+
+#[test]
+fn absurd_padding_is_refused() {
+    let e = refused(|b, x| {
+        let w = b.init(&[4, 4, 3, 3], vec![0.1; 144]);
+        b.node(
+            "Conv",
+            &[x, &w],
+            vec![("pads", Attr::Ints(vec![0, 0, 1 << 40, 0]))],
+        )
+    });
+    assert_names(e, "Conv", "pads");
+    let e = refused(|b, x| {
+        let p = b.init_i64(&[8], vec![0, 0, -1, 0, 0, 0, 1, 1]);
+        b.node("Pad", &[x, &p], vec![])
+    });
+    assert_names(e, "Pad", "only spatial padding");
 }

@@ -321,7 +321,9 @@ impl<'g> Importer<'g> {
                 layout: InputLayout::Nchw,
                 channels,
             } => channels,
-            Stage::Pooled { channels } if kh == 1 && kw == 1 && group == 1 => {
+            Stage::Pooled { channels }
+                if kh == 1 && kw == 1 && group == 1 && pads_nothing_1x1(padding) =>
+            {
                 // A 1x1 conv on the pooled vector is the classifier: a fully connected layer.
                 if channels != in_c {
                     return Err(unsupported(
@@ -360,17 +362,7 @@ impl<'g> Importer<'g> {
         }
         let raw = w.to_f32();
         let (kind, weights) = if group == 1 {
-            let pointwise = kh == 1
-                && kw == 1
-                && sh == 1
-                && sw == 1
-                && padding
-                    == Padding::Explicit {
-                        top: 0,
-                        left: 0,
-                        bottom: 0,
-                        right: 0,
-                    };
+            let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && pads_nothing_1x1(padding);
             if pointwise {
                 (ConvKind::Pointwise, transpose_oi(&raw, m, in_c))
             } else {
@@ -528,10 +520,14 @@ impl<'g> Importer<'g> {
             InputLayout::Nchw => ([a1, b1], [a2, a3, b2, b3]),
             InputLayout::Nhwc => ([a3, b3], [a1, a2, b1, b2]),
         };
-        if n0 != 0 || n1 != 0 || ch != [0, 0] || [t, l, b, r].iter().any(|&p| p < 0) {
+        if n0 != 0
+            || n1 != 0
+            || ch != [0, 0]
+            || [t, l, b, r].iter().any(|p| !(0..=MAX_PAD).contains(p))
+        {
             return Err(unsupported(
                 node,
-                format!("pads {pads:?}: only non-negative spatial padding"),
+                format!("pads {pads:?}: only spatial padding of 0..={MAX_PAD}"),
             ));
         }
         self.pending_pad = Some([t, l, b, r].map(|p| p as usize));
@@ -841,6 +837,26 @@ fn broadcast_bias(node: &pb::NodeProto, k: &Constant, c: usize) -> Result<Vec<f3
     ))
 }
 
+/// Largest padding accepted on one side; real networks pad by a few pixels, and the bound keeps
+/// size arithmetic far from overflow on hostile files.
+const MAX_PAD: i64 = 1024;
+
+/// Whether a 1x1 kernel with this padding reads exactly its own pixel (SAME pads a 1x1 kernel by
+/// nothing).
+fn pads_nothing_1x1(padding: Padding) -> bool {
+    matches!(
+        padding,
+        Padding::SameUpper
+            | Padding::SameLower
+            | Padding::Explicit {
+                top: 0,
+                left: 0,
+                bottom: 0,
+                right: 0
+            }
+    )
+}
+
 /// ONNX conv padding: `auto_pad` or explicit `pads` `[top, left, bottom, right]`.
 fn conv_padding(node: &pb::NodeProto) -> Result<Padding> {
     let a = Attrs(node);
@@ -852,7 +868,7 @@ fn conv_padding(node: &pb::NodeProto) -> Result<Padding> {
     }
     let pads = a.ints("pads").unwrap_or_else(|| vec![0; 4]);
     match pads[..] {
-        [t, l, b, r] if pads.iter().all(|&p| p >= 0) => Ok(Padding::Explicit {
+        [t, l, b, r] if pads.iter().all(|p| (0..=MAX_PAD).contains(p)) => Ok(Padding::Explicit {
             top: t as usize,
             left: l as usize,
             bottom: b as usize,

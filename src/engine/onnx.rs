@@ -68,7 +68,10 @@ pub fn read_tensor(t: &pb::TensorProto) -> Result<Constant> {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| bad("negative dimension")))
         .collect::<Result<Vec<_>>>()?;
-    let count: usize = dims.iter().product();
+    let count = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| bad("dimensions overflow"))?;
     let raw = &t.raw_data;
     let values: Vec<f64> = match t.data_type {
         FLOAT if !raw.is_empty() => le_chunks::<4>(raw)
