@@ -63,6 +63,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Measure top-1 / top-5 accuracy and latency of every variant on a labelled image folder.
     Eval(EvalArgs),
+    /// Time every variant: ms per image, images/s, GFLOP/s and % of this machine's FMA peak.
+    Bench(BenchArgs),
     /// Write the preprocessed input tensors of a labelled image folder to a .npy file
     /// (for cross-checks with other runtimes).
     Preprocess(PreprocessArgs),
@@ -123,4 +125,27 @@ pub struct PreprocessArgs {
     /// The .npy file to write: float32 [N, size, size, 3], NHWC, normalised to [-1, 1].
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// Arguments of `bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Comma-separated variant names (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Option<Vec<String>>,
+    /// Comma-separated batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    /// Timed runs per variant and batch size (after one warm-up run).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub iters: u64,
+    /// Also time tract on the same files (batch 1, alternating with ours) and print the ratio.
+    #[arg(long)]
+    pub tract: bool,
+    /// Also print where the time goes per layer type, next to the paper's Table 2.
+    #[arg(long)]
+    pub layers: bool,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }

@@ -6,9 +6,11 @@
 //! - [`engine`]: ONNX import into our own [`engine::plan::Plan`], the [`engine::model::Model`]
 //!   that runs it, the [`engine::pool::ModelPool`] of variants and the tract reference.
 //! - [`kernels`]: the compute kernels behind a dispatch table chosen once at start.
-//! - [`verify`], [`eval`]: the cross-check and accuracy commands; [`chart`], [`npy`] their outputs.
+//! - [`verify`], [`eval`], [`bench`]: the cross-check, accuracy and speed commands; [`chart`],
+//!   [`npy`] their outputs.
 //! - [`config`], [`telemetry`], [`error`]: command line, logging, the one error type.
 
+pub mod bench;
 pub mod chart;
 pub mod config;
 pub mod dataset;

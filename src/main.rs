@@ -7,7 +7,7 @@ use mobilenet_serve::config::{Cli, Command, GlobalOptions};
 use mobilenet_serve::engine::catalog::format_alpha;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::KernelSet;
-use mobilenet_serve::{eval, telemetry, verify, Error};
+use mobilenet_serve::{bench, eval, telemetry, verify, Error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -75,6 +75,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Eval(args) => {
             let pool = load(&cli.global, args.variants.clone())?;
             eval::run(&pool, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            let pool = load(&cli.global, args.variants.clone())?;
+            bench::run(&pool, &args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Preprocess(args) => {

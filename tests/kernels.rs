@@ -3,12 +3,31 @@
 
 mod common;
 
-use mobilenet_serve::kernels::{Clamp, ConvGeometry, GemmShape, KernelSet};
+use mobilenet_serve::kernels::{Clamp, ConvGeometry, GemmShape, KernelSet, Tier};
 use proptest::prelude::*;
 
-/// Every tier this machine can run (the scalar reference is always there).
+/// Every kernel tier this machine can run (the scalar reference is always there).
 fn tiers() -> Vec<KernelSet> {
-    vec![KernelSet::scalar()]
+    // Forcing a tier this CPU lacks must be an error, not undefined behaviour.
+    for t in Tier::ALL.into_iter().filter(|t| !t.is_supported()) {
+        assert!(KernelSet::for_tier(t).is_err());
+    }
+    Tier::supported()
+        .into_iter()
+        .map(|t| KernelSet::for_tier(t).unwrap())
+        .collect()
+}
+
+#[test]
+fn this_machine_runs_every_x86_tier() {
+    // The CI machines have AVX-512; if they ever lose it this test says so instead of the
+    // property tests silently covering fewer tiers.
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        Tier::supported(),
+        Tier::ALL,
+        "the SIMD tiers are not all testable here"
+    );
 }
 
 /// ONNX Conv, NCHW, one image: out[o][y][x] = b[o] + sum in[g*cg+i][y*s+ky-pt][x*s+kx-pl] * w[o][i][ky][kx].
@@ -98,9 +117,11 @@ struct ConvCase {
 }
 
 fn conv_case(depthwise: bool) -> impl Strategy<Value = ConvCase> {
+    // Depthwise runs several channel vectors at once: give it room for full blocks and tails.
+    let channels = if depthwise { 1usize..80 } else { 1usize..20 };
     (
         1usize..3,
-        1usize..20,
+        channels,
         1usize..20,
         1usize..4,
         1usize..4,
@@ -226,7 +247,7 @@ proptest! {
     }
 
     #[test]
-    fn gemm_matches_naive(m in 1usize..40, k in 1usize..70, n in 1usize..70, act in any::<u8>(), seed in any::<u64>()) {
+    fn gemm_matches_naive(m in 1usize..60, k in 1usize..90, n in 1usize..100, act in any::<u8>(), seed in any::<u64>()) {
         let a = common::random_vec(m * k, seed, 2.0);
         let b = common::random_vec(k * n, seed ^ 1, 2.0);
         let bias = common::random_vec(n, seed ^ 2, 2.0);
@@ -240,7 +261,8 @@ proptest! {
         }
         for t in tiers() {
             let mut c = vec![f32::NAN; m * n];
-            (t.gemm)(&GemmShape { m, k, n }, &a, &b, &bias, act, &mut c);
+            let packed = (t.pack_gemm_b)(k, n, &b);
+            (t.gemm)(&GemmShape { m, k, n }, &a, &packed, &bias, act, &mut c);
             assert_close(&c, &want, &format!("{} gemm {m}x{k}x{n}", t.tier));
         }
     }
@@ -258,6 +280,40 @@ proptest! {
             let mut out = vec![f32::NAN; batch * c];
             (t.global_avg_pool)(batch, pos, c, &x, &mut out);
             assert_close(&out, &want, &format!("{} pool", t.tier));
+        }
+    }
+}
+
+/// Large shapes cross the GEMM's row blocks, panel edges and row tails at once; every tier must
+/// agree with the scalar reference there too.
+#[test]
+fn gemm_large_shapes_match_the_reference() {
+    for (m, k, n) in [(2000, 300, 70), (49, 1024, 1001), (12544, 32, 64)] {
+        let a = common::random_vec(m * k, 11, 1.0);
+        let b = common::random_vec(k * n, 12, 0.1);
+        let bias = common::random_vec(n, 13, 1.0);
+        let shape = GemmShape { m, k, n };
+        let scalar = KernelSet::scalar();
+        let mut want = vec![0.0; m * n];
+        (scalar.gemm)(
+            &shape,
+            &a,
+            &(scalar.pack_gemm_b)(k, n, &b),
+            &bias,
+            Clamp::RELU6,
+            &mut want,
+        );
+        for t in tiers() {
+            let mut c = vec![f32::NAN; m * n];
+            (t.gemm)(
+                &shape,
+                &a,
+                &(t.pack_gemm_b)(k, n, &b),
+                &bias,
+                Clamp::RELU6,
+                &mut c,
+            );
+            assert_close(&c, &want, &format!("{} gemm {m}x{k}x{n}", t.tier));
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use mobilenet_serve::dataset::read_labels;
 use mobilenet_serve::engine::onnx::decode_model;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
-use mobilenet_serve::kernels::KernelSet;
+use mobilenet_serve::kernels::{KernelSet, Tier};
 use mobilenet_serve::pipeline::postprocess::argmax;
 use mobilenet_serve::verify::{check_variant, image_inputs, random_inputs, REL_TOLERANCE};
 use mobilenet_serve::Error;
@@ -64,23 +64,40 @@ fn the_zoo_loads_16_variants_from_13_files() {
     }
 }
 
+/// The zoo once per kernel tier this CPU supports.
+fn zoo_per_tier() -> Vec<ModelPool> {
+    Tier::supported()
+        .into_iter()
+        .map(|t| {
+            let opts = LoadOptions {
+                kernels: KernelSet::for_tier(t).unwrap(),
+                ..options()
+            };
+            ModelPool::load(&common::zoo_dir(), &opts).unwrap()
+        })
+        .collect()
+}
+
 #[test]
-fn every_variant_matches_tract_on_random_and_real_inputs() {
-    let pool = zoo();
+fn every_variant_matches_tract_on_random_and_real_inputs_with_every_tier() {
     let images = mobilenet_serve::dataset::image_files(&common::imagenet_dir()).unwrap();
-    for v in pool.variants() {
-        let proto = decode_model(&std::fs::read(pool.dir().join(&v.spec.file)).unwrap()).unwrap();
-        let mut inputs = random_inputs(2, v.input_len(), 42);
-        inputs.extend(image_inputs(&images[..2], v).unwrap());
-        let c = check_variant(v, &proto, &inputs).unwrap();
-        assert!(
-            c.passed(),
-            "{}: rel diff {} (limit {REL_TOLERANCE}), top-1 {}/{}",
-            c.name,
-            c.max_rel_diff,
-            c.top1_agree,
-            c.inputs
-        );
+    for pool in zoo_per_tier() {
+        for v in pool.variants() {
+            let proto =
+                decode_model(&std::fs::read(pool.dir().join(&v.spec.file)).unwrap()).unwrap();
+            let mut inputs = random_inputs(2, v.input_len(), 42);
+            inputs.extend(image_inputs(&images[..2], v).unwrap());
+            let c = check_variant(v, &proto, &inputs).unwrap();
+            let tier = v.model.kernels().tier;
+            assert!(
+                c.passed(),
+                "{} on {tier}: rel diff {} (limit {REL_TOLERANCE}), top-1 {}/{}",
+                c.name,
+                c.max_rel_diff,
+                c.top1_agree,
+                c.inputs
+            );
+        }
     }
 }
 
@@ -114,21 +131,22 @@ fn golden_images_get_their_labels_from_1_0_224() {
 }
 
 #[test]
-fn batched_outputs_equal_single_image_outputs() {
-    let pool = zoo();
+fn batched_outputs_equal_single_image_outputs_with_every_tier() {
     let files = mobilenet_serve::dataset::image_files(&common::imagenet_dir()).unwrap();
-    for name in ["mobilenet_v1_0.25_128", "mobilenet_v1_0.75_224"] {
-        let v = pool.get(name).unwrap();
-        let inputs = image_inputs(&files[..5], v).unwrap();
-        let (r, k) = (v.spec.resolution, v.model.plan().classes);
-        let batched = v.model.run(&inputs.concat(), inputs.len(), r, r).unwrap();
-        for (i, input) in inputs.iter().enumerate() {
-            let single = v.model.run(input, 1, r, r).unwrap();
-            assert_eq!(
-                &batched[i * k..(i + 1) * k],
-                single.as_slice(),
-                "{name} image {i}"
-            );
+    for pool in zoo_per_tier() {
+        for name in ["mobilenet_v1_0.25_128", "mobilenet_v1_0.75_224"] {
+            let v = pool.get(name).unwrap();
+            let inputs = image_inputs(&files[..5], v).unwrap();
+            let (r, k) = (v.spec.resolution, v.model.plan().classes);
+            let batched = v.model.run(&inputs.concat(), inputs.len(), r, r).unwrap();
+            for (i, input) in inputs.iter().enumerate() {
+                let single = v.model.run(input, 1, r, r).unwrap();
+                assert_eq!(
+                    &batched[i * k..(i + 1) * k],
+                    single.as_slice(),
+                    "{name} image {i}"
+                );
+            }
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Runs a [`Plan`] on a batch of NHWC images with one [`KernelSet`].
 
+use std::time::{Duration, Instant};
+
 use super::plan::{ConvKind, Layer, Plan};
 use crate::error::{Error, Result};
 use crate::kernels::{GemmShape, KernelSet};
@@ -10,6 +12,8 @@ use crate::kernels::{GemmShape, KernelSet};
 pub struct Model {
     plan: Plan,
     kernels: KernelSet,
+    /// GEMM weights of each layer in the tier's packed layout (empty for other layers).
+    packed: Vec<Vec<f32>>,
 }
 
 /// Reusable activation buffers, so that steady-state inference does not allocate.
@@ -27,9 +31,24 @@ impl Workspace {
 }
 
 impl Model {
-    /// Binds `plan` to `kernels`.
+    /// Binds `plan` to `kernels`, prepacking the GEMM weights into the tier's layout.
     pub fn new(plan: Plan, kernels: KernelSet) -> Self {
-        Model { plan, kernels }
+        let packed = plan
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                Layer::Conv(c) if c.kind == ConvKind::Pointwise => {
+                    (kernels.pack_gemm_b)(c.in_c, c.out_c, &c.weights)
+                }
+                Layer::Fc(f) => (kernels.pack_gemm_b)(f.in_c, f.out_c, &f.weights),
+                _ => Vec::new(),
+            })
+            .collect();
+        Model {
+            plan,
+            kernels,
+            packed,
+        }
     }
 
     /// The network description.
@@ -60,6 +79,35 @@ impl Model {
         w: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        self.run_timed(ws, input, batch, h, w, out, None)
+    }
+
+    /// Like [`Model::run_with`], also returning the time each layer took (for `bench --layers`).
+    pub fn run_profiled(
+        &self,
+        ws: &mut Workspace,
+        input: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<Vec<Duration>> {
+        let mut times = Vec::with_capacity(self.plan.layers.len());
+        self.run_timed(ws, input, batch, h, w, out, Some(&mut times))?;
+        Ok(times)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_timed(
+        &self,
+        ws: &mut Workspace,
+        input: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        out: &mut Vec<f32>,
+        mut times: Option<&mut Vec<Duration>>,
+    ) -> Result<()> {
         self.check_input(input, batch, h, w)?;
         let k = &self.kernels;
         let (mut src, mut dst) = (std::mem::take(&mut ws.front), std::mem::take(&mut ws.back));
@@ -67,7 +115,8 @@ impl Model {
         src.extend_from_slice(input);
         let (mut h, mut w, mut c) = (h, w, self.plan.in_c);
         let mut result = Ok(());
-        for layer in &self.plan.layers {
+        for (layer, packed) in self.plan.layers.iter().zip(&self.packed) {
+            let started = times.as_ref().map(|_| Instant::now());
             match layer {
                 Layer::Conv(conv) => {
                     let g = match conv.geometry(batch, h, w) {
@@ -91,7 +140,7 @@ impl Model {
                                 k: conv.in_c,
                                 n: conv.out_c,
                             };
-                            (k.gemm)(&s, &src, &conv.weights, &conv.bias, conv.act, &mut dst)
+                            (k.gemm)(&s, &src, packed, &conv.bias, conv.act, &mut dst)
                         }
                     }
                     (h, w, c) = (g.out_h, g.out_w, g.out_c);
@@ -117,9 +166,12 @@ impl Model {
                         n: fc.out_c,
                     };
                     resize(&mut dst, s.m * s.n);
-                    (k.gemm)(&s, &src, &fc.weights, &fc.bias, fc.act, &mut dst);
+                    (k.gemm)(&s, &src, packed, &fc.bias, fc.act, &mut dst);
                     c = fc.out_c;
                 }
+            }
+            if let (Some(times), Some(started)) = (times.as_mut(), started) {
+                times.push(started.elapsed());
             }
             std::mem::swap(&mut src, &mut dst);
         }

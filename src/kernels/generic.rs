@@ -92,6 +92,12 @@ fn convolve(
     }
 }
 
+/// The scalar tier's GEMM weight layout is plain row-major `[k][n]`.
+pub fn pack_gemm_b(k: usize, n: usize, b: &[f32]) -> Vec<f32> {
+    assert_eq!(b.len(), k * n, "gemm b length");
+    b.to_vec()
+}
+
 /// Row-major GEMM with bias and clamp fused into the store.
 pub fn gemm(s: &GemmShape, a: &[f32], b: &[f32], bias: &[f32], act: Clamp, c: &mut [f32]) {
     assert_eq!(a.len(), s.m * s.k, "gemm a length");

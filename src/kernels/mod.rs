@@ -5,6 +5,9 @@
 //! by the importer with the output channel fastest, so every inner loop is contiguous.
 
 pub mod generic;
+pub(crate) mod simd;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
 
 use std::fmt;
 use std::str::FromStr;
@@ -94,7 +97,10 @@ pub type DenseConvFn = fn(&ConvGeometry, &[f32], &[f32], &[f32], Clamp, &mut [f3
 /// Depthwise convolution (one filter per channel, `in_c == out_c`). Weights `[kh][kw][c]`.
 pub type DepthwiseFn = fn(&ConvGeometry, &[f32], &[f32], &[f32], Clamp, &mut [f32]);
 /// `c[m][n] = clamp(bias[n] + sum_k a[m][k] * b[k][n])`: pointwise convs and fully connected layers.
+/// `b` is in the layout made by the same tier's [`PackFn`].
 pub type GemmFn = fn(&GemmShape, &[f32], &[f32], &[f32], Clamp, &mut [f32]);
+/// Prepacks row-major GEMM weights `b` (`k x n`) into the tier's layout, once, at load.
+pub type PackFn = fn(usize, usize, &[f32]) -> Vec<f32>;
 /// Mean over the spatial positions: `[batch][positions][c] -> [batch][c]`.
 pub type GlobalAvgPoolFn = fn(usize, usize, usize, &[f32], &mut [f32]);
 
@@ -114,13 +120,42 @@ pub struct GemmShape {
 pub enum Tier {
     /// Portable scalar code; the specification of every other tier.
     Scalar,
+    /// x86-64 AVX2 + FMA (8 lanes).
+    Avx2,
+    /// x86-64 AVX-512F (16 lanes).
+    Avx512,
+}
+
+impl Tier {
+    /// Every tier, slowest first.
+    pub const ALL: [Tier; 3] = [Tier::Scalar, Tier::Avx2, Tier::Avx512];
+
+    /// Whether this CPU can run the tier.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Tier::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => x86_64::has_avx2_fma(),
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => x86_64::has_avx512(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Tier::Avx2 | Tier::Avx512 => false,
+        }
+    }
+
+    /// The tiers this CPU can run, slowest first.
+    pub fn supported() -> Vec<Tier> {
+        Tier::ALL.into_iter().filter(|t| t.is_supported()).collect()
+    }
 }
 
 impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Tier::Scalar => f.write_str("scalar"),
-        }
+        f.write_str(match self {
+            Tier::Scalar => "scalar",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+        })
     }
 }
 
@@ -141,8 +176,10 @@ impl FromStr for TierChoice {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(TierChoice::Auto),
             "scalar" | "generic" => Ok(TierChoice::Force(Tier::Scalar)),
+            "avx2" => Ok(TierChoice::Force(Tier::Avx2)),
+            "avx512" => Ok(TierChoice::Force(Tier::Avx512)),
             other => Err(format!(
-                "unknown kernel tier `{other}` (this build has: auto, scalar)"
+                "unknown kernel tier `{other}` (expected auto, scalar, avx2 or avx512)"
             )),
         }
     }
@@ -157,8 +194,10 @@ pub struct KernelSet {
     pub dense_conv: DenseConvFn,
     /// Depthwise convolution.
     pub depthwise: DepthwiseFn,
-    /// GEMM with fused bias and clamp.
+    /// GEMM with fused bias and clamp, on weights packed by `pack_gemm_b`.
     pub gemm: GemmFn,
+    /// The GEMM weight packing of this tier.
+    pub pack_gemm_b: PackFn,
     /// Global average pooling.
     pub global_avg_pool: GlobalAvgPoolFn,
 }
@@ -179,14 +218,82 @@ impl KernelSet {
             dense_conv: generic::dense_conv,
             depthwise: generic::depthwise,
             gemm: generic::gemm,
+            pack_gemm_b: generic::pack_gemm_b,
             global_avg_pool: generic::global_avg_pool,
         }
     }
 
-    /// Resolves `choice` against what this CPU supports.
+    /// The kernels of `tier`, or an error naming what this CPU lacks.
+    pub fn for_tier(tier: Tier) -> Result<Self, String> {
+        if !tier.is_supported() {
+            return Err(format!(
+                "kernel tier {tier} is not supported by this CPU (supported: {})",
+                Tier::supported()
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let scalar = Self::scalar();
+        Ok(match tier {
+            Tier::Scalar => scalar,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => KernelSet {
+                tier,
+                dense_conv: x86_64::avx2::dense_conv,
+                depthwise: x86_64::avx2::depthwise,
+                gemm: x86_64::avx2::gemm,
+                pack_gemm_b: x86_64::avx2::pack_gemm_b,
+                ..scalar
+            },
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => KernelSet {
+                tier,
+                dense_conv: x86_64::avx512::dense_conv,
+                depthwise: x86_64::avx512::depthwise,
+                gemm: x86_64::avx512::gemm,
+                pack_gemm_b: x86_64::avx512::pack_gemm_b,
+                ..scalar
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            Tier::Avx2 | Tier::Avx512 => unreachable!("not supported off x86-64"),
+        })
+    }
+
+    /// This machine's single-core FMA peak in GFLOP/s, measured with the widest supported tier
+    /// (`None` without a SIMD tier).
+    pub fn fma_peak_gflops() -> Option<f64> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let measure: fn(usize) -> (usize, f64) = if x86_64::has_avx512() {
+                x86_64::avx512::fma_peak
+            } else if x86_64::has_avx2_fma() {
+                x86_64::avx2::fma_peak
+            } else {
+                return None;
+            };
+            measure(1000);
+            // Best of a few runs: the machine is shared and frequency ramps up.
+            (0..5)
+                .map(|_| {
+                    let (flops, secs) = measure(20_000_000);
+                    flops as f64 / secs / 1e9
+                })
+                .reduce(f64::max)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    }
+
+    /// Resolves `choice` against what this CPU supports: `auto` takes the fastest tier.
     pub fn select(choice: TierChoice) -> Result<Self, String> {
         match choice {
-            TierChoice::Auto | TierChoice::Force(Tier::Scalar) => Ok(Self::scalar()),
+            TierChoice::Auto => {
+                let best = Tier::supported().pop().unwrap_or(Tier::Scalar);
+                Self::for_tier(best)
+            }
+            TierChoice::Force(tier) => Self::for_tier(tier),
         }
     }
 }

@@ -1,0 +1,289 @@
+//! The `bench` command: latency and throughput of every variant, as GFLOP/s and as a fraction of
+//! this machine's FMA peak, optionally side by side with tract and broken down per layer type.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::BenchArgs;
+use crate::engine::model::Workspace;
+use crate::engine::onnx::{self, pb};
+use crate::engine::plan::{ConvKind, Layer};
+use crate::engine::pool::{ModelPool, Variant};
+use crate::engine::reference::TractReference;
+use crate::error::{Error, Result};
+use crate::kernels::KernelSet;
+use crate::verify::random_inputs;
+
+/// Timing of one variant at one batch size.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Variant name.
+    pub name: String,
+    /// Images per engine call.
+    pub batch: usize,
+    /// Median milliseconds per image.
+    pub median_ms: f64,
+    /// 90th percentile milliseconds per image.
+    pub p90_ms: f64,
+    /// Images per second at the median.
+    pub images_per_second: f64,
+    /// Achieved GFLOP/s (2 x mult-adds per image) at the median.
+    pub gflops: f64,
+    /// `gflops` as a percentage of the measured single-core FMA peak.
+    pub peak_percent: Option<f64>,
+    /// tract's median ms per image on the same file (batch 1 only).
+    pub tract_median_ms: Option<f64>,
+}
+
+/// Everything `bench --json` writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Kernel tier.
+    pub kernels: String,
+    /// Measured single-core FMA peak, GFLOP/s.
+    pub fma_peak_gflops: Option<f64>,
+    /// One entry per variant and batch size.
+    pub results: Vec<BenchResult>,
+}
+
+/// Median and 90th percentile of `samples` (sorted in place).
+fn quantiles(samples: &mut [f64]) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9))
+}
+
+/// The `bench` command.
+pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
+    let peak = KernelSet::fma_peak_gflops();
+    let tier = pool
+        .variants()
+        .first()
+        .map(|v| v.model.kernels().tier.to_string())
+        .unwrap_or_default();
+    match peak {
+        Some(p) => println!("kernels {tier}; single-core FMA peak {p:.1} GFLOP/s"),
+        None => println!("kernels {tier}; no SIMD tier to measure the FMA peak with"),
+    }
+    println!(
+        "{:<24} {:>5} {:>9} {:>9} {:>9} {:>8} {:>6} {:>9} {:>7}",
+        "variant",
+        "batch",
+        "median ms",
+        "p90 ms",
+        "img/s",
+        "GFLOP/s",
+        "%peak",
+        "tract ms",
+        "ours/tr"
+    );
+    let mut protos: HashMap<PathBuf, pb::ModelProto> = HashMap::new();
+    let mut results = Vec::new();
+    for v in pool.variants() {
+        for &batch in &args.batch {
+            let tract = if args.tract && batch == 1 {
+                if !protos.contains_key(&v.spec.file) {
+                    let path = pool.dir().join(&v.spec.file);
+                    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                    protos.insert(v.spec.file.clone(), onnx::decode_model(&bytes)?);
+                }
+                let plan = v.model.plan();
+                let r = v.spec.resolution;
+                Some(TractReference::new(
+                    &protos[&v.spec.file],
+                    plan.input_layout,
+                    r,
+                    r,
+                    plan.in_c,
+                )?)
+            } else {
+                None
+            };
+            let r = bench_variant(v, batch.max(1), args.iters as usize, tract.as_ref(), peak)?;
+            println!(
+                "{:<24} {:>5} {:>9.3} {:>9.3} {:>9.1} {:>8.1} {:>6} {:>9} {:>7}",
+                r.name,
+                r.batch,
+                r.median_ms,
+                r.p90_ms,
+                r.images_per_second,
+                r.gflops,
+                r.peak_percent
+                    .map(|p| format!("{p:.0}%"))
+                    .unwrap_or_else(|| "-".into()),
+                r.tract_median_ms
+                    .map(|t| format!("{t:.3}"))
+                    .unwrap_or_else(|| "-".into()),
+                r.tract_median_ms
+                    .map(|t| format!("{:.2}", r.median_ms / t))
+                    .unwrap_or_else(|| "-".into()),
+            );
+            results.push(r);
+        }
+        if args.layers {
+            print_layers(v)?;
+        }
+    }
+    let report = BenchReport {
+        kernels: tier,
+        fma_peak_gflops: peak,
+        results,
+    };
+    if let Some(path) = &args.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Catalog(e.to_string()))?;
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(report)
+}
+
+/// Times `iters` runs of `batch` random images (ours and, when given, tract alternately).
+fn bench_variant(
+    v: &Variant,
+    batch: usize,
+    iters: usize,
+    tract: Option<&TractReference>,
+    peak: Option<f64>,
+) -> Result<BenchResult> {
+    let r = v.spec.resolution;
+    let input: Vec<f32> = random_inputs(batch, v.input_len(), 7).concat();
+    let mut ws = Workspace::new();
+    let mut out = Vec::new();
+    v.model.run_with(&mut ws, &input, batch, r, r, &mut out)?;
+    if let Some(t) = tract {
+        t.run_nhwc(&input[..v.input_len()])?;
+    }
+    let (mut ours, mut theirs) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for _ in 0..iters {
+        let started = Instant::now();
+        v.model.run_with(&mut ws, &input, batch, r, r, &mut out)?;
+        ours.push(started.elapsed().as_secs_f64() * 1000.0 / batch as f64);
+        if let Some(t) = tract {
+            let started = Instant::now();
+            t.run_nhwc(&input[..v.input_len()])?;
+            theirs.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let (median_ms, p90_ms) = quantiles(&mut ours);
+    let macs = v.model.plan().mult_adds(r, r)? as f64;
+    let gflops = 2.0 * macs / (median_ms / 1000.0) / 1e9;
+    Ok(BenchResult {
+        name: v.spec.name.clone(),
+        batch,
+        median_ms,
+        p90_ms,
+        images_per_second: 1000.0 / median_ms,
+        gflops,
+        peak_percent: peak.map(|p| 100.0 * gflops / p),
+        tract_median_ms: (!theirs.is_empty()).then(|| quantiles(&mut theirs).0),
+    })
+}
+
+/// Layer types as the paper's Table 2 groups them, with its shares for 1.0_224
+/// (mult-adds %, parameters %).
+const TABLE_2: [(&str, f64, f64); 4] = [
+    ("1x1 conv", 94.86, 74.59),
+    ("depthwise", 3.06, 1.06),
+    ("full conv", 1.19, 0.02),
+    ("fc", 0.18, 24.33),
+];
+
+/// Prints each layer type's share of mult-adds, parameters and measured time for one image.
+fn print_layers(v: &Variant) -> Result<()> {
+    let r = v.spec.resolution;
+    let plan = v.model.plan();
+    let input: Vec<f32> = random_inputs(1, v.input_len(), 9).concat();
+    let mut ws = Workspace::new();
+    let mut out = Vec::new();
+    let mut totals: Vec<Duration> = v.model.run_profiled(&mut ws, &input, 1, r, r, &mut out)?;
+    for _ in 0..9 {
+        let t = v.model.run_profiled(&mut ws, &input, 1, r, r, &mut out)?;
+        totals.iter_mut().zip(t).for_each(|(a, b)| *a += b);
+    }
+    // Shares per group: [mult-adds, params, seconds]; pool is counted apart.
+    let mut groups: HashMap<&str, [f64; 3]> = HashMap::new();
+    let (mut h, mut w) = (r, r);
+    for (layer, time) in plan.layers.iter().zip(&totals) {
+        let (group, macs, params) = match layer {
+            Layer::Conv(c) => {
+                let g = c.geometry(1, h, w)?;
+                (h, w) = (g.out_h, g.out_w);
+                let group = match c.kind {
+                    ConvKind::Pointwise => "1x1 conv",
+                    ConvKind::Depthwise => "depthwise",
+                    ConvKind::Dense => "full conv",
+                };
+                let per = if c.kind == ConvKind::Depthwise {
+                    c.kh * c.kw
+                } else {
+                    c.kh * c.kw * c.in_c
+                };
+                (
+                    group,
+                    (g.out_h * g.out_w * g.out_c * per) as f64,
+                    (c.weights.len() + c.bias.len()) as f64,
+                )
+            }
+            Layer::GlobalAvgPool { .. } => {
+                (h, w) = (1, 1);
+                ("pool", 0.0, 0.0)
+            }
+            Layer::Fc(f) => (
+                "fc",
+                (f.in_c * f.out_c) as f64,
+                (f.weights.len() + f.bias.len()) as f64,
+            ),
+        };
+        let e = groups.entry(group).or_default();
+        e[0] += macs;
+        e[1] += params;
+        e[2] += time.as_secs_f64();
+    }
+    let sum = |i: usize| {
+        groups
+            .values()
+            .map(|g| g[i])
+            .sum::<f64>()
+            .max(f64::MIN_POSITIVE)
+    };
+    let (all_macs, all_params, all_time) = (sum(0), sum(1), sum(2));
+    println!(
+        "  {} per layer type (time: mean of 10 single-image runs):",
+        v.spec.name
+    );
+    println!(
+        "  {:<10} {:>9} {:>9} {:>9} {:>10} {:>14}",
+        "type", "mult-add%", "param%", "time%", "ms", "paper (1.0_224)"
+    );
+    for name in ["1x1 conv", "depthwise", "full conv", "pool", "fc"] {
+        let g = groups.get(name).copied().unwrap_or_default();
+        let paper = TABLE_2
+            .iter()
+            .find(|t| t.0 == name)
+            .map(|t| format!("{:.2}% / {:.2}%", t.1, t.2))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<10} {:>8.2}% {:>8.2}% {:>8.2}% {:>10.3} {:>14}",
+            name,
+            100.0 * g[0] / all_macs,
+            100.0 * g[1] / all_params,
+            100.0 * g[2] / all_time,
+            g[2] * 1000.0 / 10.0,
+            paper
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quantiles_pick_median_and_p90() {
+        let mut v: Vec<f64> = (1..=11).rev().map(f64::from).collect();
+        assert_eq!(super::quantiles(&mut v), (6.0, 10.0));
+    }
+}

@@ -1,0 +1,426 @@
+//! Vector kernels written once over a small [`Simd`] abstraction and instantiated per instruction
+//! set (see `x86_64/`). Every function here is `#[inline(always)]`: it is compiled inside the
+//! tier's `#[target_feature]` entry point, so it gets that tier's instructions.
+//!
+//! GEMM: the driver owns blocking and edges, the microkernel owns the hot loop. Weights are
+//! prepacked into panels of `2 * LANES` columns (`[panel][k][2 * LANES]`, zero-padded), so the
+//! microkernel reads them contiguously; activations are read in place, one broadcast per row.
+
+use super::{Clamp, ConvGeometry, GemmShape};
+
+/// One SIMD register type and the few operations the kernels need.
+///
+/// # Safety
+/// Implementations are only called from functions compiled with (and dispatched after detecting)
+/// the matching target features; pointers must be valid for the lanes they touch.
+pub(crate) trait Simd {
+    /// The register type.
+    type V: Copy;
+    /// f32 lanes per register.
+    const LANES: usize;
+    /// Rows of the GEMM microkernel (bounded by the register file; at most 12).
+    const MR: usize;
+
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// Loads the first `n < LANES` lanes, zeroing the rest.
+    unsafe fn load_partial(p: *const f32, n: usize) -> Self::V;
+    /// Stores the first `n < LANES` lanes.
+    unsafe fn store_partial(p: *mut f32, v: Self::V, n: usize);
+    /// `a * b + c` with one rounding.
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// `min(max(v, lo), hi)`, NaN-compatible with [`Clamp::apply`].
+    unsafe fn clamp(v: Self::V, lo: Self::V, hi: Self::V) -> Self::V;
+}
+
+/// Loads `n` lanes (all when `n >= LANES`).
+#[inline(always)]
+unsafe fn load_n<S: Simd>(p: *const f32, n: usize) -> S::V {
+    if n >= S::LANES {
+        S::load(p)
+    } else {
+        S::load_partial(p, n)
+    }
+}
+
+/// Stores `n` lanes (all when `n >= LANES`).
+#[inline(always)]
+unsafe fn store_n<S: Simd>(p: *mut f32, v: S::V, n: usize) {
+    if n >= S::LANES {
+        S::store(p, v)
+    } else {
+        S::store_partial(p, v, n)
+    }
+}
+
+/// Columns per packed weight panel.
+#[inline(always)]
+pub(crate) const fn panel_width<S: Simd>() -> usize {
+    2 * S::LANES
+}
+
+/// Packs row-major `b` (`k x n`) into panels of `nr` columns: `[panel][k][nr]`, zero-padded.
+pub(crate) fn pack_panels(k: usize, n: usize, b: &[f32], nr: usize) -> Vec<f32> {
+    assert_eq!(b.len(), k * n, "gemm b length");
+    let panels = n.div_ceil(nr);
+    let mut packed = vec![0.0; panels * k * nr];
+    for j in 0..panels {
+        let cols = nr.min(n - j * nr);
+        for p in 0..k {
+            let dst = &mut packed[(j * k + p) * nr..][..cols];
+            dst.copy_from_slice(&b[p * n + j * nr..][..cols]);
+        }
+    }
+    packed
+}
+
+/// Bytes of activations kept hot in L2 per block of GEMM rows.
+const L2_BLOCK_BYTES: usize = 512 * 1024;
+
+/// GEMM on packed weights: `c = clamp(a . b + bias)`.
+#[inline(always)]
+pub(crate) unsafe fn gemm<S: Simd>(
+    s: &GemmShape,
+    a: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    act: Clamp,
+    c: &mut [f32],
+) {
+    let nr = panel_width::<S>();
+    let (m, k, n) = (s.m, s.k, s.n);
+    assert_eq!(a.len(), m * k, "gemm a length");
+    assert_eq!(
+        packed.len(),
+        n.div_ceil(nr) * k * nr,
+        "gemm packed b length"
+    );
+    assert_eq!(bias.len(), n, "gemm bias length");
+    assert_eq!(c.len(), m * n, "gemm c length");
+    let rows_per_block = (L2_BLOCK_BYTES / (k.max(1) * 4)).max(S::MR) / S::MR * S::MR;
+    let ctx = Epilogue {
+        lo: S::splat(act.lo),
+        hi: S::splat(act.hi),
+    };
+    for m0 in (0..m).step_by(rows_per_block) {
+        let m1 = (m0 + rows_per_block).min(m);
+        for j in 0..n.div_ceil(nr) {
+            let cols = nr.min(n - j * nr);
+            // SAFETY: the asserts above bound every row, panel and column touched below.
+            let panel = packed.as_ptr().add(j * k * nr);
+            let bias_j = bias.as_ptr().add(j * nr);
+            let mut i = m0;
+            while i + S::MR <= m1 {
+                tile::<S>(
+                    S::MR,
+                    k,
+                    a.as_ptr().add(i * k),
+                    panel,
+                    bias_j,
+                    cols,
+                    &ctx,
+                    c.as_mut_ptr().add(i * n + j * nr),
+                    n,
+                );
+                i += S::MR;
+            }
+            if i < m1 {
+                tile::<S>(
+                    m1 - i,
+                    k,
+                    a.as_ptr().add(i * k),
+                    panel,
+                    bias_j,
+                    cols,
+                    &ctx,
+                    c.as_mut_ptr().add(i * n + j * nr),
+                    n,
+                );
+            }
+        }
+    }
+}
+
+struct Epilogue<V> {
+    lo: V,
+    hi: V,
+}
+
+/// Dispatches a tile of `rows <= MR` rows to the microkernel specialised for that row count.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<S: Simd>(
+    rows: usize,
+    k: usize,
+    a: *const f32,
+    panel: *const f32,
+    bias: *const f32,
+    cols: usize,
+    e: &Epilogue<S::V>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    macro_rules! rows {
+        ($($r:literal)*) => {
+            match rows {
+                $($r => micro::<S, $r>(k, a, panel, bias, cols, e, c, ldc),)*
+                _ => unreachable!("tile rows {rows} > MR"),
+            }
+        };
+    }
+    rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// The microkernel: `R` rows x `2 * LANES` columns of `c`, accumulated over all of `k` in
+/// registers, then bias, clamp and a (partial) store.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<S: Simd, const R: usize>(
+    k: usize,
+    a: *const f32,
+    panel: *const f32,
+    bias: *const f32,
+    cols: usize,
+    e: &Epilogue<S::V>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let l = S::LANES;
+    let mut acc = [[S::zero(); 2]; R];
+    for p in 0..k {
+        let b0 = S::load(panel.add(p * 2 * l));
+        let b1 = S::load(panel.add(p * 2 * l + l));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = S::splat(*a.add(r * k + p));
+            acc_r[0] = S::fmadd(av, b0, acc_r[0]);
+            acc_r[1] = S::fmadd(av, b1, acc_r[1]);
+        }
+    }
+    let (n0, n1) = (cols.min(l), cols.saturating_sub(l));
+    let bias0 = load_n::<S>(bias, n0);
+    let bias1 = if n1 > 0 {
+        load_n::<S>(bias.add(l), n1)
+    } else {
+        S::zero()
+    };
+    for (r, acc_r) in acc.iter().enumerate() {
+        let row = c.add(r * ldc);
+        store_n::<S>(row, S::clamp(S::add(acc_r[0], bias0), e.lo, e.hi), n0);
+        if n1 > 0 {
+            store_n::<S>(
+                row.add(l),
+                S::clamp(S::add(acc_r[1], bias1), e.lo, e.hi),
+                n1,
+            );
+        }
+    }
+}
+
+/// Channel vectors processed together by the depthwise kernel (accumulators kept in registers).
+const DW_VECTORS: usize = 4;
+
+/// Depthwise convolution, vectorised along channels. Returns `false` (doing nothing) for kernels
+/// larger than 3x3, which the caller then runs on the scalar reference.
+#[inline(always)]
+pub(crate) unsafe fn depthwise<S: Simd>(
+    g: &ConvGeometry,
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    act: Clamp,
+    out: &mut [f32],
+) -> bool {
+    const MAX_TAPS: usize = 9;
+    if g.kh * g.kw > MAX_TAPS {
+        return false;
+    }
+    let c = g.in_c;
+    assert_eq!(g.in_c, g.out_c, "depthwise channels");
+    assert_eq!(input.len(), g.input_len(), "depthwise input length");
+    assert_eq!(out.len(), g.output_len(), "depthwise output length");
+    assert_eq!(weights.len(), g.kh * g.kw * c, "depthwise weights length");
+    assert_eq!(bias.len(), c, "depthwise bias length");
+    let (lo, hi) = (S::splat(act.lo), S::splat(act.hi));
+    let l = S::LANES;
+    let mut taps = [(0usize, 0usize); MAX_TAPS];
+    for b in 0..g.batch {
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                let n_taps = inside_taps(g, b, oy, ox, &mut taps);
+                let o = out
+                    .as_mut_ptr()
+                    .add(((b * g.out_h + oy) * g.out_w + ox) * c);
+                let mut c0 = 0;
+                while c0 < c {
+                    let mut acc = [S::zero(); DW_VECTORS];
+                    let lanes = |v: usize| c.saturating_sub(c0 + v * l).min(l);
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        if lanes(v) > 0 {
+                            *a = load_n::<S>(bias.as_ptr().add(c0 + v * l), lanes(v));
+                        }
+                    }
+                    for &(px, tap) in &taps[..n_taps] {
+                        for (v, a) in acc.iter_mut().enumerate() {
+                            let n = lanes(v);
+                            if n > 0 {
+                                let at = c0 + v * l;
+                                // SAFETY: pixel px and tap have c channels each in input and
+                                // weights (lengths asserted above).
+                                let x = load_n::<S>(input.as_ptr().add(px * c + at), n);
+                                let wv = load_n::<S>(weights.as_ptr().add(tap * c + at), n);
+                                *a = S::fmadd(x, wv, *a);
+                            }
+                        }
+                    }
+                    for (v, a) in acc.iter().enumerate() {
+                        let n = lanes(v);
+                        if n > 0 {
+                            store_n::<S>(o.add(c0 + v * l), S::clamp(*a, lo, hi), n);
+                        }
+                    }
+                    c0 += DW_VECTORS * l;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Output-channel vectors the dense convolution keeps in registers at once.
+const DENSE_VECTORS: usize = 4;
+
+/// Dense convolution (the stem), vectorised along output channels: each input value is broadcast
+/// and multiplied into a register block of output channels. Returns `false` (doing nothing) for
+/// kernels larger than 3x3, which the caller then runs on the scalar reference.
+#[inline(always)]
+pub(crate) unsafe fn dense_conv<S: Simd>(
+    g: &ConvGeometry,
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    act: Clamp,
+    out: &mut [f32],
+) -> bool {
+    const MAX_TAPS: usize = 9;
+    if g.kh * g.kw > MAX_TAPS {
+        return false;
+    }
+    let (ci_n, co_n) = (g.in_c, g.out_c);
+    assert_eq!(input.len(), g.input_len(), "dense_conv input length");
+    assert_eq!(out.len(), g.output_len(), "dense_conv output length");
+    assert_eq!(
+        weights.len(),
+        g.kh * g.kw * ci_n * co_n,
+        "dense_conv weights length"
+    );
+    assert_eq!(bias.len(), co_n, "dense_conv bias length");
+    let (lo, hi) = (S::splat(act.lo), S::splat(act.hi));
+    let l = S::LANES;
+    let mut taps = [(0usize, 0usize); MAX_TAPS];
+    for b in 0..g.batch {
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                let n_taps = inside_taps(g, b, oy, ox, &mut taps);
+                let o = out
+                    .as_mut_ptr()
+                    .add(((b * g.out_h + oy) * g.out_w + ox) * co_n);
+                let mut c0 = 0;
+                while c0 < co_n {
+                    let lanes = |v: usize| co_n.saturating_sub(c0 + v * l).min(l);
+                    let mut acc = [S::zero(); DENSE_VECTORS];
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        if lanes(v) > 0 {
+                            *a = load_n::<S>(bias.as_ptr().add(c0 + v * l), lanes(v));
+                        }
+                    }
+                    for &(px, tap) in &taps[..n_taps] {
+                        for ci in 0..ci_n {
+                            // SAFETY: px + ci is an input pixel's channel and the weight row
+                            // (tap, ci) has co_n entries (lengths asserted above).
+                            let x = S::splat(*input.as_ptr().add(px * ci_n + ci));
+                            let w_row = weights.as_ptr().add((tap * ci_n + ci) * co_n + c0);
+                            for (v, a) in acc.iter_mut().enumerate() {
+                                let n = lanes(v);
+                                if n > 0 {
+                                    *a = S::fmadd(x, load_n::<S>(w_row.add(v * l), n), *a);
+                                }
+                            }
+                        }
+                    }
+                    for (v, a) in acc.iter().enumerate() {
+                        let n = lanes(v);
+                        if n > 0 {
+                            store_n::<S>(o.add(c0 + v * l), S::clamp(*a, lo, hi), n);
+                        }
+                    }
+                    c0 += DENSE_VECTORS * l;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Fills `taps` with the kernel taps of output pixel `(oy, ox)` of image `b` that land inside the
+/// input, as (input pixel index, tap index); returns how many there are.
+#[inline(always)]
+fn inside_taps(
+    g: &ConvGeometry,
+    b: usize,
+    oy: usize,
+    ox: usize,
+    taps: &mut [(usize, usize)],
+) -> usize {
+    let mut n = 0;
+    for ky in 0..g.kh {
+        let Some(iy) = (oy * g.stride_h + ky)
+            .checked_sub(g.pad_top)
+            .filter(|&y| y < g.in_h)
+        else {
+            continue;
+        };
+        for kx in 0..g.kw {
+            let Some(ix) = (ox * g.stride_w + kx)
+                .checked_sub(g.pad_left)
+                .filter(|&x| x < g.in_w)
+            else {
+                continue;
+            };
+            taps[n] = ((b * g.in_h + iy) * g.in_w + ix, ky * g.kw + kx);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Independent FMA chains in the peak loop: enough to cover FMA latency x throughput.
+const PEAK_CHAINS: usize = 12;
+
+/// Runs `iters x PEAK_CHAINS` vector FMAs with no memory traffic: the machine's FMA peak, used to
+/// express measured GFLOP/s as a fraction of it. Returns a value derived from the result so that
+/// the loop cannot be optimised away.
+#[inline(always)]
+pub(crate) unsafe fn fma_loop<S: Simd>(iters: usize) -> f32 {
+    let mut acc = [S::zero(); PEAK_CHAINS];
+    let (x, y) = (S::splat(0.999_999), S::splat(1e-7));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = S::fmadd(*a, x, y);
+        }
+    }
+    let mut out = [0.0f32; 64];
+    let mut sum = S::zero();
+    for a in acc {
+        sum = S::add(sum, a);
+    }
+    S::store(out.as_mut_ptr(), sum);
+    out[0]
+}
+
+/// Floating-point operations done by [`fma_loop`] (2 per lane per FMA).
+pub(crate) const fn fma_loop_flops<S: Simd>(iters: usize) -> usize {
+    iters * PEAK_CHAINS * S::LANES * 2
+}

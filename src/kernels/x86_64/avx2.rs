@@ -1,0 +1,64 @@
+//! The AVX2 + FMA tier: 8 lanes, a 6 x 16 GEMM microkernel (12 of the 16 registers accumulate).
+
+use std::arch::x86_64::*;
+
+use crate::kernels::simd::Simd;
+
+#[derive(Clone, Copy)]
+struct Avx2;
+
+impl Simd for Avx2 {
+    type V = __m256;
+    const LANES: usize = 8;
+    const MR: usize = 6;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> __m256 {
+        _mm256_maskload_ps(p, mask(n))
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, v: __m256, n: usize) {
+        _mm256_maskstore_ps(p, mask(n), v)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn clamp(v: __m256, lo: __m256, hi: __m256) -> __m256 {
+        // max/min return their second operand when one is NaN, as f32::max/min return the
+        // non-NaN one: a NaN input becomes `lo`, as in the scalar reference.
+        _mm256_min_ps(_mm256_max_ps(v, lo), hi)
+    }
+}
+
+/// Lane mask for `_mm256_maskload_ps` / `_mm256_maskstore_ps`: the first `n` lanes set.
+#[inline(always)]
+unsafe fn mask(n: usize) -> __m256i {
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n.min(8) as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+entry_points!(Avx2, "avx2,fma", super::has_avx2_fma, "AVX2+FMA");

@@ -1,0 +1,60 @@
+//! The AVX-512F tier: 16 lanes, a 12 x 32 GEMM microkernel (24 of the 32 registers accumulate).
+
+use std::arch::x86_64::*;
+
+use crate::kernels::simd::Simd;
+
+#[derive(Clone, Copy)]
+struct Avx512;
+
+impl Simd for Avx512 {
+    type V = __m512;
+    const LANES: usize = 16;
+    const MR: usize = 12;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m512 {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        _mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> __m512 {
+        _mm512_maskz_loadu_ps(mask(n), p)
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, v: __m512, n: usize) {
+        _mm512_mask_storeu_ps(p, mask(n), v)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn clamp(v: __m512, lo: __m512, hi: __m512) -> __m512 {
+        // max/min return their second operand when one is NaN, as f32::max/min return the
+        // non-NaN one: a NaN input becomes `lo`, as in the scalar reference.
+        _mm512_min_ps(_mm512_max_ps(v, lo), hi)
+    }
+}
+
+#[inline(always)]
+fn mask(n: usize) -> __mmask16 {
+    ((1u32 << n.min(16)) - 1) as __mmask16
+}
+
+entry_points!(Avx512, "avx512f,avx2,fma", super::has_avx512, "AVX-512F");

@@ -1,0 +1,147 @@
+//! x86-64 tiers: AVX2+FMA and AVX-512F, detected at run time.
+
+/// The public, safe entry points of one tier: each checks the CPU once more (cheap, and it keeps
+/// a mis-dispatch from being undefined behaviour), then runs the generic kernel compiled with the
+/// tier's target features.
+macro_rules! entry_points {
+    ($simd:ty, $features:literal, $detect:path, $what:literal) => {
+        /// Measures this tier's FMA peak on one core: `(flops, seconds)` of a register-only loop.
+        pub fn fma_peak(iters: usize) -> (usize, f64) {
+            assert!(
+                $detect(),
+                concat!($what, " kernels called on a CPU without ", $what)
+            );
+            let started = std::time::Instant::now();
+            // SAFETY: the CPU has the features (checked above); the loop touches only registers
+            // and a local array.
+            let sink = unsafe { fma_peak_impl(iters) };
+            let seconds = started.elapsed().as_secs_f64();
+            std::hint::black_box(sink);
+            (
+                $crate::kernels::simd::fma_loop_flops::<$simd>(iters),
+                seconds,
+            )
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn fma_peak_impl(iters: usize) -> f32 {
+            $crate::kernels::simd::fma_loop::<$simd>(std::hint::black_box(iters))
+        }
+
+        /// Packs GEMM weights into this tier's panels.
+        pub fn pack_gemm_b(k: usize, n: usize, b: &[f32]) -> Vec<f32> {
+            $crate::kernels::simd::pack_panels(
+                k,
+                n,
+                b,
+                $crate::kernels::simd::panel_width::<$simd>(),
+            )
+        }
+
+        /// GEMM on weights packed by [`pack_gemm_b`].
+        pub fn gemm(
+            s: &$crate::kernels::GemmShape,
+            a: &[f32],
+            packed: &[f32],
+            bias: &[f32],
+            act: $crate::kernels::Clamp,
+            c: &mut [f32],
+        ) {
+            assert!(
+                $detect(),
+                concat!($what, " kernels called on a CPU without ", $what)
+            );
+            // SAFETY: the CPU has the features (checked above); the kernel checks every length.
+            unsafe { gemm_impl(s, a, packed, bias, act, c) }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn gemm_impl(
+            s: &$crate::kernels::GemmShape,
+            a: &[f32],
+            packed: &[f32],
+            bias: &[f32],
+            act: $crate::kernels::Clamp,
+            c: &mut [f32],
+        ) {
+            $crate::kernels::simd::gemm::<$simd>(s, a, packed, bias, act, c)
+        }
+
+        /// Dense convolution vectorised along output channels (kernels above 3x3 fall back to
+        /// the scalar reference).
+        pub fn dense_conv(
+            g: &$crate::kernels::ConvGeometry,
+            input: &[f32],
+            weights: &[f32],
+            bias: &[f32],
+            act: $crate::kernels::Clamp,
+            out: &mut [f32],
+        ) {
+            assert!(
+                $detect(),
+                concat!($what, " kernels called on a CPU without ", $what)
+            );
+            // SAFETY: the CPU has the features (checked above); the kernel checks every length.
+            if !unsafe { dense_conv_impl(g, input, weights, bias, act, out) } {
+                $crate::kernels::generic::dense_conv(g, input, weights, bias, act, out)
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn dense_conv_impl(
+            g: &$crate::kernels::ConvGeometry,
+            input: &[f32],
+            weights: &[f32],
+            bias: &[f32],
+            act: $crate::kernels::Clamp,
+            out: &mut [f32],
+        ) -> bool {
+            $crate::kernels::simd::dense_conv::<$simd>(g, input, weights, bias, act, out)
+        }
+
+        /// Depthwise convolution vectorised along channels (kernels above 3x3 fall back to the
+        /// scalar reference).
+        pub fn depthwise(
+            g: &$crate::kernels::ConvGeometry,
+            input: &[f32],
+            weights: &[f32],
+            bias: &[f32],
+            act: $crate::kernels::Clamp,
+            out: &mut [f32],
+        ) {
+            assert!(
+                $detect(),
+                concat!($what, " kernels called on a CPU without ", $what)
+            );
+            // SAFETY: the CPU has the features (checked above); the kernel checks every length.
+            if !unsafe { depthwise_impl(g, input, weights, bias, act, out) } {
+                $crate::kernels::generic::depthwise(g, input, weights, bias, act, out)
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn depthwise_impl(
+            g: &$crate::kernels::ConvGeometry,
+            input: &[f32],
+            weights: &[f32],
+            bias: &[f32],
+            act: $crate::kernels::Clamp,
+            out: &mut [f32],
+        ) -> bool {
+            $crate::kernels::simd::depthwise::<$simd>(g, input, weights, bias, act, out)
+        }
+    };
+}
+
+pub mod avx2;
+pub mod avx512;
+
+/// Whether this CPU (and OS) supports the AVX2 + FMA tier.
+pub fn has_avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Whether this CPU (and OS) supports the AVX-512F tier.
+pub fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f") && has_avx2_fma()
+}
