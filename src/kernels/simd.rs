@@ -219,9 +219,6 @@ unsafe fn micro<S: Simd, const R: usize>(
     }
 }
 
-/// Channel vectors processed together by the depthwise kernel (accumulators kept in registers).
-const DW_VECTORS: usize = 4;
-
 /// Depthwise convolution, vectorised along channels. Returns `false` (doing nothing) for kernels
 /// larger than 3x3, which the caller then runs on the scalar reference.
 #[inline(always)]
@@ -233,60 +230,88 @@ pub(crate) unsafe fn depthwise<S: Simd>(
     act: Clamp,
     out: &mut [f32],
 ) -> bool {
-    const MAX_TAPS: usize = 9;
-    if g.kh * g.kw > MAX_TAPS {
-        return false;
-    }
     let c = g.in_c;
     assert_eq!(g.in_c, g.out_c, "depthwise channels");
     assert_eq!(input.len(), g.input_len(), "depthwise input length");
     assert_eq!(out.len(), g.output_len(), "depthwise output length");
     assert_eq!(weights.len(), g.kh * g.kw * c, "depthwise weights length");
     assert_eq!(bias.len(), c, "depthwise bias length");
+    macro_rules! taps {
+        ($($t:literal)*) => {
+            match g.kh * g.kw {
+                $($t => depthwise_taps::<S, $t>(g, input, weights, bias, act, out),)*
+                _ => return false,
+            }
+        };
+    }
+    taps!(1 2 3 4 5 6 7 8 9);
+    true
+}
+
+/// Depthwise convolution with `T = kh * kw` taps. For each channel vector the `T` weight vectors
+/// stay in registers while the kernel walks along an output row; interior pixels (every tap inside
+/// the input) use fixed tap offsets, border pixels check each tap.
+#[inline(always)]
+unsafe fn depthwise_taps<S: Simd, const T: usize>(
+    g: &ConvGeometry,
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    act: Clamp,
+    out: &mut [f32],
+) {
+    let (c, l) = (g.in_c, S::LANES);
     let (lo, hi) = (S::splat(act.lo), S::splat(act.hi));
-    let l = S::LANES;
-    let mut taps = [(0usize, 0usize); MAX_TAPS];
+    // Output columns whose taps all land inside the input row: [ox_lo, ox_hi).
+    let ox_hi = if g.in_w + g.pad_left >= g.kw {
+        ((g.in_w + g.pad_left - g.kw) / g.stride_w + 1).min(g.out_w)
+    } else {
+        0
+    };
+    let ox_lo = g.pad_left.div_ceil(g.stride_w).min(ox_hi);
+    let mut offsets = [0usize; T];
+    for (t, off) in offsets.iter_mut().enumerate() {
+        *off = ((t / g.kw) * g.in_w + t % g.kw) * c;
+    }
+    let mut taps = [(0usize, 0usize); 9];
+    let (inp, outp) = (input.as_ptr(), out.as_mut_ptr());
     for b in 0..g.batch {
         for oy in 0..g.out_h {
-            for ox in 0..g.out_w {
-                let n_taps = inside_taps(g, b, oy, ox, &mut taps);
-                let o = out
-                    .as_mut_ptr()
-                    .add(((b * g.out_h + oy) * g.out_w + ox) * c);
-                let mut c0 = 0;
-                while c0 < c {
-                    let mut acc = [S::zero(); DW_VECTORS];
-                    let lanes = |v: usize| c.saturating_sub(c0 + v * l).min(l);
-                    for (v, a) in acc.iter_mut().enumerate() {
-                        if lanes(v) > 0 {
-                            *a = load_n::<S>(bias.as_ptr().add(c0 + v * l), lanes(v));
-                        }
-                    }
-                    for &(px, tap) in &taps[..n_taps] {
-                        for (v, a) in acc.iter_mut().enumerate() {
-                            let n = lanes(v);
-                            if n > 0 {
-                                let at = c0 + v * l;
-                                // SAFETY: pixel px and tap have c channels each in input and
-                                // weights (lengths asserted above).
-                                let x = load_n::<S>(input.as_ptr().add(px * c + at), n);
-                                let wv = load_n::<S>(weights.as_ptr().add(tap * c + at), n);
-                                *a = S::fmadd(x, wv, *a);
-                            }
-                        }
-                    }
-                    for (v, a) in acc.iter().enumerate() {
-                        let n = lanes(v);
-                        if n > 0 {
-                            store_n::<S>(o.add(c0 + v * l), S::clamp(*a, lo, hi), n);
-                        }
-                    }
-                    c0 += DW_VECTORS * l;
+            let top = (oy * g.stride_h).checked_sub(g.pad_top);
+            let row_inside = top.is_some_and(|y| y + g.kh <= g.in_h);
+            let mut c0 = 0;
+            while c0 < c {
+                let n = (c - c0).min(l);
+                let mut w = [S::zero(); T];
+                for (t, wv) in w.iter_mut().enumerate() {
+                    // SAFETY: tap t has c weights (length asserted by the caller).
+                    *wv = load_n::<S>(weights.as_ptr().add(t * c + c0), n);
                 }
+                let bv = load_n::<S>(bias.as_ptr().add(c0), n);
+                for ox in 0..g.out_w {
+                    let mut acc = bv;
+                    if let (true, Some(y)) = (row_inside && (ox_lo..ox_hi).contains(&ox), top) {
+                        let base =
+                            ((b * g.in_h + y) * g.in_w + ox * g.stride_w - g.pad_left) * c + c0;
+                        for t in 0..T {
+                            // SAFETY: an interior pixel's taps are all inside the input.
+                            acc = S::fmadd(load_n::<S>(inp.add(base + offsets[t]), n), w[t], acc);
+                        }
+                    } else {
+                        let k = inside_taps(g, b, oy, ox, &mut taps);
+                        for &(px, t) in &taps[..k] {
+                            // SAFETY: inside_taps only returns pixels inside the input.
+                            acc = S::fmadd(load_n::<S>(inp.add(px * c + c0), n), w[t], acc);
+                        }
+                    }
+                    let o = outp.add(((b * g.out_h + oy) * g.out_w + ox) * c + c0);
+                    // SAFETY: (b, oy, ox) is an output pixel with c channels (length asserted).
+                    store_n::<S>(o, S::clamp(acc, lo, hi), n);
+                }
+                c0 += l;
             }
         }
     }
-    true
 }
 
 /// Output-channel vectors the dense convolution keeps in registers at once.
