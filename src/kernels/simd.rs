@@ -105,43 +105,88 @@ pub(crate) unsafe fn gemm<S: Simd>(
         lo: S::splat(act.lo),
         hi: S::splat(act.hi),
     };
-    for m0 in (0..m).step_by(rows_per_block) {
-        let m1 = (m0 + rows_per_block).min(m);
-        for j in 0..n.div_ceil(nr) {
-            let cols = nr.min(n - j * nr);
-            // SAFETY: the asserts above bound every row, panel and column touched below.
-            let panel = packed.as_ptr().add(j * k * nr);
-            let bias_j = bias.as_ptr().add(j * nr);
-            let mut i = m0;
-            while i + S::MR <= m1 {
-                tile::<S>(
-                    S::MR,
-                    k,
-                    a.as_ptr().add(i * k),
-                    panel,
-                    bias_j,
-                    cols,
-                    &ctx,
-                    c.as_mut_ptr().add(i * n + j * nr),
-                    n,
-                );
-                i += S::MR;
+    let panels = n.div_ceil(nr);
+    // Repacking a block of A into row tiles ([tile][k][rows]) makes the microkernel's broadcasts
+    // one sequential stream; it pays off once the block is reused by a few weight panels.
+    let repack = panels >= 3;
+    // Taken out of the thread-local rather than used in a closure: a closure would not inherit
+    // the caller's target features, and the SIMD code inside it would not be inlined.
+    let mut scratch = A_TILES.take();
+    {
+        for m0 in (0..m).step_by(rows_per_block) {
+            let m1 = (m0 + rows_per_block).min(m);
+            if repack {
+                pack_a_tiles(&a[m0 * k..m1 * k], k, S::MR, &mut scratch);
             }
-            if i < m1 {
-                tile::<S>(
-                    m1 - i,
-                    k,
-                    a.as_ptr().add(i * k),
-                    panel,
-                    bias_j,
-                    cols,
-                    &ctx,
-                    c.as_mut_ptr().add(i * n + j * nr),
-                    n,
-                );
+            for j in 0..panels {
+                let cols = nr.min(n - j * nr);
+                // SAFETY: the asserts above bound every row, panel and column touched below;
+                // the scratch holds (m1 - m0) * k values when repacked.
+                let panel = packed.as_ptr().add(j * k * nr);
+                let bias_j = bias.as_ptr().add(j * nr);
+                let mut i = m0;
+                while i < m1 {
+                    let rows = S::MR.min(m1 - i);
+                    let tile_a = if repack {
+                        ATile {
+                            ptr: scratch.as_ptr().add((i - m0) * k),
+                            row_stride: 1,
+                            k_stride: rows,
+                        }
+                    } else {
+                        ATile {
+                            ptr: a.as_ptr().add(i * k),
+                            row_stride: k,
+                            k_stride: 1,
+                        }
+                    };
+                    tile::<S>(
+                        rows,
+                        k,
+                        &tile_a,
+                        panel,
+                        bias_j,
+                        cols,
+                        &ctx,
+                        c.as_mut_ptr().add(i * n + j * nr),
+                        n,
+                    );
+                    i += rows;
+                }
             }
         }
     }
+    A_TILES.set(scratch);
+}
+
+thread_local! {
+    /// Per-thread scratch for repacked A blocks; it grows to the largest block and stays.
+    static A_TILES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Copies row-major `a` (`rows x k`) into tiles of `mr` rows, each `[k][tile rows]`.
+fn pack_a_tiles(a: &[f32], k: usize, mr: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(a.len(), 0.0);
+    let rows = a.len() / k.max(1);
+    let mut i = 0;
+    while i < rows {
+        let r = mr.min(rows - i);
+        let tile = &mut out[i * k..(i + r) * k];
+        for (row, src) in a[i * k..(i + r) * k].chunks_exact(k).enumerate() {
+            for (p, &v) in src.iter().enumerate() {
+                tile[p * r + row] = v;
+            }
+        }
+        i += r;
+    }
+}
+
+/// Where the microkernel reads A: element (row, p) is at `ptr + row * row_stride + p * k_stride`.
+struct ATile {
+    ptr: *const f32,
+    row_stride: usize,
+    k_stride: usize,
 }
 
 struct Epilogue<V> {
@@ -155,7 +200,7 @@ struct Epilogue<V> {
 unsafe fn tile<S: Simd>(
     rows: usize,
     k: usize,
-    a: *const f32,
+    a: &ATile,
     panel: *const f32,
     bias: *const f32,
     cols: usize,
@@ -180,7 +225,7 @@ unsafe fn tile<S: Simd>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro<S: Simd, const R: usize>(
     k: usize,
-    a: *const f32,
+    a: &ATile,
     panel: *const f32,
     bias: *const f32,
     cols: usize,
@@ -190,11 +235,13 @@ unsafe fn micro<S: Simd, const R: usize>(
 ) {
     let l = S::LANES;
     let mut acc = [[S::zero(); 2]; R];
+    let (rs, ks) = (a.row_stride, a.k_stride);
     for p in 0..k {
         let b0 = S::load(panel.add(p * 2 * l));
         let b1 = S::load(panel.add(p * 2 * l + l));
+        let ap = a.ptr.add(p * ks);
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = S::splat(*a.add(r * k + p));
+            let av = S::splat(*ap.add(r * rs));
             acc_r[0] = S::fmadd(av, b0, acc_r[0]);
             acc_r[1] = S::fmadd(av, b1, acc_r[1]);
         }
