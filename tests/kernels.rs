@@ -219,8 +219,12 @@ fn check_conv(case: &ConvCase, depthwise: bool) {
     };
     for t in tiers() {
         let mut out = vec![f32::NAN; g.output_len()];
-        let f = if depthwise { t.depthwise } else { t.dense_conv };
-        f(&g, &input, &packed, &bias, act, &mut out);
+        if depthwise {
+            (t.depthwise)(&g, &input, &packed, &bias, act, &mut out);
+        } else {
+            let tier_packed = (t.pack_gemm_b)(k.0 * k.1 * c, m, &packed);
+            (t.dense_conv)(&g, &input, &tier_packed, &bias, act, &mut out);
+        }
         assert_close(
             &out,
             &want,
@@ -316,4 +320,22 @@ fn gemm_large_shapes_match_the_reference() {
             assert_close(&c, &want, &format!("{} gemm {m}x{k}x{n}", t.tier));
         }
     }
+}
+
+/// A kernel far larger than MobileNet's, with asymmetric pads and strides.
+#[test]
+fn dense_conv_with_a_large_kernel_matches_naive() {
+    let case = ConvCase {
+        batch: 2,
+        c: 3,
+        m: 5,
+        h: 13,
+        w: 11,
+        k: (9, 8),
+        s: (2, 1),
+        pads: [3, 2, 4, 1],
+        act: 2,
+        seed: 99,
+    };
+    check_conv(&case, false);
 }

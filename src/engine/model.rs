@@ -12,7 +12,8 @@ use crate::kernels::{GemmShape, KernelSet};
 pub struct Model {
     plan: Plan,
     kernels: KernelSet,
-    /// GEMM weights of each layer in the tier's packed layout (empty for other layers).
+    /// GEMM-shaped weights (pointwise, dense and FC layers) in the tier's packed layout; empty
+    /// for the other layers.
     packed: Vec<Vec<f32>>,
 }
 
@@ -39,6 +40,9 @@ impl Model {
             .map(|layer| match layer {
                 Layer::Conv(c) if c.kind == ConvKind::Pointwise => {
                     (kernels.pack_gemm_b)(c.in_c, c.out_c, &c.weights)
+                }
+                Layer::Conv(c) if c.kind == ConvKind::Dense => {
+                    (kernels.pack_gemm_b)(c.kh * c.kw * c.in_c, c.out_c, &c.weights)
                 }
                 Layer::Fc(f) => (kernels.pack_gemm_b)(f.in_c, f.out_c, &f.weights),
                 _ => Vec::new(),
@@ -129,7 +133,7 @@ impl Model {
                     resize(&mut dst, g.output_len());
                     match conv.kind {
                         ConvKind::Dense => {
-                            (k.dense_conv)(&g, &src, &conv.weights, &conv.bias, conv.act, &mut dst)
+                            (k.dense_conv)(&g, &src, packed, &conv.bias, conv.act, &mut dst)
                         }
                         ConvKind::Depthwise => {
                             (k.depthwise)(&g, &src, &conv.weights, &conv.bias, conv.act, &mut dst)
@@ -202,10 +206,12 @@ impl Model {
                 )));
             }
         }
-        let expected = batch * h * w * p.in_c;
-        if input.len() != expected {
+        let expected = [h, w, p.in_c]
+            .iter()
+            .try_fold(batch, |n, &d| n.checked_mul(d));
+        if expected != Some(input.len()) {
             return Err(Error::BadInput(format!(
-                "expected {batch}x{h}x{w}x{} = {expected} values, got {}",
+                "expected {batch}x{h}x{w}x{} values, got {}",
                 p.in_c,
                 input.len()
             )));

@@ -5,7 +5,8 @@
 
 use super::{Clamp, ConvGeometry, GemmShape};
 
-/// Dense NHWC convolution; weights `[kh][kw][in_c][out_c]`, bias `[out_c]`.
+/// Dense NHWC convolution; weights `[kh][kw][in_c][out_c]` (the scalar tier's packing is the
+/// identity), bias `[out_c]`.
 pub fn dense_conv(
     g: &ConvGeometry,
     input: &[f32],

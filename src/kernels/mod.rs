@@ -92,7 +92,8 @@ impl ConvGeometry {
     }
 }
 
-/// Dense convolution (groups = 1). Weights `[kh][kw][in_c][out_c]`.
+/// Dense convolution (groups = 1). Weights `[kh][kw][in_c][out_c]` packed by the tier's [`PackFn`]
+/// as a `(kh * kw * in_c) x out_c` matrix.
 pub type DenseConvFn = fn(&ConvGeometry, &[f32], &[f32], &[f32], Clamp, &mut [f32]);
 /// Depthwise convolution (one filter per channel, `in_c == out_c`). Weights `[kh][kw][c]`.
 pub type DepthwiseFn = fn(&ConvGeometry, &[f32], &[f32], &[f32], Clamp, &mut [f32]);

@@ -361,79 +361,71 @@ unsafe fn depthwise_taps<S: Simd, const T: usize>(
     }
 }
 
-/// Output-channel vectors the dense convolution keeps in registers at once.
-const DENSE_VECTORS: usize = 4;
-
-/// Dense convolution (the stem), vectorised along output channels: each input value is broadcast
-/// and multiplied into a register block of output channels. Returns `false` (doing nothing) for
-/// kernels larger than 3x3, which the caller then runs on the scalar reference.
+/// Dense convolution (the stem) as im2col + GEMM: each output pixel's receptive field
+/// (`kh x kw x in_c` values, zeros in the padding) becomes one row of a matrix that multiplies the
+/// weights, which were packed at load like any GEMM's (`[kh][kw][in_c]` rows, `out_c` columns).
+/// With 3 input channels a direct kernel cannot fill the vector lanes; the GEMM can.
 #[inline(always)]
 pub(crate) unsafe fn dense_conv<S: Simd>(
     g: &ConvGeometry,
     input: &[f32],
-    weights: &[f32],
+    packed: &[f32],
     bias: &[f32],
     act: Clamp,
     out: &mut [f32],
-) -> bool {
-    const MAX_TAPS: usize = 9;
-    if g.kh * g.kw > MAX_TAPS {
-        return false;
-    }
-    let (ci_n, co_n) = (g.in_c, g.out_c);
+) {
     assert_eq!(input.len(), g.input_len(), "dense_conv input length");
     assert_eq!(out.len(), g.output_len(), "dense_conv output length");
-    assert_eq!(
-        weights.len(),
-        g.kh * g.kw * ci_n * co_n,
-        "dense_conv weights length"
-    );
-    assert_eq!(bias.len(), co_n, "dense_conv bias length");
-    let (lo, hi) = (S::splat(act.lo), S::splat(act.hi));
-    let l = S::LANES;
-    let mut taps = [(0usize, 0usize); MAX_TAPS];
+    let (c, field) = (g.in_c, g.kh * g.kw * g.in_c);
+    let m = g.batch * g.out_h * g.out_w;
+    // Taken out of the thread-local, not used inside a closure (see `gemm`).
+    let mut cols = IM2COL.take();
+    cols.clear();
+    cols.resize(m * field, 0.0);
     for b in 0..g.batch {
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
-                let n_taps = inside_taps(g, b, oy, ox, &mut taps);
-                let o = out
-                    .as_mut_ptr()
-                    .add(((b * g.out_h + oy) * g.out_w + ox) * co_n);
-                let mut c0 = 0;
-                while c0 < co_n {
-                    let lanes = |v: usize| co_n.saturating_sub(c0 + v * l).min(l);
-                    let mut acc = [S::zero(); DENSE_VECTORS];
-                    for (v, a) in acc.iter_mut().enumerate() {
-                        if lanes(v) > 0 {
-                            *a = load_n::<S>(bias.as_ptr().add(c0 + v * l), lanes(v));
-                        }
-                    }
-                    for &(px, tap) in &taps[..n_taps] {
-                        for ci in 0..ci_n {
-                            // SAFETY: px + ci is an input pixel's channel and the weight row
-                            // (tap, ci) has co_n entries (lengths asserted above).
-                            let x = S::splat(*input.as_ptr().add(px * ci_n + ci));
-                            let w_row = weights.as_ptr().add((tap * ci_n + ci) * co_n + c0);
-                            for (v, a) in acc.iter_mut().enumerate() {
-                                let n = lanes(v);
-                                if n > 0 {
-                                    *a = S::fmadd(x, load_n::<S>(w_row.add(v * l), n), *a);
-                                }
-                            }
-                        }
-                    }
-                    for (v, a) in acc.iter().enumerate() {
-                        let n = lanes(v);
-                        if n > 0 {
-                            store_n::<S>(o.add(c0 + v * l), S::clamp(*a, lo, hi), n);
-                        }
-                    }
-                    c0 += DENSE_VECTORS * l;
-                }
+                let row = ((b * g.out_h + oy) * g.out_w + ox) * field;
+                visit_taps(g, b, oy, ox, |px, tap| {
+                    copy_pixel(
+                        &input[px * c..(px + 1) * c],
+                        &mut cols[row + tap * c..row + (tap + 1) * c],
+                    )
+                });
             }
         }
     }
-    true
+    gemm::<S>(
+        &GemmShape {
+            m,
+            k: field,
+            n: g.out_c,
+        },
+        &cols,
+        packed,
+        bias,
+        act,
+        out,
+    );
+    IM2COL.set(cols);
+}
+
+/// Copies one pixel's channels; for the few channels of an RGB input an inline loop beats a call
+/// to `memcpy` per tap.
+#[inline(always)]
+fn copy_pixel(src: &[f32], dst: &mut [f32]) {
+    if src.len() <= 4 {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v;
+        }
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch for the im2col matrix of the dense convolution.
+    static IM2COL: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Fills `taps` with the kernel taps of output pixel `(oy, ox)` of image `b` that land inside the
@@ -447,6 +439,17 @@ fn inside_taps(
     taps: &mut [(usize, usize)],
 ) -> usize {
     let mut n = 0;
+    visit_taps(g, b, oy, ox, |px, tap| {
+        taps[n] = (px, tap);
+        n += 1;
+    });
+    n
+}
+
+/// Calls `f(input pixel index, tap index)` for each kernel tap of output pixel `(oy, ox)` of
+/// image `b` that lands inside the input (taps in the zero padding are skipped).
+#[inline(always)]
+fn visit_taps(g: &ConvGeometry, b: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
     for ky in 0..g.kh {
         let Some(iy) = (oy * g.stride_h + ky)
             .checked_sub(g.pad_top)
@@ -461,11 +464,9 @@ fn inside_taps(
             else {
                 continue;
             };
-            taps[n] = ((b * g.in_h + iy) * g.in_w + ix, ky * g.kw + kx);
-            n += 1;
+            f((b * g.in_h + iy) * g.in_w + ix, ky * g.kw + kx);
         }
     }
-    n
 }
 
 /// Independent FMA chains in the peak loop: enough to cover FMA latency x throughput.

@@ -67,12 +67,12 @@ macro_rules! entry_points {
             $crate::kernels::simd::gemm::<$simd>(s, a, packed, bias, act, c)
         }
 
-        /// Dense convolution vectorised along output channels (kernels above 3x3 fall back to
-        /// the scalar reference).
+        /// Dense convolution as im2col + GEMM, on weights packed by [`pack_gemm_b`]
+        /// (`kh * kw * in_c` rows, `out_c` columns).
         pub fn dense_conv(
             g: &$crate::kernels::ConvGeometry,
             input: &[f32],
-            weights: &[f32],
+            packed: &[f32],
             bias: &[f32],
             act: $crate::kernels::Clamp,
             out: &mut [f32],
@@ -82,21 +82,19 @@ macro_rules! entry_points {
                 concat!($what, " kernels called on a CPU without ", $what)
             );
             // SAFETY: the CPU has the features (checked above); the kernel checks every length.
-            if !unsafe { dense_conv_impl(g, input, weights, bias, act, out) } {
-                $crate::kernels::generic::dense_conv(g, input, weights, bias, act, out)
-            }
+            unsafe { dense_conv_impl(g, input, packed, bias, act, out) }
         }
 
         #[target_feature(enable = $features)]
         unsafe fn dense_conv_impl(
             g: &$crate::kernels::ConvGeometry,
             input: &[f32],
-            weights: &[f32],
+            packed: &[f32],
             bias: &[f32],
             act: $crate::kernels::Clamp,
             out: &mut [f32],
-        ) -> bool {
-            $crate::kernels::simd::dense_conv::<$simd>(g, input, weights, bias, act, out)
+        ) {
+            $crate::kernels::simd::dense_conv::<$simd>(g, input, packed, bias, act, out)
         }
 
         /// Depthwise convolution vectorised along channels (kernels above 3x3 fall back to the
