@@ -188,6 +188,11 @@ impl Model {
                 }
             }
         }
+        // Layers alternate between the two buffers, so the next run may need the larger one's
+        // size in the other: grow both now, once, and steady-state runs never allocate.
+        let capacity = src.capacity().max(dst.capacity());
+        src.reserve_exact(capacity - src.len());
+        dst.reserve_exact(capacity - dst.len());
         ws.front = src;
         ws.back = dst;
         result

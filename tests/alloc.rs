@@ -1,0 +1,65 @@
+//! Steady-state inference allocates nothing: after a warm-up run has grown the workspace and the
+//! kernels' per-thread scratch, further runs of the same shape must not touch the allocator.
+//! (A test binary of its own, because it installs a counting global allocator.)
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mobilenet_serve::engine::model::Workspace;
+use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::kernels::{KernelSet, Tier};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator; only counts allocations on the way.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn steady_state_inference_allocates_nothing_on_every_tier() {
+    let names = ["mobilenet_v1_0.25_128", "mobilenet_v1_1.0_224"];
+    for tier in Tier::supported() {
+        let opts = LoadOptions {
+            variants: Some(names.iter().map(|s| s.to_string()).collect()),
+            resolution: None,
+            kernels: KernelSet::for_tier(tier).unwrap(),
+        };
+        let pool = ModelPool::load(&common::zoo_dir(), &opts).unwrap();
+        for v in pool.variants() {
+            let r = v.spec.resolution;
+            for batch in [1, 3] {
+                let input = common::random_vec(batch * v.input_len(), 5, 1.0);
+                let (mut ws, mut out) = (Workspace::new(), Vec::new());
+                v.model
+                    .run_with(&mut ws, &input, batch, r, r, &mut out)
+                    .unwrap();
+                let before = ALLOCATIONS.load(Ordering::Relaxed);
+                for _ in 0..3 {
+                    v.model
+                        .run_with(&mut ws, &input, batch, r, r, &mut out)
+                        .unwrap();
+                }
+                let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+                assert_eq!(allocated, 0, "{} on {tier}, batch {batch}", v.spec.name);
+            }
+        }
+    }
+}
