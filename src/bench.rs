@@ -2,17 +2,15 @@
 //! this machine's FMA peak, optionally side by side with tract and broken down per layer type.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::config::BenchArgs;
 use crate::engine::model::Workspace;
-use crate::engine::onnx::{self, pb};
 use crate::engine::plan::{ConvKind, Layer};
 use crate::engine::pool::{ModelPool, Variant};
-use crate::engine::reference::TractReference;
+use crate::engine::reference::{ProtoCache, TractReference};
 use crate::error::{Error, Result};
 use crate::kernels::KernelSet;
 use crate::verify::random_inputs;
@@ -80,25 +78,12 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
         "tract ms",
         "ours/tr"
     );
-    let mut protos: HashMap<PathBuf, pb::ModelProto> = HashMap::new();
+    let mut protos = ProtoCache::default();
     let mut results = Vec::new();
     for v in pool.variants() {
         for &batch in &args.batch {
             let tract = if args.tract && batch == 1 {
-                if !protos.contains_key(&v.spec.file) {
-                    let path = pool.dir().join(&v.spec.file);
-                    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-                    protos.insert(v.spec.file.clone(), onnx::decode_model(&bytes)?);
-                }
-                let plan = v.model.plan();
-                let r = v.spec.resolution;
-                Some(TractReference::new(
-                    &protos[&v.spec.file],
-                    plan.input_layout,
-                    r,
-                    r,
-                    plan.in_c,
-                )?)
+                Some(TractReference::for_variant(protos.get(pool, v)?, v)?)
             } else {
                 None
             };
@@ -206,41 +191,20 @@ fn print_layers(v: &Variant) -> Result<()> {
     }
     // Shares per group: [mult-adds, params, seconds]; pool is counted apart.
     let mut groups: HashMap<&str, [f64; 3]> = HashMap::new();
-    let (mut h, mut w) = (r, r);
-    for (layer, time) in plan.layers.iter().zip(&totals) {
-        let (group, macs, params) = match layer {
-            Layer::Conv(c) => {
-                let g = c.geometry(1, h, w)?;
-                (h, w) = (g.out_h, g.out_w);
-                let group = match c.kind {
-                    ConvKind::Pointwise => "1x1 conv",
-                    ConvKind::Depthwise => "depthwise",
-                    ConvKind::Dense => "full conv",
-                };
-                let per = if c.kind == ConvKind::Depthwise {
-                    c.kh * c.kw
-                } else {
-                    c.kh * c.kw * c.in_c
-                };
-                (
-                    group,
-                    (g.out_h * g.out_w * g.out_c * per) as f64,
-                    (c.weights.len() + c.bias.len()) as f64,
-                )
-            }
-            Layer::GlobalAvgPool { .. } => {
-                (h, w) = (1, 1);
-                ("pool", 0.0, 0.0)
-            }
-            Layer::Fc(f) => (
-                "fc",
-                (f.in_c * f.out_c) as f64,
-                (f.weights.len() + f.bias.len()) as f64,
-            ),
+    let macs = plan.layer_mult_adds(r, r)?;
+    for ((layer, time), macs) in plan.layers.iter().zip(&totals).zip(macs) {
+        let group = match layer {
+            Layer::Conv(c) => match c.kind {
+                ConvKind::Pointwise => "1x1 conv",
+                ConvKind::Depthwise => "depthwise",
+                ConvKind::Dense => "full conv",
+            },
+            Layer::GlobalAvgPool { .. } => "pool",
+            Layer::Fc(_) => "fc",
         };
         let e = groups.entry(group).or_default();
-        e[0] += macs;
-        e[1] += params;
+        e[0] += macs as f64;
+        e[1] += layer.params() as f64;
         e[2] += time.as_secs_f64();
     }
     let sum = |i: usize| {

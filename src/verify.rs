@@ -1,11 +1,10 @@
 //! The `verify` command: our engine against tract-onnx on the same ONNX files.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::engine::onnx::{self, pb};
+use crate::engine::onnx::pb;
 use crate::engine::pool::{ModelPool, Variant};
-use crate::engine::reference::TractReference;
+use crate::engine::reference::{ProtoCache, TractReference};
 use crate::error::{Error, Result};
 use crate::pipeline::decode::{decode, DecodeLimits};
 use crate::pipeline::postprocess::argmax;
@@ -45,7 +44,7 @@ pub fn check_variant(
 ) -> Result<VariantCheck> {
     let plan = variant.model.plan();
     let r = variant.spec.resolution;
-    let reference = TractReference::new(proto, plan.input_layout, r, r, plan.in_c)?;
+    let reference = TractReference::for_variant(proto, variant)?;
     let batch: Vec<f32> = inputs.concat();
     let ours = variant.model.run(&batch, inputs.len(), r, r)?;
     let classes = plan.classes;
@@ -128,19 +127,14 @@ pub fn run(pool: &ModelPool, images: Option<&Path>, count: usize) -> Result<bool
         }
         None => None,
     };
-    let mut protos: HashMap<PathBuf, pb::ModelProto> = HashMap::new();
+    let mut protos = ProtoCache::default();
     let (mut worst, mut agree, mut total, mut all_ok) = (0.0f32, 0, 0, true);
     for v in pool.variants() {
-        if !protos.contains_key(&v.spec.file) {
-            let path = pool.dir().join(&v.spec.file);
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            protos.insert(v.spec.file.clone(), onnx::decode_model(&bytes)?);
-        }
         let inputs = match &files {
             Some(f) => image_inputs(f, v)?,
             None => random_inputs(count, v.input_len(), 0x5EED),
         };
-        let c = check_variant(v, &protos[&v.spec.file], &inputs)?;
+        let c = check_variant(v, protos.get(pool, v)?, &inputs)?;
         println!(
             "{:<24} inputs {:>3}  max|diff| {:.3e}  rel {:.3e}  top-1 {}/{}  {}",
             c.name,

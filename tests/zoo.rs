@@ -9,8 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use mobilenet_serve::dataset::read_labels;
-use mobilenet_serve::engine::onnx::decode_model;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::engine::reference::ProtoCache;
 use mobilenet_serve::kernels::{KernelSet, Tier};
 use mobilenet_serve::pipeline::postprocess::argmax;
 use mobilenet_serve::verify::{check_variant, image_inputs, random_inputs, REL_TOLERANCE};
@@ -82,12 +82,12 @@ fn zoo_per_tier() -> Vec<ModelPool> {
 fn every_variant_matches_tract_on_random_and_real_inputs_with_every_tier() {
     let images = mobilenet_serve::dataset::image_files(&common::imagenet_dir()).unwrap();
     for pool in zoo_per_tier() {
+        let mut protos = ProtoCache::default();
         for v in pool.variants() {
-            let proto =
-                decode_model(&std::fs::read(pool.dir().join(&v.spec.file)).unwrap()).unwrap();
+            let proto = protos.get(&pool, v).unwrap();
             let mut inputs = random_inputs(2, v.input_len(), 42);
             inputs.extend(image_inputs(&images[..2], v).unwrap());
-            let c = check_variant(v, &proto, &inputs).unwrap();
+            let c = check_variant(v, proto, &inputs).unwrap();
             let tier = v.model.kernels().tier;
             assert!(
                 c.passed(),

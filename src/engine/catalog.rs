@@ -200,16 +200,7 @@ pub fn derive_spec(file: &Path, plan: &Plan, resolution: Option<usize>) -> Resul
 
 /// The ONNX files directly inside `dir`, sorted by name.
 pub fn onnx_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x.eq_ignore_ascii_case("onnx"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
+    crate::dataset::files_with_extensions(dir, &["onnx"])
 }
 
 /// The 1000 ImageNet class names from `dir/imagenet_classes.txt`, or `class_<i>` when absent.

@@ -222,35 +222,47 @@ impl Plan {
 
     /// Number of learned parameters (weights and biases).
     pub fn params(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| match l {
-                Layer::Conv(c) => c.weights.len() + c.bias.len(),
-                Layer::Fc(f) => f.weights.len() + f.bias.len(),
-                Layer::GlobalAvgPool { .. } => 0,
-            })
-            .sum()
+        self.layers.iter().map(Layer::params).sum()
     }
 
     /// Multiply-adds for one image of `h x w` (convolutions and FC only, as the paper counts).
     pub fn mult_adds(&self, h: usize, w: usize) -> Result<u64> {
-        let mut total = 0u64;
+        Ok(self.layer_mult_adds(h, w)?.iter().sum())
+    }
+
+    /// Multiply-adds of each layer for one image of `h x w`, in layer order.
+    pub fn layer_mult_adds(&self, h: usize, w: usize) -> Result<Vec<u64>> {
         let (mut h, mut w) = (h, w);
+        let mut costs = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            match layer {
+            costs.push(match layer {
                 Layer::Conv(c) => {
                     let g = c.geometry(1, h, w)?;
                     let per_out = match c.kind {
                         ConvKind::Depthwise => c.kh * c.kw,
                         _ => c.kh * c.kw * c.in_c,
                     };
-                    total += (g.out_h * g.out_w * g.out_c * per_out) as u64;
                     (h, w) = (g.out_h, g.out_w);
+                    (g.out_h * g.out_w * g.out_c * per_out) as u64
                 }
-                Layer::GlobalAvgPool { .. } => (h, w) = (1, 1),
-                Layer::Fc(f) => total += (f.in_c * f.out_c) as u64,
-            }
+                Layer::GlobalAvgPool { .. } => {
+                    (h, w) = (1, 1);
+                    0
+                }
+                Layer::Fc(f) => (f.in_c * f.out_c) as u64,
+            });
         }
-        Ok(total)
+        Ok(costs)
+    }
+}
+
+impl Layer {
+    /// Learned parameters of this layer (weights and biases).
+    pub fn params(&self) -> usize {
+        match self {
+            Layer::Conv(c) => c.weights.len() + c.bias.len(),
+            Layer::Fc(f) => f.weights.len() + f.bias.len(),
+            Layer::GlobalAvgPool { .. } => 0,
+        }
     }
 }

@@ -1,10 +1,14 @@
 //! The same ONNX graph run by tract-onnx: an independent implementation that our engine's outputs
 //! are checked against.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
 use tract_onnx::prelude::*;
 
-use super::onnx::pb;
+use super::onnx::{self, pb};
 use super::plan::InputLayout;
+use super::pool::{ModelPool, Variant};
 use crate::error::{Error, Result};
 
 /// A tract model optimised for one input size, fed one image at a time (tract is much slower per
@@ -59,6 +63,13 @@ impl TractReference {
         })
     }
 
+    /// The reference for `variant` at its own resolution, from its decoded ONNX file.
+    pub fn for_variant(proto: &pb::ModelProto, variant: &Variant) -> Result<Self> {
+        let plan = variant.model.plan();
+        let r = variant.spec.resolution;
+        Self::new(proto, plan.input_layout, r, r, plan.in_c)
+    }
+
     /// Runs one NHWC image and returns the graph's output row.
     pub fn run_nhwc(&self, image: &[f32]) -> Result<Vec<f32>> {
         let (h, w, c) = (self.h, self.w, self.c);
@@ -80,6 +91,24 @@ impl TractReference {
             .map_err(tract_err)?;
         let view = out[0].to_plain_array_view::<f32>().map_err(tract_err)?;
         Ok(view.iter().copied().collect())
+    }
+}
+
+/// The decoded ONNX files of a pool, each read once however many variants share it (the engine
+/// keeps only its own plan, so the reference has to read the file again).
+#[derive(Default)]
+pub struct ProtoCache(HashMap<PathBuf, pb::ModelProto>);
+
+impl ProtoCache {
+    /// The decoded ONNX file of `variant`.
+    pub fn get(&mut self, pool: &ModelPool, variant: &Variant) -> Result<&pb::ModelProto> {
+        let file = &variant.spec.file;
+        if !self.0.contains_key(file) {
+            let path = pool.dir().join(file);
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            self.0.insert(file.clone(), onnx::decode_model(&bytes)?);
+        }
+        Ok(&self.0[file])
     }
 }
 

@@ -143,6 +143,6 @@ pub fn global_avg_pool(batch: usize, positions: usize, c: usize, input: &[f32], 
 
 /// The input coordinate that output `o` reads through kernel tap `k`, or `None` in the padding.
 #[inline(always)]
-fn tap(o: usize, stride: usize, k: usize, pad: usize, size: usize) -> Option<usize> {
+pub(crate) fn tap(o: usize, stride: usize, k: usize, pad: usize, size: usize) -> Option<usize> {
     (o * stride + k).checked_sub(pad).filter(|&i| i < size)
 }

@@ -6,6 +6,7 @@
 //! prepacked into panels of `2 * LANES` columns (`[panel][k][2 * LANES]`, zero-padded), so the
 //! microkernel reads them contiguously; activations are read in place, one broadcast per row.
 
+use super::generic::tap;
 use super::{Clamp, ConvGeometry, GemmShape};
 
 /// One SIMD register type and the few operations the kernels need.
@@ -112,47 +113,45 @@ pub(crate) unsafe fn gemm<S: Simd>(
     // Taken out of the thread-local rather than used in a closure: a closure would not inherit
     // the caller's target features, and the SIMD code inside it would not be inlined.
     let mut scratch = A_TILES.take();
-    {
-        for m0 in (0..m).step_by(rows_per_block) {
-            let m1 = (m0 + rows_per_block).min(m);
-            if repack {
-                pack_a_tiles(&a[m0 * k..m1 * k], k, S::MR, &mut scratch);
-            }
-            for j in 0..panels {
-                let cols = nr.min(n - j * nr);
-                // SAFETY: the asserts above bound every row, panel and column touched below;
-                // the scratch holds (m1 - m0) * k values when repacked.
-                let panel = packed.as_ptr().add(j * k * nr);
-                let bias_j = bias.as_ptr().add(j * nr);
-                let mut i = m0;
-                while i < m1 {
-                    let rows = S::MR.min(m1 - i);
-                    let tile_a = if repack {
-                        ATile {
-                            ptr: scratch.as_ptr().add((i - m0) * k),
-                            row_stride: 1,
-                            k_stride: rows,
-                        }
-                    } else {
-                        ATile {
-                            ptr: a.as_ptr().add(i * k),
-                            row_stride: k,
-                            k_stride: 1,
-                        }
-                    };
-                    tile::<S>(
-                        rows,
-                        k,
-                        &tile_a,
-                        panel,
-                        bias_j,
-                        cols,
-                        &ctx,
-                        c.as_mut_ptr().add(i * n + j * nr),
-                        n,
-                    );
-                    i += rows;
-                }
+    for m0 in (0..m).step_by(rows_per_block) {
+        let m1 = (m0 + rows_per_block).min(m);
+        if repack {
+            pack_a_tiles(&a[m0 * k..m1 * k], k, S::MR, &mut scratch);
+        }
+        for j in 0..panels {
+            let cols = nr.min(n - j * nr);
+            // SAFETY: the asserts above bound every row, panel and column touched below;
+            // the scratch holds (m1 - m0) * k values when repacked.
+            let panel = packed.as_ptr().add(j * k * nr);
+            let bias_j = bias.as_ptr().add(j * nr);
+            let mut i = m0;
+            while i < m1 {
+                let rows = S::MR.min(m1 - i);
+                let tile_a = if repack {
+                    ATile {
+                        ptr: scratch.as_ptr().add((i - m0) * k),
+                        row_stride: 1,
+                        k_stride: rows,
+                    }
+                } else {
+                    ATile {
+                        ptr: a.as_ptr().add(i * k),
+                        row_stride: k,
+                        k_stride: 1,
+                    }
+                };
+                tile::<S>(
+                    rows,
+                    k,
+                    &tile_a,
+                    panel,
+                    bias_j,
+                    cols,
+                    &ctx,
+                    c.as_mut_ptr().add(i * n + j * nr),
+                    n,
+                );
+                i += rows;
             }
         }
     }
@@ -451,20 +450,13 @@ fn inside_taps(
 #[inline(always)]
 fn visit_taps(g: &ConvGeometry, b: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
     for ky in 0..g.kh {
-        let Some(iy) = (oy * g.stride_h + ky)
-            .checked_sub(g.pad_top)
-            .filter(|&y| y < g.in_h)
-        else {
+        let Some(iy) = tap(oy, g.stride_h, ky, g.pad_top, g.in_h) else {
             continue;
         };
         for kx in 0..g.kw {
-            let Some(ix) = (ox * g.stride_w + kx)
-                .checked_sub(g.pad_left)
-                .filter(|&x| x < g.in_w)
-            else {
-                continue;
-            };
-            f((b * g.in_h + iy) * g.in_w + ix, ky * g.kw + kx);
+            if let Some(ix) = tap(ox, g.stride_w, kx, g.pad_left, g.in_w) {
+                f((b * g.in_h + iy) * g.in_w + ix, ky * g.kw + kx);
+            }
         }
     }
 }
