@@ -22,15 +22,17 @@ pub struct BenchResult {
     pub name: String,
     /// Images per engine call.
     pub batch: usize,
+    /// Threads running batches at once, each on its own images (the service's engine threads).
+    pub threads: usize,
     /// Median milliseconds per image.
     pub median_ms: f64,
     /// 90th percentile milliseconds per image.
     pub p90_ms: f64,
-    /// Images per second at the median.
+    /// Images per second: at the median with one thread, over the wall time with several.
     pub images_per_second: f64,
-    /// Achieved GFLOP/s (2 x mult-adds per image) at the median.
+    /// Achieved GFLOP/s (2 x mult-adds per image) at that throughput.
     pub gflops: f64,
-    /// `gflops` as a percentage of the measured single-core FMA peak.
+    /// `gflops` as a percentage of the measured FMA peak of the cores used.
     pub peak_percent: Option<f64>,
     /// tract's median ms per image on the same file (batch 1 only).
     pub tract_median_ms: Option<f64>,
@@ -87,7 +89,12 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
             } else {
                 None
             };
-            let r = bench_variant(v, batch.max(1), args.iters as usize, tract.as_ref(), peak)?;
+            let threads = args.threads.max(1);
+            let r = if threads == 1 {
+                bench_variant(v, batch.max(1), args.iters as usize, tract.as_ref(), peak)?
+            } else {
+                bench_threads(v, batch.max(1), args.iters as usize, threads, peak)?
+            };
             println!(
                 "{:<24} {:>5} {:>9.3} {:>9.3} {:>9.1} {:>8.1} {:>6} {:>9} {:>7}",
                 r.name,
@@ -159,12 +166,75 @@ fn bench_variant(
     Ok(BenchResult {
         name: v.spec.name.clone(),
         batch,
+        threads: 1,
         median_ms,
         p90_ms,
         images_per_second: 1000.0 / median_ms,
         gflops,
         peak_percent: peak.map(|p| 100.0 * gflops / p),
         tract_median_ms: (!theirs.is_empty()).then(|| quantiles(&mut theirs).0),
+    })
+}
+
+/// Times `threads` threads each running `iters` batches of `batch` images at once, every thread
+/// with its own workspace, as the service's engine threads do. Throughput is over the wall time
+/// from the moment all of them start.
+fn bench_threads(
+    v: &Variant,
+    batch: usize,
+    iters: usize,
+    threads: usize,
+    peak: Option<f64>,
+) -> Result<BenchResult> {
+    let r = v.spec.resolution;
+    let input: Vec<f32> = random_inputs(batch, v.input_len(), 7).concat();
+    let start = std::sync::Barrier::new(threads);
+    let runs: Vec<Result<(Instant, Instant, Vec<f64>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut ws = Workspace::new();
+                    let mut out = Vec::new();
+                    v.model.run_with(&mut ws, &input, batch, r, r, &mut out)?;
+                    start.wait();
+                    let first = Instant::now();
+                    let mut times = Vec::with_capacity(iters);
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        v.model.run_with(&mut ws, &input, batch, r, r, &mut out)?;
+                        times.push(t.elapsed().as_secs_f64() * 1000.0 / batch as f64);
+                    }
+                    Ok((first, Instant::now(), times))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("a bench thread panicked".into())))
+            })
+            .collect()
+    });
+    let runs = runs.into_iter().collect::<Result<Vec<_>>>()?;
+    let first = runs.iter().map(|r| r.0).min().unwrap_or_else(Instant::now);
+    let last = runs.iter().map(|r| r.1).max().unwrap_or(first);
+    let mut samples: Vec<f64> = runs.into_iter().flat_map(|r| r.2).collect();
+    let (median_ms, p90_ms) = quantiles(&mut samples);
+    let wall = (last - first).as_secs_f64().max(f64::MIN_POSITIVE);
+    let images_per_second = (threads * iters * batch) as f64 / wall;
+    let macs = v.model.plan().mult_adds(r, r)? as f64;
+    let gflops = 2.0 * macs * images_per_second / 1e9;
+    Ok(BenchResult {
+        name: v.spec.name.clone(),
+        batch,
+        threads,
+        median_ms,
+        p90_ms,
+        images_per_second,
+        gflops,
+        peak_percent: peak.map(|p| 100.0 * gflops / (p * threads as f64)),
+        tract_median_ms: None,
     })
 }
 

@@ -57,6 +57,8 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve classification over HTTP with every variant in memory.
+    Serve(ServeArgs),
     /// List the variants found in the models directory.
     Models,
     /// Compare our engine with tract-onnx on every variant; exit 1 on any disagreement.
@@ -68,6 +70,65 @@ pub enum Command {
     /// Write the preprocessed input tensors of a labelled image folder to a .npy file
     /// (for cross-checks with other runtimes).
     Preprocess(PreprocessArgs),
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: std::net::IpAddr,
+    /// HTTP port.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8000)]
+    pub http_port: u16,
+    /// Comma-separated variant names to load (default: every variant of the models directory).
+    #[arg(long, env = "VARIANTS", value_delimiter = ',')]
+    pub variants: Option<Vec<String>>,
+    /// The variant answering requests that select none (default: the most accurate).
+    #[arg(long, env = "DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// Images per engine batch at most.
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub max_batch_size: u64,
+    /// Longest wait, in microseconds, for a batch to fill once its first image is queued.
+    #[arg(long, env = "MAX_BATCH_DELAY_US", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub max_batch_delay_us: u64,
+    /// Images each variant's queue holds at most; beyond, requests get 429.
+    #[arg(long, env = "MAX_QUEUE", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_queue: u64,
+    /// Requests handled at once in the whole process; beyond, requests get 429.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_concurrent_requests: u64,
+    /// Deadline of requests that give no `timeout_ms`, in milliseconds (504 when it passes).
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
+    /// Largest request body, in bytes (413 beyond).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 10 << 20,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    pub max_body_bytes: u64,
+    /// Largest decoded image, in pixels (413 beyond).
+    #[arg(long, env = "MAX_PIXELS", default_value_t = 40_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    pub max_pixels: u64,
+    /// Images per request at most.
+    #[arg(long, env = "MAX_IMAGES_PER_REQUEST", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_images_per_request: u64,
+    /// Engine threads (0: one per available core).
+    #[arg(long, env = "ENGINE_THREADS", default_value_t = 0)]
+    pub engine_threads: usize,
+    /// After SIGTERM, how long admitted requests may take to finish, in seconds.
+    #[arg(long, env = "DRAIN_TIMEOUT_S", default_value_t = 30)]
+    pub drain_timeout_s: u64,
+    /// Accuracy results written by `eval --json` (default: eval.json in the models directory,
+    /// when present; else the manifest's published figures).
+    #[arg(long, env = "EVAL_RESULTS")]
+    pub eval_results: Option<PathBuf>,
 }
 
 /// Arguments of `verify`.
@@ -139,6 +200,10 @@ pub struct BenchArgs {
     /// Timed runs per variant and batch size (after one warm-up run).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub iters: u64,
+    /// Threads running batches at once, each on its own images as the service's engine threads
+    /// do; img/s is then their combined throughput (tract is timed with one thread only).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Also time tract on the same files (batch 1, alternating with ours) and print the ratio.
     #[arg(long)]
     pub tract: bool,

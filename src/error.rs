@@ -45,6 +45,48 @@ pub enum Error {
     /// The reference runtime (tract) failed.
     #[error("reference runtime: {0}")]
     Reference(String),
+    /// A request that is malformed or asks for something contradictory (bad query, bad JSON).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The request body's media type is not one we accept.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// No such route.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    /// A valid latency/accuracy target that no loaded variant is predicted to meet.
+    #[error("no variant meets the target: {0}")]
+    TargetUnreachable(String),
+    /// A variant's queue is full: try again later.
+    #[error("the queue of `{variant}` is full ({capacity} images); retry later")]
+    QueueFull {
+        /// The variant whose queue is full.
+        variant: String,
+        /// Its bound, in images.
+        capacity: usize,
+        /// Suggested wait before retrying, in seconds.
+        retry_after_s: u64,
+    },
+    /// Too many requests are in flight in the whole process.
+    #[error("too many requests in flight (limit {limit}); retry later")]
+    Overloaded {
+        /// The in-flight limit.
+        limit: usize,
+        /// Suggested wait before retrying, in seconds.
+        retry_after_s: u64,
+    },
+    /// The service is shutting down or not ready yet.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// The request's deadline passed before it was answered.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// A fault of ours, not the client's (an engine thread stopped, a model failed).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -61,6 +103,51 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+}
+
+/// How an error is reported to a client: an HTTP status, a stable machine-readable code, and a
+/// suggested retry delay when retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorKind {
+    /// HTTP status code.
+    pub status: u16,
+    /// Stable identifier for clients (`error.code` in JSON bodies).
+    pub code: &'static str,
+    /// Seconds to wait before retrying (`Retry-After`), when retrying can help.
+    pub retry_after_s: Option<u64>,
+}
+
+impl Error {
+    /// The one mapping from error to client-facing kind (HTTP status and code); gRPC maps from
+    /// the same kinds.
+    pub fn kind(&self) -> ErrorKind {
+        let (status, code, retry_after_s) = match self {
+            Error::BadRequest(_) | Error::BadInput(_) => (400, "bad_request", None),
+            Error::Undecodable(_) => (400, "undecodable_image", None),
+            Error::UnknownModel { .. } => (404, "unknown_model", None),
+            Error::NotFound(_) => (404, "not_found", None),
+            Error::MethodNotAllowed(_) => (405, "method_not_allowed", None),
+            Error::TooLarge(_) => (413, "too_large", None),
+            Error::UnsupportedMediaType(_) => (415, "unsupported_media_type", None),
+            Error::UnsupportedFormat(_) => (415, "unsupported_image_format", None),
+            Error::TargetUnreachable(_) => (422, "target_unreachable", None),
+            Error::QueueFull { retry_after_s, .. } => (429, "queue_full", Some(*retry_after_s)),
+            Error::Overloaded { retry_after_s, .. } => (429, "overloaded", Some(*retry_after_s)),
+            Error::Unavailable(_) => (503, "unavailable", Some(1)),
+            Error::DeadlineExceeded(_) => (504, "deadline_exceeded", None),
+            Error::Unsupported { .. }
+            | Error::MalformedModel(_)
+            | Error::Catalog(_)
+            | Error::Reference(_)
+            | Error::Internal(_)
+            | Error::Io { .. } => (500, "internal", None),
+        };
+        ErrorKind {
+            status,
+            code,
+            retry_after_s,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::chart::{self, Point};
 use crate::dataset::{self, LabeledImage};
@@ -19,7 +19,7 @@ use crate::pipeline::postprocess::top_k;
 use crate::pipeline::preprocess::preprocess_into;
 
 /// Accuracy and speed of one variant.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantResult {
     /// Variant name.
     pub name: String,
@@ -44,7 +44,7 @@ pub struct VariantResult {
 }
 
 /// Everything `eval --json` writes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
     /// The folder evaluated.
     pub dataset: String,

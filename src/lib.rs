@@ -8,8 +8,14 @@
 //! - [`kernels`]: the compute kernels behind a dispatch table chosen once at start.
 //! - [`verify`], [`eval`], [`bench`]: the cross-check, accuracy and speed commands; [`chart`],
 //!   [`npy`] their outputs.
+//! - Serving: [`api`] (HTTP) hands requests to the [`service`], which admits them, picks the
+//!   variant ([`router`]), decodes on the blocking pool, queues images in the [`batcher`] and
+//!   awaits the engine threads ([`engine::worker`]); [`latency`] keeps what the router predicts
+//!   from, [`metrics`] what Prometheus scrapes; [`serve`] and [`shutdown`] run and drain it.
 //! - [`config`], [`telemetry`], [`error`]: command line, logging, the one error type.
 
+pub mod api;
+pub mod batcher;
 pub mod bench;
 pub mod chart;
 pub mod config;
@@ -18,9 +24,16 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod kernels;
+pub mod latency;
+pub mod metrics;
 pub mod npy;
 pub mod pipeline;
+pub mod router;
+pub mod serve;
+pub mod service;
+pub mod shutdown;
 pub mod telemetry;
 pub mod verify;
 
+pub use api::http::app;
 pub use error::{Error, Result};

@@ -1,13 +1,19 @@
 //! The `mobilenet-serve` binary: parse the command line, set up logging, run the command.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use mobilenet_serve::batcher::BatchPolicy;
+use mobilenet_serve::config::ServeArgs;
 use mobilenet_serve::config::{Cli, Command, GlobalOptions};
 use mobilenet_serve::engine::catalog::format_alpha;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::KernelSet;
-use mobilenet_serve::{bench, eval, telemetry, verify, Error};
+use mobilenet_serve::pipeline::decode::DecodeLimits;
+use mobilenet_serve::service::{Service, ServiceConfig};
+use mobilenet_serve::{bench, eval, serve, telemetry, verify, Error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,8 +38,50 @@ fn load(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result<ModelPo
     ModelPool::load(&global.models_dir, &opts)
 }
 
+fn serve(global: &GlobalOptions, args: ServeArgs) -> Result<(), Error> {
+    let pool = load(global, args.variants.clone())?;
+    let engine_threads = match args.engine_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let config = ServiceConfig {
+        batch: BatchPolicy {
+            max_batch: args.max_batch_size as usize,
+            max_delay: Duration::from_micros(args.max_batch_delay_us),
+        },
+        max_queue: args.max_queue as usize,
+        max_concurrent_requests: args.max_concurrent_requests as usize,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        max_request_timeout: Duration::from_secs(600),
+        max_images_per_request: args.max_images_per_request as usize,
+        decode_limits: DecodeLimits {
+            max_bytes: args.max_body_bytes as usize,
+            max_pixels: args.max_pixels,
+        },
+        default_model: args.default_model.clone(),
+        engine_threads,
+        eval_results: args.eval_results.clone(),
+    };
+    tracing::info!(variants = pool.variants().len(), engine_threads, "starting");
+    let service = Service::new(pool, config, true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
+    let addr = SocketAddr::new(args.host, args.http_port);
+    runtime.block_on(serve::run(
+        service,
+        addr,
+        Duration::from_secs(args.drain_timeout_s),
+    ))
+}
+
 fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
+        Command::Serve(args) => {
+            serve(&cli.global, args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Models => {
             let pool = load(&cli.global, None)?;
             println!(

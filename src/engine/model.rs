@@ -29,6 +29,15 @@ impl Workspace {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// A workspace whose two buffers hold `len` values each, so that runs needing at most that
+    /// ([`Model::activation_len`]) never allocate, the first one included.
+    pub fn with_capacity(len: usize) -> Self {
+        Workspace {
+            front: Vec::with_capacity(len),
+            back: Vec::with_capacity(len),
+        }
+    }
 }
 
 impl Model {
@@ -63,6 +72,36 @@ impl Model {
     /// The kernels in use.
     pub fn kernels(&self) -> &KernelSet {
         &self.kernels
+    }
+
+    /// The largest activation (input included), in values, of a run on `batch` images of `h x w`:
+    /// the size each [`Workspace`] buffer needs.
+    pub fn activation_len(&self, batch: usize, h: usize, w: usize) -> Result<usize> {
+        let overflow = || Error::BadInput(format!("{batch} images of {h}x{w} are too large"));
+        let mut largest = [batch, h, w, self.plan.in_c]
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(overflow)?;
+        let (mut h, mut w, mut c) = (h, w, self.plan.in_c);
+        for layer in &self.plan.layers {
+            let len = match layer {
+                Layer::Conv(conv) => {
+                    let g = conv.geometry(batch, h, w)?;
+                    (h, w, c) = (g.out_h, g.out_w, g.out_c);
+                    g.output_len()
+                }
+                Layer::GlobalAvgPool { .. } => {
+                    (h, w) = (1, 1);
+                    batch * c
+                }
+                Layer::Fc(fc) => {
+                    c = fc.out_c;
+                    batch * h * w * c
+                }
+            };
+            largest = largest.max(len);
+        }
+        Ok(largest)
     }
 
     /// Classifies `batch` NHWC images of `h x w` and returns `[batch][classes]` outputs

@@ -54,6 +54,13 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
             "{format:?} (supported: JPEG, PNG, WebP, BMP, GIF)"
         )));
     }
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a truncated scan with gray and succeeds: refuse instead of
+        // classifying a partial picture.
+        return Err(Error::Undecodable(
+            "the JPEG is truncated (no end-of-image marker after its last scan)".into(),
+        ));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut io_limits = image::Limits::default();
     // Room for the largest accepted image at 16-bit RGBA plus the decoder's own buffers.
@@ -80,10 +87,57 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     Ok(img.into_rgb8())
 }
 
+/// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). Inside
+/// entropy-coded data an FF byte is always followed by 00 or a restart marker, so these pairs
+/// are real markers; an EXIF thumbnail's own markers come before the main image's scans.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(at) => bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
 fn map_image_error(e: ImageError) -> Error {
     match e {
         ImageError::Limits(l) => Error::TooLarge(l.to_string()),
         ImageError::Unsupported(u) => Error::UnsupportedFormat(u.to_string()),
         other => Error::Undecodable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_jpeg() -> Vec<u8> {
+        let img = RgbImage::from_fn(16, 16, |x, y| {
+            image::Rgb([(x * 16) as u8, (y * 16) as u8, 7])
+        });
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Jpeg).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn a_complete_jpeg_decodes() {
+        let img = decode(&tiny_jpeg(), &DecodeLimits::default()).unwrap();
+        assert_eq!(img.dimensions(), (16, 16));
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_refused_wherever_it_is_cut() {
+        let jpeg = tiny_jpeg();
+        for cut in 2..jpeg.len() - 1 {
+            let err = decode(&jpeg[..cut], &DecodeLimits::default()).unwrap_err();
+            assert!(matches!(err, Error::Undecodable(_)), "cut at {cut}: {err}");
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_end_marker_are_tolerated() {
+        let mut jpeg = tiny_jpeg();
+        jpeg.extend_from_slice(b"trailing padding some cameras write");
+        assert!(decode(&jpeg, &DecodeLimits::default()).is_ok());
     }
 }

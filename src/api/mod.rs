@@ -1,0 +1,3 @@
+//! Protocol front ends over the [`crate::service::Service`].
+
+pub mod http;

@@ -1,0 +1,150 @@
+//! The engine threads: dedicated OS threads (never the async runtime's) that take batches from the
+//! [`Batcher`] and run them. One batch per thread at a time, so the threads never oversubscribe
+//! the cores whatever mix of variants is queued.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::model::Workspace;
+use super::pool::Variant;
+use crate::batcher::{Batch, Batcher, JobOutput};
+use crate::error::{Error, Result};
+use crate::latency::LatencyTracker;
+use crate::metrics::Metrics;
+
+/// What the engine threads share.
+#[derive(Debug, Clone)]
+pub struct EngineContext {
+    /// Where batches come from.
+    pub batcher: Arc<Batcher>,
+    /// The variants, indexed like the batcher's queues.
+    pub variants: Arc<[Variant]>,
+    /// Live latency per variant, same indices.
+    pub latency: Arc<[LatencyTracker]>,
+    /// Batch sizes go here.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The running engine threads.
+#[derive(Debug)]
+pub struct EngineThreads {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl EngineThreads {
+    /// Starts `threads` engine threads. Each sizes its buffers for the largest batch of the
+    /// largest variant first, so that serving never allocates activations.
+    pub fn spawn(threads: usize, ctx: EngineContext) -> Result<Self> {
+        let max_batch = ctx.batcher.policy().max_batch;
+        let mut activations = 0;
+        let mut inputs = 0;
+        let mut outputs = 0;
+        for v in ctx.variants.iter() {
+            let r = v.spec.resolution;
+            activations = activations.max(v.model.activation_len(max_batch, r, r)?);
+            inputs = inputs.max(max_batch * v.input_len());
+            outputs = outputs.max(max_batch * v.spec.num_classes);
+        }
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let ctx = ctx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("engine-{i}"))
+                .spawn(move || {
+                    let mut buffers = Buffers {
+                        workspace: Workspace::with_capacity(activations),
+                        input: Vec::with_capacity(inputs),
+                        output: Vec::with_capacity(outputs),
+                    };
+                    while let Some(batch) = ctx.batcher.next_batch() {
+                        run_batch(&ctx, &mut buffers, batch);
+                    }
+                })
+                .map_err(|e| Error::Internal(format!("cannot start an engine thread: {e}")))?;
+            handles.push(handle);
+        }
+        Ok(EngineThreads { handles })
+    }
+
+    /// Waits for every thread to finish (after [`Batcher::close`], once the queues are empty).
+    pub fn join(self) {
+        for h in self.handles {
+            if h.join().is_err() {
+                tracing::error!("an engine thread panicked");
+            }
+        }
+    }
+}
+
+struct Buffers {
+    workspace: Workspace,
+    input: Vec<f32>,
+    output: Vec<f32>,
+}
+
+fn run_batch(ctx: &EngineContext, buffers: &mut Buffers, batch: Batch) {
+    let variant = &ctx.variants[batch.variant];
+    let n = batch.jobs.len();
+    let r = variant.spec.resolution;
+    buffers.input.clear();
+    for job in &batch.jobs {
+        buffers.input.extend_from_slice(&job.input);
+    }
+    let started = Instant::now();
+    // A panic in a kernel must not take the thread (and every later request) with it: it
+    // becomes an error for this batch's requests only.
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        variant.model.run_with(
+            &mut buffers.workspace,
+            &buffers.input,
+            n,
+            r,
+            r,
+            &mut buffers.output,
+        )
+    }))
+    .unwrap_or_else(|_| Err(Error::Internal("the engine panicked on this batch".into())));
+    let inference = started.elapsed();
+    let name = variant.spec.name.as_str();
+    ctx.metrics
+        .batch_size
+        .with_label_values(&[name])
+        .observe(n as f64);
+    tracing::debug!(
+        variant = name,
+        batch_id = batch.id,
+        size = n,
+        ms = inference.as_secs_f64() * 1e3,
+        "batch"
+    );
+    match result {
+        Ok(()) => {
+            ctx.latency[batch.variant].record_batch(inference);
+            let classes = buffers.output.len() / n;
+            for (job, scores) in batch
+                .jobs
+                .into_iter()
+                .zip(buffers.output.chunks_exact(classes))
+            {
+                let out = JobOutput {
+                    scores: scores.to_vec(),
+                    queue: started.saturating_duration_since(job.enqueued),
+                    inference,
+                    batch_size: n,
+                    batch_id: batch.id,
+                };
+                let _ = job.reply.send(Ok(out));
+            }
+        }
+        Err(e) => {
+            tracing::error!(variant = name, batch_id = batch.id, error = %e, "batch failed");
+            for job in batch.jobs {
+                let _ = job
+                    .reply
+                    .send(Err(Error::Internal(format!("inference failed: {e}"))));
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Prometheus metrics: every name in one place, registered once, rendered by `GET /metrics`.
+//!
+//! Labels stay low-cardinality: `variant` (the loaded variants, or `none` before routing),
+//! `stage`, `code`, `protocol`, `reason`, `source`.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Variant label for requests rejected before a variant was chosen.
+pub const NO_VARIANT: &str = "none";
+
+/// The stages timed per request (`stage` label of the duration histogram).
+pub const STAGES: [&str; 6] = [
+    "decode",
+    "preprocess",
+    "queue",
+    "inference",
+    "postprocess",
+    "total",
+];
+
+/// The service's metrics and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by variant, protocol and status code.
+    pub requests: IntCounterVec,
+    /// Time per request stage in seconds, by variant and stage.
+    pub duration: HistogramVec,
+    /// Images per engine batch, by variant.
+    pub batch_size: HistogramVec,
+    /// Images waiting in each variant's queue.
+    pub queue_depth: IntGaugeVec,
+    /// Requests or images refused or dropped, by variant and reason.
+    pub rejected: IntCounterVec,
+    /// Requests being handled now.
+    pub in_flight: IntGauge,
+    /// Top-1 accuracy in percent, by variant and source (`measured` or `published`).
+    pub top1: GaugeVec,
+    /// Top-5 accuracy in percent, by variant and source.
+    pub top5: GaugeVec,
+    /// Multiply-adds per image, by variant.
+    pub mult_adds: GaugeVec,
+    /// Learned parameters, by variant.
+    pub parameters: GaugeVec,
+    /// The router's current latency prediction in seconds, by variant.
+    pub predicted_latency: GaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("mobilenet")
+}
+
+impl Metrics {
+    /// Creates and registers every metric, plus the process collector (CPU, memory, fds).
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let latency_buckets = prometheus::exponential_buckets(0.000_1, 2.0, 18)?;
+        let batch_buckets = vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0];
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                opts(
+                    "requests_total",
+                    "Requests answered, by variant, protocol and status code.",
+                ),
+                &["variant", "protocol", "code"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::from(opts(
+                    "request_duration_seconds",
+                    "Time spent per request in each stage (decode, preprocess, queue, inference, \
+                     postprocess, total).",
+                ))
+                .buckets(latency_buckets),
+                &["variant", "stage"],
+            )?,
+            batch_size: HistogramVec::new(
+                HistogramOpts::from(opts("batch_size", "Images per engine batch."))
+                    .buckets(batch_buckets),
+                &["variant"],
+            )?,
+            queue_depth: IntGaugeVec::new(
+                opts(
+                    "queue_depth",
+                    "Images waiting in the variant's batching queue.",
+                ),
+                &["variant"],
+            )?,
+            rejected: IntCounterVec::new(
+                opts(
+                    "rejected_total",
+                    "Requests refused at admission or images dropped before inference, by reason.",
+                ),
+                &["variant", "reason"],
+            )?,
+            in_flight: IntGauge::with_opts(opts("in_flight_requests", "Requests being handled."))?,
+            top1: GaugeVec::new(
+                opts("top1_accuracy", "ImageNet top-1 accuracy in percent."),
+                &["variant", "source"],
+            )?,
+            top5: GaugeVec::new(
+                opts("top5_accuracy", "ImageNet top-5 accuracy in percent."),
+                &["variant", "source"],
+            )?,
+            mult_adds: GaugeVec::new(opts("mult_adds", "Multiply-adds per image."), &["variant"])?,
+            parameters: GaugeVec::new(
+                opts("parameters", "Learned parameters of the variant."),
+                &["variant"],
+            )?,
+            predicted_latency: GaugeVec::new(
+                opts(
+                    "predicted_latency_seconds",
+                    "The router's latency prediction (queue wait + batch inference).",
+                ),
+                &["variant"],
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.requests.clone()))?;
+        m.registry.register(Box::new(m.duration.clone()))?;
+        m.registry.register(Box::new(m.batch_size.clone()))?;
+        m.registry.register(Box::new(m.queue_depth.clone()))?;
+        m.registry.register(Box::new(m.rejected.clone()))?;
+        m.registry.register(Box::new(m.in_flight.clone()))?;
+        m.registry.register(Box::new(m.top1.clone()))?;
+        m.registry.register(Box::new(m.top5.clone()))?;
+        m.registry.register(Box::new(m.mult_adds.clone()))?;
+        m.registry.register(Box::new(m.parameters.clone()))?;
+        m.registry.register(Box::new(m.predicted_latency.clone()))?;
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(m)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail on I/O; a metric family that fails to encode is
+        // skipped rather than failing the whole scrape.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Records the time one request spent in `stage`.
+    pub fn observe_stage(&self, variant: &str, stage: &str, seconds: f64) {
+        self.duration
+            .with_label_values(&[variant, stage])
+            .observe(seconds);
+    }
+
+    /// Counts one answered request.
+    pub fn count_request(&self, variant: &str, protocol: &str, status: u16) {
+        self.requests
+            .with_label_values(&[variant, protocol, &status.to_string()])
+            .inc();
+    }
+
+    /// Counts one refusal or drop.
+    pub fn count_rejected(&self, variant: &str, reason: &str) {
+        self.rejected.with_label_values(&[variant, reason]).inc();
+    }
+}

@@ -1,0 +1,294 @@
+//! Which variant answers a request: by name, by alpha and resolution, or by a latency/accuracy
+//! target. Pure functions of the request and a snapshot of the candidates, so every rule is
+//! unit-tested without a server.
+
+use crate::error::{Error, Result};
+
+/// What the client asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// Nothing: the configured default variant.
+    Default,
+    /// A variant by name.
+    Name(String),
+    /// A cell of the alpha x resolution grid.
+    Cell {
+        /// Width multiplier.
+        alpha: f32,
+        /// Input resolution.
+        resolution: usize,
+    },
+    /// A target; at least one bound is set.
+    Target {
+        /// Upper bound on the predicted latency, in milliseconds.
+        max_latency_ms: Option<f64>,
+        /// Lower bound on top-1 accuracy, in percent.
+        min_top1: Option<f64>,
+        /// Answer with the fastest variant instead of 422 when nothing meets the target.
+        fallback_fastest: bool,
+    },
+}
+
+/// What the router knows about one variant when it decides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Variant name.
+    pub name: String,
+    /// Width multiplier.
+    pub alpha: f32,
+    /// Input resolution.
+    pub resolution: usize,
+    /// Top-1 accuracy in percent (measured, else published), if known.
+    pub top1: Option<f64>,
+    /// Predicted latency in milliseconds (live measurements, else the warm-up).
+    pub predicted_ms: f64,
+}
+
+/// The decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// Index of the chosen candidate.
+    pub index: usize,
+    /// Whether the target was met; `None` when no target was given.
+    pub target_met: Option<bool>,
+}
+
+/// Picks the variant for `selection` among `candidates`; `default` is the index of the default
+/// variant.
+pub fn choose(selection: &Selection, candidates: &[Candidate], default: usize) -> Result<Choice> {
+    let plain = |index| Choice {
+        index,
+        target_met: None,
+    };
+    match selection {
+        Selection::Default => {
+            if default < candidates.len() {
+                Ok(plain(default))
+            } else {
+                Err(Error::Internal("no default variant is loaded".into()))
+            }
+        }
+        Selection::Name(name) => candidates
+            .iter()
+            .position(|c| &c.name == name)
+            .map(plain)
+            .ok_or_else(|| Error::UnknownModel {
+                name: name.clone(),
+                known: names(candidates),
+            }),
+        Selection::Cell { alpha, resolution } => candidates
+            .iter()
+            .position(|c| (c.alpha - alpha).abs() < 1e-3 && c.resolution == *resolution)
+            .map(plain)
+            .ok_or_else(|| Error::UnknownModel {
+                name: format!("alpha={alpha} resolution={resolution}"),
+                known: names(candidates),
+            }),
+        Selection::Target {
+            max_latency_ms,
+            min_top1,
+            fallback_fastest,
+        } => choose_target(candidates, *max_latency_ms, *min_top1, *fallback_fastest),
+    }
+}
+
+fn choose_target(
+    candidates: &[Candidate],
+    max_latency_ms: Option<f64>,
+    min_top1: Option<f64>,
+    fallback_fastest: bool,
+) -> Result<Choice> {
+    let fits = |c: &Candidate| {
+        max_latency_ms.is_none_or(|m| c.predicted_ms <= m)
+            && min_top1.is_none_or(|m| c.top1.is_some_and(|t| t >= m))
+    };
+    let accuracy = |c: &Candidate| c.top1.unwrap_or(f64::NEG_INFINITY);
+    let fitting = candidates.iter().enumerate().filter(|(_, c)| fits(c));
+    // With a latency budget, spend it on accuracy; with only an accuracy floor, the cheapest
+    // (fastest) variant above it. Ties go to the faster variant.
+    let best = if max_latency_ms.is_some() {
+        fitting.max_by(|(_, a), (_, b)| {
+            accuracy(a)
+                .total_cmp(&accuracy(b))
+                .then(b.predicted_ms.total_cmp(&a.predicted_ms))
+        })
+    } else {
+        fitting.min_by(|(_, a), (_, b)| a.predicted_ms.total_cmp(&b.predicted_ms))
+    };
+    if let Some((index, _)) = best {
+        return Ok(Choice {
+            index,
+            target_met: Some(true),
+        });
+    }
+    if fallback_fastest {
+        if let Some((index, _)) = candidates
+            .iter()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| a.predicted_ms.total_cmp(&b.predicted_ms))
+        {
+            return Ok(Choice {
+                index,
+                target_met: Some(false),
+            });
+        }
+    }
+    let fastest = candidates
+        .iter()
+        .map(|c| c.predicted_ms)
+        .min_by(f64::total_cmp);
+    let best_top1 = candidates
+        .iter()
+        .filter_map(|c| c.top1)
+        .max_by(f64::total_cmp);
+    Err(Error::TargetUnreachable(format!(
+        "asked for{}{}; the fastest variant is predicted at {}, the most accurate has top-1 {} \
+         (add fallback=fastest to be answered anyway)",
+        max_latency_ms
+            .map(|m| format!(" latency <= {m} ms"))
+            .unwrap_or_default(),
+        min_top1
+            .map(|m| format!(" top-1 >= {m}%"))
+            .unwrap_or_default(),
+        fastest
+            .map(|f| format!("{f:.2} ms"))
+            .unwrap_or_else(|| "-".into()),
+        best_top1
+            .map(|t| format!("{t:.2}%"))
+            .unwrap_or_else(|| "unknown".into()),
+    )))
+}
+
+fn names(candidates: &[Candidate]) -> String {
+    candidates
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Indices of the candidates that are dominated: another one is both faster (predicted) and more
+/// accurate. Unknown accuracy is never dominated nor dominating.
+pub fn dominated(candidates: &[Candidate]) -> Vec<bool> {
+    candidates
+        .iter()
+        .map(|c| {
+            let Some(top1) = c.top1 else { return false };
+            candidates
+                .iter()
+                .any(|o| o.top1.is_some_and(|t| t > top1) && o.predicted_ms < c.predicted_ms)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(name: &str, alpha: f32, resolution: usize, top1: f64, ms: f64) -> Candidate {
+        Candidate {
+            name: name.into(),
+            alpha,
+            resolution,
+            top1: Some(top1),
+            predicted_ms: ms,
+        }
+    }
+
+    fn grid() -> Vec<Candidate> {
+        vec![
+            cand("big", 1.0, 224, 70.0, 12.0),
+            cand("mid", 0.5, 160, 60.0, 3.0),
+            cand("small", 0.25, 128, 41.0, 0.5),
+            cand("slow_bad", 0.5, 224, 55.0, 6.0),
+        ]
+    }
+
+    fn target(max: Option<f64>, min: Option<f64>) -> Selection {
+        Selection::Target {
+            max_latency_ms: max,
+            min_top1: min,
+            fallback_fastest: false,
+        }
+    }
+
+    #[test]
+    fn explicit_choices() {
+        let g = grid();
+        assert_eq!(choose(&Selection::Default, &g, 1).unwrap().index, 1);
+        assert_eq!(
+            choose(&Selection::Name("small".into()), &g, 0)
+                .unwrap()
+                .index,
+            2
+        );
+        let cell = Selection::Cell {
+            alpha: 0.5,
+            resolution: 224,
+        };
+        assert_eq!(choose(&cell, &g, 0).unwrap().index, 3);
+        let err = choose(&Selection::Name("nope".into()), &g, 0).unwrap_err();
+        assert!(err.to_string().contains("big, mid, small"), "{err}");
+        let missing = Selection::Cell {
+            alpha: 0.75,
+            resolution: 224,
+        };
+        assert_eq!(choose(&missing, &g, 0).unwrap_err().kind().status, 404);
+    }
+
+    #[test]
+    fn latency_budget_buys_the_most_accuracy_that_fits() {
+        let g = grid();
+        let c = choose(&target(Some(5.0), None), &g, 0).unwrap();
+        assert_eq!((c.index, c.target_met), (1, Some(true)));
+        assert_eq!(choose(&target(Some(100.0), None), &g, 0).unwrap().index, 0);
+        assert_eq!(choose(&target(Some(0.5), None), &g, 0).unwrap().index, 2);
+    }
+
+    #[test]
+    fn accuracy_floor_takes_the_fastest_above_it() {
+        let g = grid();
+        assert_eq!(choose(&target(None, Some(50.0)), &g, 0).unwrap().index, 1);
+        assert_eq!(choose(&target(None, Some(65.0)), &g, 0).unwrap().index, 0);
+        assert_eq!(choose(&target(None, Some(10.0)), &g, 0).unwrap().index, 2);
+    }
+
+    #[test]
+    fn both_bounds_take_the_most_accurate_that_meets_both() {
+        let g = grid();
+        assert_eq!(
+            choose(&target(Some(7.0), Some(50.0)), &g, 0).unwrap().index,
+            1
+        );
+        let err = choose(&target(Some(5.0), Some(65.0)), &g, 0).unwrap_err();
+        assert_eq!(err.kind().status, 422);
+        assert!(err.to_string().contains("0.50 ms"), "{err}");
+    }
+
+    #[test]
+    fn unreachable_target_falls_back_to_the_fastest_when_asked() {
+        let g = grid();
+        let sel = Selection::Target {
+            max_latency_ms: Some(0.1),
+            min_top1: None,
+            fallback_fastest: true,
+        };
+        let c = choose(&sel, &g, 0).unwrap();
+        assert_eq!((c.index, c.target_met), (2, Some(false)));
+    }
+
+    #[test]
+    fn unknown_accuracy_never_satisfies_a_floor() {
+        let mut g = grid();
+        g[1].top1 = None;
+        assert_eq!(choose(&target(None, Some(50.0)), &g, 0).unwrap().index, 3);
+        // With only a budget it can still be chosen, as the last resort.
+        let only = vec![g[1].clone()];
+        assert_eq!(choose(&target(Some(5.0), None), &only, 0).unwrap().index, 0);
+    }
+
+    #[test]
+    fn dominated_variants_are_slower_and_less_accurate_than_another() {
+        assert_eq!(dominated(&grid()), vec![false, false, false, true]);
+    }
+}

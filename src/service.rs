@@ -1,0 +1,727 @@
+//! The classification service, independent of any protocol: admission, routing, decoding on the
+//! blocking pool, batching onto the engine threads, postprocessing, and the metrics of each step.
+//! HTTP (and later gRPC) handlers only translate to and from it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::batcher::{BatchPolicy, Batcher, Job, JobOutput};
+use crate::engine::pool::{ModelPool, Variant};
+use crate::engine::worker::{EngineContext, EngineThreads};
+use crate::error::{Error, Result};
+use crate::eval::EvalReport;
+use crate::latency::{LatencySnapshot, LatencyTracker};
+use crate::metrics::{Metrics, NO_VARIANT};
+use crate::pipeline::decode::{decode, DecodeLimits};
+use crate::pipeline::postprocess::{softmax_in_place, top_k};
+use crate::pipeline::preprocess::preprocess;
+use crate::router::{self, Candidate, Selection};
+
+/// File name of the accuracy results (`eval --json`) looked for in the models directory.
+pub const EVAL_RESULTS: &str = "eval.json";
+/// Largest `top_k` a request may ask for.
+pub const MAX_TOP_K: usize = 1000;
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Batch size and delay limits.
+    pub batch: BatchPolicy,
+    /// Images each variant's queue holds at most.
+    pub max_queue: usize,
+    /// Requests handled at once in the whole process; more get 429.
+    pub max_concurrent_requests: usize,
+    /// Deadline of a request that gives none.
+    pub request_timeout: Duration,
+    /// Largest deadline a request may ask for.
+    pub max_request_timeout: Duration,
+    /// Images per request at most.
+    pub max_images_per_request: usize,
+    /// Byte and pixel limits of each image.
+    pub decode_limits: DecodeLimits,
+    /// The variant answering requests that select none (default: the most accurate).
+    pub default_model: Option<String>,
+    /// Engine threads.
+    pub engine_threads: usize,
+    /// Accuracy results to read (default: `eval.json` in the models directory, when present).
+    pub eval_results: Option<PathBuf>,
+}
+
+/// One classification request, as every protocol hands it over.
+#[derive(Debug, Clone)]
+pub struct ClassifyRequest {
+    /// Encoded images (JPEG, PNG, WebP, BMP, GIF).
+    pub images: Vec<Bytes>,
+    /// Which variant should answer.
+    pub selection: Selection,
+    /// Predictions per image.
+    pub top_k: usize,
+    /// The client's deadline, from now (the configured default when `None`).
+    pub timeout: Option<Duration>,
+}
+
+/// One predicted class.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    /// ImageNet class index (0..999).
+    pub index: usize,
+    /// Its human-readable name.
+    pub label: String,
+    /// Softmax probability.
+    pub score: f32,
+}
+
+/// Where a request's time went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Decoding every image.
+    pub decode: f64,
+    /// Resizing, cropping and normalising every image.
+    pub preprocess: f64,
+    /// Waiting for a batch (the longest of the request's images).
+    pub queue: f64,
+    /// The batch inference (the longest of the request's images).
+    pub inference: f64,
+    /// Softmax, top-k and labels.
+    pub postprocess: f64,
+    /// Everything, from admission to the answer.
+    pub total: f64,
+}
+
+/// The answer to a [`ClassifyRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassifyResponse {
+    /// The variant that answered.
+    pub model: String,
+    /// The top-k predictions of each image, in request order.
+    pub predictions: Vec<Vec<Prediction>>,
+    /// Whether the latency/accuracy target was met, when one was given.
+    pub target_met: Option<bool>,
+    /// Where the time went.
+    pub timings: Timings,
+    /// The engine batches that computed the images.
+    pub batch_ids: Vec<u64>,
+}
+
+/// A variant's accuracy and where the figure comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Accuracy {
+    /// Top-1 in percent.
+    pub top1: Option<f64>,
+    /// Top-5 in percent.
+    pub top5: Option<f64>,
+    /// `measured` (this project's `eval`), `published` (the manifest), or `unknown`.
+    pub source: &'static str,
+    /// Images the measurement used.
+    pub images: Option<usize>,
+}
+
+/// Live latency in `/v1/models`, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencyInfo {
+    /// Median per-image latency (queue + inference) in this process.
+    pub p50: Option<f64>,
+    /// 95th percentile.
+    pub p95: Option<f64>,
+    /// Images measured.
+    pub samples: usize,
+    /// What the router predicts for a new request now.
+    pub predicted: Option<f64>,
+}
+
+/// What `/v1/models` says about one variant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelInfo {
+    /// Variant name.
+    pub name: String,
+    /// Width multiplier.
+    pub alpha: f32,
+    /// Input resolution.
+    pub resolution: usize,
+    /// Model outputs (1001 with TF-slim's background class).
+    pub num_classes: usize,
+    /// Learned parameters.
+    pub params: u64,
+    /// Multiply-adds per image.
+    pub mult_adds: u64,
+    /// `float` or `dequantized-uint8-qat`, when the manifest says.
+    pub weights: Option<String>,
+    /// Accuracy and its source.
+    pub accuracy: Accuracy,
+    /// Live latency.
+    pub latency_ms: LatencyInfo,
+    /// Images queued now.
+    pub queue_depth: usize,
+    /// Another variant is both faster here and more accurate.
+    pub dominated: bool,
+    /// Answers requests that select no variant.
+    pub default: bool,
+}
+
+/// The running service: the variants, their queues and engine threads, and the metrics.
+#[derive(Debug)]
+pub struct Service {
+    variants: Arc<[Variant]>,
+    pool: Arc<ModelPool>,
+    batcher: Arc<Batcher>,
+    latency: Arc<[LatencyTracker]>,
+    accuracy: Vec<Accuracy>,
+    costs: Vec<(u64, u64)>,
+    metrics: Arc<Metrics>,
+    admission: Arc<Semaphore>,
+    config: ServiceConfig,
+    default_index: usize,
+    ready: AtomicBool,
+    draining: AtomicBool,
+    engine: Mutex<Option<EngineThreads>>,
+}
+
+impl Service {
+    /// Builds the service over `pool` and starts its engine threads (unless `start_engine` is
+    /// false: tests use that to hold work in the queues).
+    pub fn new(pool: ModelPool, config: ServiceConfig, start_engine: bool) -> Result<Arc<Self>> {
+        let metrics = Arc::new(Metrics::new().map_err(|e| Error::Internal(e.to_string()))?);
+        let variants: Arc<[Variant]> = pool.variants().to_vec().into();
+        let names: Vec<String> = variants.iter().map(|v| v.spec.name.clone()).collect();
+        let accuracy = read_accuracy(&pool, config.eval_results.as_deref())?;
+        let mut costs = Vec::with_capacity(variants.len());
+        for v in variants.iter() {
+            let r = v.spec.resolution;
+            costs.push((
+                v.model.plan().mult_adds(r, r)?,
+                v.model.plan().params() as u64,
+            ));
+        }
+        let default_index = match &config.default_model {
+            Some(name) => {
+                names
+                    .iter()
+                    .position(|n| n == name)
+                    .ok_or_else(|| Error::UnknownModel {
+                        name: name.clone(),
+                        known: names.join(", "),
+                    })?
+            }
+            None => most_accurate(&accuracy, &costs),
+        };
+        let batcher = Arc::new(Batcher::new(
+            names,
+            config.batch,
+            config.max_queue,
+            metrics.clone(),
+        ));
+        let latency: Arc<[LatencyTracker]> =
+            variants.iter().map(|_| LatencyTracker::default()).collect();
+        let service = Arc::new(Service {
+            admission: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            pool: Arc::new(pool),
+            variants,
+            batcher,
+            latency,
+            accuracy,
+            costs,
+            metrics,
+            config,
+            default_index,
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            engine: Mutex::new(None),
+        });
+        service.publish_static_metrics();
+        if start_engine {
+            service.start_engine()?;
+        }
+        Ok(service)
+    }
+
+    /// Starts the engine threads (once).
+    pub fn start_engine(&self) -> Result<()> {
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        if engine.is_none() {
+            let ctx = EngineContext {
+                batcher: self.batcher.clone(),
+                variants: self.variants.clone(),
+                latency: self.latency.clone(),
+                metrics: self.metrics.clone(),
+            };
+            *engine = Some(EngineThreads::spawn(self.config.engine_threads, ctx)?);
+        }
+        Ok(())
+    }
+
+    fn publish_static_metrics(&self) {
+        for (i, v) in self.variants.iter().enumerate() {
+            let name = v.spec.name.as_str();
+            let (mult_adds, params) = self.costs[i];
+            self.metrics
+                .mult_adds
+                .with_label_values(&[name])
+                .set(mult_adds as f64);
+            self.metrics
+                .parameters
+                .with_label_values(&[name])
+                .set(params as f64);
+            let acc = &self.accuracy[i];
+            if let Some(t) = acc.top1 {
+                self.metrics
+                    .top1
+                    .with_label_values(&[name, acc.source])
+                    .set(t);
+            }
+            if let Some(t) = acc.top5 {
+                self.metrics
+                    .top5
+                    .with_label_values(&[name, acc.source])
+                    .set(t);
+            }
+            self.metrics.queue_depth.with_label_values(&[name]).set(0);
+        }
+    }
+
+    /// The metrics (for `/metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// Runs every variant a few times through the real queue and engine threads, so that weights
+    /// are paged in and the router has a latency for each before traffic arrives; then the
+    /// service reports ready.
+    pub async fn warm_up(&self) -> Result<()> {
+        for (i, v) in self.variants.iter().enumerate() {
+            let mut last = None;
+            for _ in 0..3 {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let (job, rx) = Job::new(vec![0.0; v.input_len()], deadline);
+                self.batcher.submit(i, vec![job])?;
+                let out = rx
+                    .await
+                    .map_err(|_| Error::Internal("the engine stopped during warm-up".into()))??;
+                last = Some(out.inference);
+            }
+            if let Some(t) = last {
+                self.latency[i].seed_batch(t);
+            }
+            tracing::info!(
+                variant = %v.spec.name,
+                ms = last.unwrap_or_default().as_secs_f64() * 1e3,
+                "warmed up"
+            );
+        }
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Ready: warmed up and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.is_draining()
+    }
+
+    /// Shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Fails readiness and refuses new requests; admitted ones still get their answers.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the engine threads finish what is queued, then stops them. Blocks.
+    pub fn stop_engine(&self) {
+        self.batcher.close();
+        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(engine) = engine {
+            engine.join();
+        }
+    }
+
+    /// Every variant, as `/v1/models` lists them.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let now = Instant::now();
+        let candidates = self.candidates(now);
+        let dominated = router::dominated(&candidates);
+        self.variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let snap = self.latency[i].snapshot(now);
+                ModelInfo {
+                    name: v.spec.name.clone(),
+                    alpha: v.spec.alpha,
+                    resolution: v.spec.resolution,
+                    num_classes: v.spec.num_classes,
+                    params: self.costs[i].1,
+                    mult_adds: self.costs[i].0,
+                    weights: v.spec.weights.clone(),
+                    accuracy: self.accuracy[i],
+                    latency_ms: LatencyInfo {
+                        p50: snap.p50_ms,
+                        p95: snap.p95_ms,
+                        samples: snap.samples,
+                        predicted: candidates[i]
+                            .predicted_ms
+                            .is_finite()
+                            .then_some(candidates[i].predicted_ms),
+                    },
+                    queue_depth: self.batcher.queued(i),
+                    dominated: dominated[i],
+                    default: i == self.default_index,
+                }
+            })
+            .collect()
+    }
+
+    /// One variant, as `/v1/models/{name}` shows it.
+    pub fn model(&self, name: &str) -> Result<ModelInfo> {
+        self.models()
+            .into_iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::UnknownModel {
+                name: name.to_string(),
+                known: self.pool.names().join(", "),
+            })
+    }
+
+    /// What the router sees: each variant's accuracy and predicted latency (one batch plus the
+    /// decayed queue wait plus the batches already queued ahead). Unmeasured variants are
+    /// predicted as infinitely slow: they never fit a latency budget.
+    fn candidates(&self, now: Instant) -> Vec<Candidate> {
+        let max_batch = self.config.batch.max_batch.max(1);
+        self.variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let snap: LatencySnapshot = self.latency[i].snapshot(now);
+                let ahead = (self.batcher.queued(i) / max_batch) as f64;
+                let predicted_ms = match (snap.predicted_ms(), snap.batch_ms) {
+                    (Some(p), Some(b)) => p + ahead * b,
+                    _ => f64::INFINITY,
+                };
+                if predicted_ms.is_finite() {
+                    self.metrics
+                        .predicted_latency
+                        .with_label_values(&[&v.spec.name])
+                        .set(predicted_ms / 1e3);
+                }
+                Candidate {
+                    name: v.spec.name.clone(),
+                    alpha: v.spec.alpha,
+                    resolution: v.spec.resolution,
+                    top1: self.accuracy[i].top1,
+                    predicted_ms,
+                }
+            })
+            .collect()
+    }
+
+    /// Classifies the request's images and records its metrics under `protocol`.
+    pub async fn classify(
+        &self,
+        request: ClassifyRequest,
+        protocol: &str,
+    ) -> Result<ClassifyResponse> {
+        let started = Instant::now();
+        let mut chosen = None;
+        let result = self.classify_inner(request, started, &mut chosen).await;
+        let name = chosen
+            .map(|i: usize| self.variants[i].spec.name.as_str())
+            .unwrap_or(NO_VARIANT);
+        let status = match &result {
+            Ok(_) => 200,
+            Err(e) => e.kind().status,
+        };
+        self.metrics.count_request(name, protocol, status);
+        match &result {
+            Ok(r) => {
+                let t = &r.timings;
+                for (stage, ms) in [
+                    ("decode", t.decode),
+                    ("preprocess", t.preprocess),
+                    ("queue", t.queue),
+                    ("inference", t.inference),
+                    ("postprocess", t.postprocess),
+                    ("total", t.total),
+                ] {
+                    self.metrics.observe_stage(name, stage, ms / 1e3);
+                }
+            }
+            Err(Error::QueueFull { .. }) => self.metrics.count_rejected(name, "queue_full"),
+            Err(Error::Overloaded { .. }) => self.metrics.count_rejected(name, "overloaded"),
+            Err(Error::Unavailable(_)) => self.metrics.count_rejected(name, "draining"),
+            Err(Error::DeadlineExceeded(_)) => self.metrics.count_rejected(name, "deadline"),
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn admit(&self) -> Result<InFlight<'_>> {
+        if self.is_draining() {
+            return Err(Error::Unavailable("the service is shutting down".into()));
+        }
+        let permit = self
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded {
+                limit: self.config.max_concurrent_requests,
+                retry_after_s: 1,
+            })?;
+        self.metrics.in_flight.inc();
+        Ok(InFlight {
+            _permit: permit,
+            metrics: &self.metrics,
+        })
+    }
+
+    async fn classify_inner(
+        &self,
+        request: ClassifyRequest,
+        started: Instant,
+        chosen: &mut Option<usize>,
+    ) -> Result<ClassifyResponse> {
+        let _in_flight = self.admit()?;
+        let n = request.images.len();
+        if n == 0 {
+            return Err(Error::BadRequest("the request holds no image".into()));
+        }
+        if n > self.config.max_images_per_request {
+            return Err(Error::BadRequest(format!(
+                "{n} images in one request; the limit is {}",
+                self.config.max_images_per_request
+            )));
+        }
+        if !(1..=MAX_TOP_K).contains(&request.top_k) {
+            return Err(Error::BadRequest(format!(
+                "top_k must be between 1 and {MAX_TOP_K}, got {}",
+                request.top_k
+            )));
+        }
+        let timeout = request.timeout.unwrap_or(self.config.request_timeout);
+        if timeout.is_zero() || timeout > self.config.max_request_timeout {
+            return Err(Error::BadRequest(format!(
+                "timeout_ms must be between 1 and {}",
+                self.config.max_request_timeout.as_millis()
+            )));
+        }
+        let deadline = started + timeout;
+        let choice = router::choose(
+            &request.selection,
+            &self.candidates(started),
+            self.default_index,
+        )?;
+        *chosen = Some(choice.index);
+        let variant = &self.variants[choice.index];
+
+        let prepared = self.prepare(variant, request.images).await?;
+        if Instant::now() >= deadline {
+            return Err(Error::DeadlineExceeded(
+                "the deadline passed while decoding".into(),
+            ));
+        }
+        let mut receivers = Vec::with_capacity(n);
+        let mut jobs = Vec::with_capacity(n);
+        for input in prepared.inputs {
+            let (job, rx) = Job::new(input, deadline);
+            jobs.push(job);
+            receivers.push(rx);
+        }
+        self.batcher.submit(choice.index, jobs)?;
+
+        let mut outputs: Vec<JobOutput> = Vec::with_capacity(n);
+        for rx in receivers {
+            let answer = tokio::time::timeout_at(deadline.into(), rx)
+                .await
+                .map_err(|_| {
+                    Error::DeadlineExceeded(format!("no answer within {} ms", timeout.as_millis()))
+                })?
+                .map_err(|_| Error::Internal("the engine thread stopped".into()))??;
+            outputs.push(answer);
+        }
+
+        let post_started = Instant::now();
+        let predictions = outputs
+            .iter()
+            .map(|o| self.predictions(variant, &o.scores, request.top_k))
+            .collect();
+        let now = Instant::now();
+        for o in &outputs {
+            self.latency[choice.index].record_image(o.queue, o.inference, now);
+        }
+        // Microsecond resolution: more digits would be noise in the JSON.
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let longest =
+            |f: fn(&JobOutput) -> Duration| outputs.iter().map(f).max().unwrap_or_default();
+        Ok(ClassifyResponse {
+            model: variant.spec.name.clone(),
+            predictions,
+            target_met: choice.target_met,
+            timings: Timings {
+                decode: ms(prepared.decode),
+                preprocess: ms(prepared.preprocess),
+                queue: ms(longest(|o| o.queue)),
+                inference: ms(longest(|o| o.inference)),
+                postprocess: ms(now - post_started),
+                total: ms(now - started),
+            },
+            batch_ids: outputs.iter().map(|o| o.batch_id).collect(),
+        })
+    }
+
+    /// Decodes and preprocesses on the blocking pool, so that the async workers keep serving.
+    async fn prepare(&self, variant: &Variant, images: Vec<Bytes>) -> Result<Prepared> {
+        let limits = self.config.decode_limits;
+        let rho = variant.spec.resolution;
+        let norm = variant.spec.normalization;
+        tokio::task::spawn_blocking(move || {
+            let mut prepared = Prepared {
+                inputs: Vec::with_capacity(images.len()),
+                decode: Duration::ZERO,
+                preprocess: Duration::ZERO,
+            };
+            for (i, bytes) in images.iter().enumerate() {
+                let which = |e: Error| {
+                    if images.len() == 1 {
+                        e
+                    } else {
+                        prefix_image_error(i, e)
+                    }
+                };
+                let t0 = Instant::now();
+                let rgb = decode(bytes, &limits).map_err(which)?;
+                let t1 = Instant::now();
+                prepared
+                    .inputs
+                    .push(preprocess(&rgb, rho, norm).map_err(which)?);
+                prepared.decode += t1 - t0;
+                prepared.preprocess += t1.elapsed();
+            }
+            Ok(prepared)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("decoding stopped: {e}")))?
+    }
+
+    /// Softmax (unless the graph has one), then the top `k` ImageNet classes; the background
+    /// output of 1001-class models is never a prediction.
+    fn predictions(&self, variant: &Variant, scores: &[f32], k: usize) -> Vec<Prediction> {
+        let mut probs = scores.to_vec();
+        if !variant.model.plan().softmax {
+            softmax_in_place(&mut probs);
+        }
+        let offset = variant.spec.label_offset;
+        top_k(&probs[offset.min(probs.len())..], k)
+            .into_iter()
+            .map(|(class, score)| Prediction {
+                index: class,
+                label: self.pool.label(variant, class + offset),
+                score,
+            })
+            .collect()
+    }
+}
+
+struct Prepared {
+    inputs: Vec<Vec<f32>>,
+    decode: Duration,
+    preprocess: Duration,
+}
+
+/// Holds an admission permit and the in-flight gauge for the life of a request.
+struct InFlight<'a> {
+    _permit: OwnedSemaphorePermit,
+    metrics: &'a Metrics,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+    }
+}
+
+fn prefix_image_error(i: usize, e: Error) -> Error {
+    match e {
+        Error::Undecodable(m) => Error::Undecodable(format!("image {i}: {m}")),
+        Error::UnsupportedFormat(m) => Error::UnsupportedFormat(format!("image {i}: {m}")),
+        Error::TooLarge(m) => Error::TooLarge(format!("image {i}: {m}")),
+        Error::BadInput(m) => Error::BadInput(format!("image {i}: {m}")),
+        other => other,
+    }
+}
+
+/// A manifest percentage as f64 without float noise (70.9f32 is 70.90000152587891 as f64).
+fn percent(p: f32) -> f64 {
+    (f64::from(p) * 100.0).round() / 100.0
+}
+
+/// The default default: the most accurate variant, the cheaper one on ties.
+fn most_accurate(accuracy: &[Accuracy], costs: &[(u64, u64)]) -> usize {
+    (0..accuracy.len())
+        .max_by(|&a, &b| {
+            let t = |i: usize| accuracy[i].top1.unwrap_or(f64::NEG_INFINITY);
+            t(a).total_cmp(&t(b)).then(costs[b].0.cmp(&costs[a].0))
+        })
+        .unwrap_or(0)
+}
+
+/// Each variant's accuracy: measured by `eval` when its results file has the variant, else the
+/// manifest's published figure.
+fn read_accuracy(pool: &ModelPool, path: Option<&Path>) -> Result<Vec<Accuracy>> {
+    let default_path = pool.dir().join(EVAL_RESULTS);
+    let (path, required) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (default_path, false),
+    };
+    let report: Option<EvalReport> = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
+            Error::Catalog(format!(
+                "{}: not an `eval --json` report: {e}",
+                path.display()
+            ))
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => None,
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if report.is_some() {
+        tracing::info!(path = %path.display(), "measured accuracy read");
+    }
+    Ok(pool
+        .variants()
+        .iter()
+        .map(|v| {
+            let measured = report
+                .as_ref()
+                .and_then(|r| r.variants.iter().find(|m| m.name == v.spec.name));
+            match measured {
+                Some(m) => Accuracy {
+                    top1: Some(m.top1),
+                    top5: Some(m.top5),
+                    source: "measured",
+                    images: Some(m.images),
+                },
+                None if v.spec.published_top1.is_some() => Accuracy {
+                    top1: v.spec.published_top1.map(percent),
+                    top5: v.spec.published_top5.map(percent),
+                    source: "published",
+                    images: None,
+                },
+                None => Accuracy {
+                    top1: None,
+                    top5: None,
+                    source: "unknown",
+                    images: None,
+                },
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,154 @@
+//! The server on a real socket: requests over TCP, and a shutdown that drains without losing any
+//! admitted request.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mobilenet_serve::batcher::BatchPolicy;
+use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::kernels::{KernelSet, TierChoice};
+use mobilenet_serve::pipeline::decode::DecodeLimits;
+use mobilenet_serve::serve::serve_until;
+use mobilenet_serve::service::{Service, ServiceConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const VARIANT: &str = "mobilenet_v1_0.25_128";
+
+fn config() -> ServiceConfig {
+    ServiceConfig {
+        batch: BatchPolicy {
+            max_batch: 4,
+            max_delay: Duration::from_millis(1),
+        },
+        max_queue: 64,
+        max_concurrent_requests: 64,
+        request_timeout: Duration::from_secs(30),
+        max_request_timeout: Duration::from_secs(60),
+        max_images_per_request: 4,
+        decode_limits: DecodeLimits::default(),
+        default_model: None,
+        engine_threads: 2,
+        eval_results: None,
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: status code and body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_admitted_request_and_refuses_new_ones() {
+    let opts = LoadOptions {
+        variants: Some(vec![VARIANT.into()]),
+        resolution: None,
+        kernels: KernelSet::select(TierChoice::Auto).unwrap(),
+    };
+    let pool = ModelPool::load(&common::zoo_dir(), &opts).unwrap();
+    // The engine starts later, so that requests are provably admitted and waiting at shutdown.
+    let service = Service::new(pool, config(), false).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_until(
+        service.clone(),
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Duration::from_secs(30),
+    ));
+
+    let (status, body) = http(addr, "GET", "/healthz", b"").await.unwrap();
+    assert_eq!((status, body.contains("ok")), (200, true));
+
+    let dir = common::imagenet_dir();
+    let labels = std::fs::read_to_string(dir.join("labels.tsv")).unwrap();
+    let file = labels
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap();
+    let jpeg = std::fs::read(dir.join(file)).unwrap();
+    const ADMITTED: usize = 10;
+    let mut clients = Vec::new();
+    for _ in 0..ADMITTED {
+        let jpeg = jpeg.clone();
+        clients.push(tokio::spawn(async move {
+            http(addr, "POST", &format!("/classify?model={VARIANT}"), &jpeg).await
+        }));
+    }
+    // Wait until all of them (plus the warm-up's image) sit in the queue.
+    let started = Instant::now();
+    while service.model(VARIANT).unwrap().queue_depth < ADMITTED + 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "requests never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    stop_tx.send(()).unwrap();
+    let started = Instant::now();
+    while !service.is_draining() {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(!service.is_ready());
+    // A new request now is refused: connection refused, or 503 if it slipped in.
+    match http(addr, "POST", &format!("/classify?model={VARIANT}"), &jpeg).await {
+        Ok((status, _)) => assert_eq!(status, 503),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+            ),
+            "{e}"
+        ),
+    }
+
+    service.start_engine().unwrap();
+    let mut answered = 0;
+    for c in clients {
+        let (status, body) = c.await.unwrap().unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"predictions\""), "{body}");
+        answered += 1;
+    }
+    assert_eq!(answered, ADMITTED);
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the server did not stop after draining")
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,705 @@
+//! The HTTP API in-process (the axum app driven without a socket) over two real variants of the
+//! zoo: every input form, routing, errors, batching, overload, deadlines, readiness and metrics.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use base64::Engine as _;
+use http_body_util::BodyExt;
+use mobilenet_serve::app;
+use mobilenet_serve::batcher::BatchPolicy;
+use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::kernels::{KernelSet, TierChoice};
+use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
+use mobilenet_serve::pipeline::postprocess::argmax;
+use mobilenet_serve::pipeline::preprocess::preprocess;
+use mobilenet_serve::service::{Service, ServiceConfig};
+use serde_json::Value;
+use tower::ServiceExt;
+
+const SMALL: &str = "mobilenet_v1_0.25_128";
+const MID: &str = "mobilenet_v1_0.5_160";
+
+fn pool() -> ModelPool {
+    let opts = LoadOptions {
+        variants: Some(vec![SMALL.into(), MID.into()]),
+        resolution: None,
+        kernels: KernelSet::select(TierChoice::Auto).unwrap(),
+    };
+    ModelPool::load(&common::zoo_dir(), &opts).unwrap()
+}
+
+fn config() -> ServiceConfig {
+    ServiceConfig {
+        batch: BatchPolicy {
+            max_batch: 8,
+            max_delay: Duration::from_millis(1),
+        },
+        max_queue: 16,
+        max_concurrent_requests: 64,
+        request_timeout: Duration::from_secs(20),
+        max_request_timeout: Duration::from_secs(60),
+        max_images_per_request: 8,
+        decode_limits: DecodeLimits::default(),
+        default_model: None,
+        engine_threads: 2,
+        // A path that does not exist would be an error; an explicit empty report is not needed:
+        // the models directory has no eval.json, so the manifest's figures are used.
+        eval_results: None,
+    }
+}
+
+fn service(config: ServiceConfig, start_engine: bool) -> Arc<Service> {
+    Service::new(pool(), config, start_engine).unwrap()
+}
+
+/// The first few JPEGs of the labelled sample.
+fn jpegs(n: usize) -> Vec<Vec<u8>> {
+    let dir = common::imagenet_dir();
+    let labels = std::fs::read_to_string(dir.join("labels.tsv")).unwrap();
+    labels
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .take(n)
+        .map(|l| std::fs::read(dir.join(l.split('\t').next().unwrap())).unwrap())
+        .collect()
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: header::HeaderMap,
+    json: Value,
+}
+
+async fn send(service: &Arc<Service>, request: Request<Body>) -> Reply {
+    let response = app(service.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Reply {
+        status,
+        headers,
+        json,
+    }
+}
+
+fn post(uri: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body.into())
+        .unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn multipart(files: &[Vec<u8>]) -> (String, Vec<u8>) {
+    let boundary = "mobilenet-test-boundary";
+    let mut body = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file{i}\"; \
+                 filename=\"{i}.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(f);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn top1(predictions: &Value) -> u64 {
+    predictions[0]["index"].as_u64().unwrap()
+}
+
+/// The ImageNet class our engine gives `jpeg` on `variant`, computed without the service.
+fn direct_top1(pool: &ModelPool, variant: &str, jpeg: &[u8]) -> u64 {
+    let v = pool.get(variant).unwrap();
+    let rgb = decode(jpeg, &DecodeLimits::default()).unwrap();
+    let r = v.spec.resolution;
+    let input = preprocess(&rgb, r, v.spec.normalization).unwrap();
+    let out = v.model.run(&input, 1, r, r).unwrap();
+    (argmax(&out[v.spec.label_offset..])) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_jpeg_is_answered_as_the_engine_computes_it() {
+    let s = service(config(), true);
+    let images = jpegs(3);
+    let reference = pool();
+    for img in &images {
+        let r = send(
+            &s,
+            post(&format!("/classify?model={MID}"), "image/jpeg", img.clone()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+        assert_eq!(r.json["model"], MID);
+        let preds = &r.json["predictions"];
+        assert_eq!(preds.as_array().unwrap().len(), 5);
+        assert_eq!(top1(preds), direct_top1(&reference, MID, img));
+        let scores: Vec<f64> = preds
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["score"].as_f64().unwrap())
+            .collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+        assert!(scores.iter().all(|&p| (0.0..=1.0).contains(&p)));
+        assert!(preds[0]["label"].as_str().is_some_and(|l| !l.is_empty()));
+        for stage in [
+            "decode",
+            "preprocess",
+            "queue",
+            "inference",
+            "postprocess",
+            "total",
+        ] {
+            assert!(
+                r.json["timings_ms"][stage].as_f64().unwrap() >= 0.0,
+                "{stage}"
+            );
+            let timing = r.headers["server-timing"].to_str().unwrap();
+            assert!(timing.contains(&format!("{stage};dur=")), "{timing}");
+        }
+        assert!(r.json.get("target_met").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_multipart_and_octet_stream_agree_and_several_images_give_several_lists() {
+    let s = service(config(), true);
+    let images = jpegs(2);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let raw: Vec<u64> = {
+        let mut v = Vec::new();
+        for img in &images {
+            let r = send(
+                &s,
+                post("/classify?top_k=1", "application/octet-stream", img.clone()),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+            v.push(top1(&r.json["predictions"]));
+        }
+        v
+    };
+
+    let one = serde_json::json!({ "image": format!("data:image/jpeg;base64,{}", b64(&images[0])) });
+    let r = send(
+        &s,
+        post("/classify?top_k=1", "application/json", one.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(top1(&r.json["predictions"]), raw[0]);
+
+    let many = serde_json::json!({ "images": [b64(&images[0]), b64(&images[1])] });
+    let r = send(
+        &s,
+        post("/classify?top_k=1", "application/json", many.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let lists = r.json["predictions"].as_array().unwrap();
+    assert_eq!(lists.len(), 2);
+    assert_eq!([top1(&lists[0]), top1(&lists[1])], [raw[0], raw[1]]);
+
+    let (ct, body) = multipart(&images);
+    let r = send(&s, post("/classify?top_k=1", &ct, body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let lists = r.json["predictions"].as_array().unwrap();
+    assert_eq!([top1(&lists[0]), top1(&lists[1])], [raw[0], raw[1]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_variant_is_chosen_by_name_by_cell_or_by_target() {
+    let s = service(config(), true);
+    s.warm_up().await.unwrap();
+    let img = jpegs(1).remove(0);
+    let model_of = |r: &Reply| r.json["model"].as_str().unwrap().to_string();
+    let ask = |q: &str| post(&format!("/classify?{q}"), "image/jpeg", img.clone());
+
+    // With no selection: the most accurate loaded variant.
+    assert_eq!(model_of(&send(&s, ask("")).await), MID);
+    assert_eq!(
+        model_of(&send(&s, ask(&format!("model={SMALL}"))).await),
+        SMALL
+    );
+    assert_eq!(
+        model_of(&send(&s, ask("alpha=0.25&resolution=128")).await),
+        SMALL
+    );
+    // A generous budget buys the most accurate; a low floor the fastest.
+    let r = send(&s, ask("max_latency_ms=60000")).await;
+    assert_eq!(
+        (model_of(&r), r.json["target_met"].clone()),
+        (MID.into(), Value::Bool(true))
+    );
+    let r = send(&s, ask("min_top1=1")).await;
+    assert_eq!(
+        (model_of(&r), r.json["target_met"].clone()),
+        (SMALL.into(), Value::Bool(true))
+    );
+    // The published top-1 of 0.5_160 is 59.1%: a floor above the smaller one's picks it.
+    assert_eq!(model_of(&send(&s, ask("min_top1=50")).await), MID);
+    // Unreachable: 422, or the fastest with target_met false when asked.
+    let r = send(&s, ask("min_top1=99")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
+    assert_eq!(r.json["error"]["code"], "target_unreachable");
+    let r = send(&s, ask("min_top1=99&fallback=fastest")).await;
+    assert_eq!(
+        (model_of(&r), r.json["target_met"].clone()),
+        (SMALL.into(), Value::Bool(false))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mistakes_get_the_right_4xx_with_a_json_error() {
+    let s = service(config(), true);
+    let img = jpegs(1).remove(0);
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "model=nope",
+            "image/jpeg",
+            img.clone(),
+            404,
+            "unknown_model",
+        ),
+        (
+            "alpha=0.75&resolution=224",
+            "image/jpeg",
+            img.clone(),
+            404,
+            "unknown_model",
+        ),
+        ("alpha=0.5", "image/jpeg", img.clone(), 400, "bad_request"),
+        (
+            "model=x&alpha=0.5&resolution=160",
+            "image/jpeg",
+            img.clone(),
+            400,
+            "bad_request",
+        ),
+        ("top_k=0", "image/jpeg", img.clone(), 400, "bad_request"),
+        ("top_k=1001", "image/jpeg", img.clone(), 400, "bad_request"),
+        ("top_k=-3", "image/jpeg", img.clone(), 400, "bad_request"),
+        ("top_k=NaN", "image/jpeg", img.clone(), 400, "bad_request"),
+        (
+            "max_latency_ms=-1",
+            "image/jpeg",
+            img.clone(),
+            400,
+            "bad_request",
+        ),
+        (
+            "max_latency_ms=NaN",
+            "image/jpeg",
+            img.clone(),
+            400,
+            "bad_request",
+        ),
+        (
+            "min_top1=101",
+            "image/jpeg",
+            img.clone(),
+            400,
+            "bad_request",
+        ),
+        (
+            "fallback=fastest",
+            "image/jpeg",
+            img.clone(),
+            400,
+            "bad_request",
+        ),
+        (
+            "timeout_ms=0",
+            "image/jpeg",
+            img.clone(),
+            400,
+            "bad_request",
+        ),
+        ("modle=x", "image/jpeg", img.clone(), 400, "bad_request"),
+        (
+            "",
+            "image/jpeg",
+            b"definitely not an image".to_vec(),
+            400,
+            "undecodable_image",
+        ),
+        ("", "image/jpeg", Vec::new(), 400, "undecodable_image"),
+        (
+            "",
+            "image/jpeg",
+            img[..img.len() / 3].to_vec(),
+            400,
+            "undecodable_image",
+        ),
+        ("", "text/plain", img.clone(), 415, "unsupported_media_type"),
+        (
+            "",
+            "application/json",
+            b"{\"image\": 3}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "",
+            "application/json",
+            b"{\"image\": \"%%%\"}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        ("", "application/json", b"{}".to_vec(), 400, "bad_request"),
+        (
+            "",
+            "application/json",
+            b"{\"images\": []}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        ("", "multipart/form-data", img.clone(), 400, "bad_request"),
+    ];
+    for (query, ct, body, status, code) in cases {
+        let r = send(&s, post(&format!("/classify?{query}"), ct, body)).await;
+        assert_eq!(r.status.as_u16(), status, "{query} {ct}: {}", r.json);
+        assert_eq!(r.json["error"]["code"], code, "{query} {ct}: {}", r.json);
+        assert!(r.json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let r = send(&s, get("/nowhere")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json["error"]["code"].clone()),
+        (404, "not_found".into())
+    );
+    let r = send(&s, get("/classify")).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.json["error"]["code"], "method_not_allowed");
+    let r = send(&s, get("/v1/models/nope")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.json["error"]["message"].as_str().unwrap().contains(SMALL));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_get_413() {
+    let mut cfg = config();
+    cfg.decode_limits.max_bytes = 4096;
+    let s = service(cfg, true);
+    let img = jpegs(1).remove(0);
+    assert!(img.len() > 4096);
+    let r = send(&s, post("/classify", "image/jpeg", img.clone())).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json["error"]["code"].clone()),
+        (413, "too_large".into())
+    );
+    // Without a declared length, the limit bites while reading.
+    let stream = futures_body(img.clone());
+    let r = send(&s, post("/classify", "image/jpeg", stream)).await;
+    assert_eq!(r.status.as_u16(), 413, "{}", r.json);
+    let (ct, body) = multipart(&[img]);
+    let r = send(&s, post("/classify", &ct, body)).await;
+    assert_eq!(r.status.as_u16(), 413, "{}", r.json);
+}
+
+/// A body of unknown length (chunked), so that only reading it can find it too large.
+fn futures_body(bytes: Vec<u8>) -> Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    Body::from_stream(tokio_stream::iter(chunks))
+}
+
+/// Waits (briefly) until `variant` has `n` images queued.
+async fn until_queued(s: &Arc<Service>, variant: &str, n: usize) {
+    let started = Instant::now();
+    loop {
+        let depth = s.model(variant).unwrap().queue_depth;
+        if depth == n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{depth} queued, waiting for {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_images_are_batched_together_and_answered_alike() {
+    let s = service(config(), false);
+    let img = jpegs(1).remove(0);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (s, img) = (s.clone(), img.clone());
+        tasks.push(tokio::spawn(async move {
+            send(
+                &s,
+                post(&format!("/classify?model={SMALL}"), "image/jpeg", img),
+            )
+            .await
+        }));
+    }
+    until_queued(&s, SMALL, 3).await;
+    s.start_engine().unwrap();
+    let mut answers = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+        answers.push(r.json["predictions"].clone());
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]));
+    let metrics = s.metrics().render();
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(SMALL))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .to_string()
+    };
+    // One batch of three images.
+    assert!(
+        line("mobilenet_batch_size_count").ends_with(" 1"),
+        "{metrics}"
+    );
+    assert!(
+        line("mobilenet_batch_size_sum").ends_with(" 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_at_once_with_retry_after() {
+    let mut cfg = config();
+    cfg.max_queue = 2;
+    let s = service(cfg, false);
+    let img = jpegs(1).remove(0);
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let (s, img) = (s.clone(), img.clone());
+        waiting.push(tokio::spawn(async move {
+            send(
+                &s,
+                post(&format!("/classify?model={SMALL}"), "image/jpeg", img),
+            )
+            .await
+        }));
+    }
+    until_queued(&s, SMALL, 2).await;
+    let r = send(
+        &s,
+        post(
+            &format!("/classify?model={SMALL}"),
+            "image/jpeg",
+            img.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.json);
+    assert_eq!(r.json["error"]["code"], "queue_full");
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    // Another variant's queue is independent.
+    let other = tokio::spawn({
+        let (s, img) = (s.clone(), img.clone());
+        async move {
+            send(
+                &s,
+                post(&format!("/classify?model={MID}"), "image/jpeg", img),
+            )
+            .await
+        }
+    });
+    until_queued(&s, MID, 1).await;
+    s.start_engine().unwrap();
+    for t in waiting {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(other.await.unwrap().status, StatusCode::OK);
+    assert!(s.metrics().render().contains(&format!(
+        "mobilenet_rejected_total{{reason=\"queue_full\",variant=\"{SMALL}\"}} 1"
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_limit_answers_429() {
+    let mut cfg = config();
+    cfg.max_concurrent_requests = 1;
+    let s = service(cfg, false);
+    let img = jpegs(1).remove(0);
+    let first = tokio::spawn({
+        let (s, img) = (s.clone(), img.clone());
+        async move { send(&s, post("/classify", "image/jpeg", img)).await }
+    });
+    until_queued(&s, MID, 1).await;
+    let r = send(&s, post("/classify", "image/jpeg", img)).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json["error"]["code"].clone()),
+        (429, "overloaded".into())
+    );
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    s.start_engine().unwrap();
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_request_gets_504_and_is_never_computed() {
+    let s = service(config(), false);
+    let img = jpegs(1).remove(0);
+    let r = send(
+        &s,
+        post(
+            &format!("/classify?model={SMALL}&timeout_ms=100"),
+            "image/jpeg",
+            img.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.json);
+    assert_eq!(r.json["error"]["code"], "deadline_exceeded");
+    s.start_engine().unwrap();
+    // A live request after it is computed alone: the expired image was dropped unseen.
+    let r = send(
+        &s,
+        post(&format!("/classify?model={SMALL}"), "image/jpeg", img),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let metrics = s.metrics().render();
+    assert!(
+        metrics.contains(&format!(
+            "mobilenet_batch_size_sum{{variant=\"{SMALL}\"}} 1\n"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "mobilenet_rejected_total{{reason=\"deadline\",variant=\"{SMALL}\"}}"
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_warm_up_and_draining() {
+    let s = service(config(), true);
+    assert_eq!(send(&s, get("/healthz")).await.status, StatusCode::OK);
+    let r = send(&s, get("/readyz")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    s.warm_up().await.unwrap();
+    assert_eq!(send(&s, get("/readyz")).await.status, StatusCode::OK);
+    s.begin_drain();
+    assert_eq!(
+        send(&s, get("/readyz")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let img = jpegs(1).remove(0);
+    let r = send(&s, post("/classify", "image/jpeg", img)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(send(&s, get("/healthz")).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_list_costs_accuracy_with_its_source_and_live_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("eval.json");
+    let report = serde_json::json!({
+        "dataset": "test", "images": 10, "batch": 1, "kernels": "scalar",
+        "decode_ms_per_image": 1.0,
+        "variants": [{
+            "name": SMALL, "alpha": 0.25, "resolution": 128, "images": 10,
+            "top1": 12.5, "top5": 40.0, "ms_per_image": 1.0, "preprocess_ms_per_image": 0.1,
+            "mult_adds": null, "published_top1": null
+        }]
+    });
+    std::fs::write(&results, report.to_string()).unwrap();
+    let mut cfg = config();
+    cfg.eval_results = Some(results);
+    let s = service(cfg, true);
+    s.warm_up().await.unwrap();
+    let img = jpegs(1).remove(0);
+    let r = send(
+        &s,
+        post(&format!("/classify?model={SMALL}"), "image/jpeg", img),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let r = send(&s, get("/v1/models")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let models = r.json["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    let small = models.iter().find(|m| m["name"] == SMALL).unwrap();
+    let mid = models.iter().find(|m| m["name"] == MID).unwrap();
+    assert_eq!(small["accuracy"]["source"], "measured");
+    assert_eq!(small["accuracy"]["top1"], 12.5);
+    assert_eq!(mid["accuracy"]["source"], "published");
+    assert_eq!(mid["accuracy"]["top1"], 59.1);
+    assert_eq!(small["resolution"], 128);
+    assert_eq!(small["mult_adds"], 13_570_304);
+    assert!(mid["params"].as_u64().unwrap() > small["params"].as_u64().unwrap());
+    assert_eq!(small["latency_ms"]["samples"], 1);
+    assert!(small["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(mid["latency_ms"]["predicted"].as_f64().unwrap() > 0.0);
+    // The default is the most accurate; neither is both slower and less accurate than the other.
+    assert_eq!(
+        (mid["default"].clone(), small["default"].clone()),
+        (true.into(), false.into())
+    );
+    assert_eq!(
+        (mid["dominated"].clone(), small["dominated"].clone()),
+        (false.into(), false.into())
+    );
+    let r = send(&s, get(&format!("/v1/models/{MID}"))).await;
+    assert_eq!(r.json["name"], MID);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_describe_the_traffic() {
+    let s = service(config(), true);
+    let img = jpegs(1).remove(0);
+    let r = send(
+        &s,
+        post(&format!("/classify?model={MID}"), "image/jpeg", img),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(
+        &s,
+        post("/classify?model=nope", "image/jpeg", b"x".to_vec()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let response = app(s.clone()).oneshot(get("/metrics")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for expected in [
+        format!("mobilenet_requests_total{{code=\"200\",protocol=\"http\",variant=\"{MID}\"}} 1"),
+        "mobilenet_requests_total{code=\"404\",protocol=\"http\",variant=\"none\"} 1".into(),
+        format!(
+            "mobilenet_request_duration_seconds_count{{stage=\"inference\",variant=\"{MID}\"}} 1"
+        ),
+        format!("mobilenet_request_duration_seconds_count{{stage=\"total\",variant=\"{MID}\"}} 1"),
+        format!("mobilenet_batch_size_count{{variant=\"{MID}\"}} 1"),
+        format!("mobilenet_queue_depth{{variant=\"{SMALL}\"}} 0"),
+        format!("mobilenet_top1_accuracy{{source=\"published\",variant=\"{MID}\"}} 59.1"),
+        format!("mobilenet_mult_adds{{variant=\"{SMALL}\"}} 13570304"),
+        "mobilenet_in_flight_requests 0".into(),
+        "process_resident_memory_bytes".into(),
+    ] {
+        assert!(text.contains(&expected), "missing {expected}:\n{text}");
+    }
+}
