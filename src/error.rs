@@ -84,6 +84,9 @@ pub enum Error {
     /// The request's deadline passed before it was answered.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
+    /// The service was configured inconsistently.
+    #[error("configuration: {0}")]
+    Config(String),
     /// A fault of ours, not the client's (an engine thread stopped, a model failed).
     #[error("internal error: {0}")]
     Internal(String),
@@ -141,6 +144,7 @@ impl Error {
             | Error::MalformedModel(_)
             | Error::Catalog(_)
             | Error::Reference(_)
+            | Error::Config(_)
             | Error::Internal(_)
             | Error::Io { .. } => (500, "internal", None),
         };

@@ -32,8 +32,10 @@ pub struct Metrics {
     pub batch_size: HistogramVec,
     /// Images waiting in each variant's queue.
     pub queue_depth: IntGaugeVec,
-    /// Requests or images refused or dropped, by variant and reason.
+    /// Requests refused or timed out, by variant and reason.
     pub rejected: IntCounterVec,
+    /// Queued images dropped before inference (deadline passed, client gone), by reason.
+    pub dropped: IntCounterVec,
     /// Requests being handled now.
     pub in_flight: IntGauge,
     /// Top-1 accuracy in percent, by variant and source (`measured` or `published`).
@@ -96,7 +98,15 @@ impl Metrics {
             rejected: IntCounterVec::new(
                 opts(
                     "rejected_total",
-                    "Requests refused at admission or images dropped before inference, by reason.",
+                    "Requests refused (queue_full, overloaded, draining) or timed out (deadline).",
+                ),
+                &["variant", "reason"],
+            )?,
+            dropped: IntCounterVec::new(
+                opts(
+                    "dropped_images_total",
+                    "Queued images dropped before inference because their deadline passed or \
+                     their client went away.",
                 ),
                 &["variant", "reason"],
             )?,
@@ -128,6 +138,7 @@ impl Metrics {
         m.registry.register(Box::new(m.batch_size.clone()))?;
         m.registry.register(Box::new(m.queue_depth.clone()))?;
         m.registry.register(Box::new(m.rejected.clone()))?;
+        m.registry.register(Box::new(m.dropped.clone()))?;
         m.registry.register(Box::new(m.in_flight.clone()))?;
         m.registry.register(Box::new(m.top1.clone()))?;
         m.registry.register(Box::new(m.top5.clone()))?;
@@ -164,8 +175,13 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one refusal or drop.
+    /// Counts one refused or timed-out request.
     pub fn count_rejected(&self, variant: &str, reason: &str) {
         self.rejected.with_label_values(&[variant, reason]).inc();
+    }
+
+    /// Counts one queued image dropped before inference.
+    pub fn count_dropped(&self, variant: &str, reason: &str) {
+        self.dropped.with_label_values(&[variant, reason]).inc();
     }
 }

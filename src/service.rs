@@ -53,6 +53,30 @@ pub struct ServiceConfig {
     pub eval_results: Option<PathBuf>,
 }
 
+impl ServiceConfig {
+    /// Refuses settings under which the service could not work.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.batch.max_batch == 0 {
+            return bad("the batch size must be at least 1".into());
+        }
+        if self.engine_threads == 0 {
+            return bad("at least one engine thread is needed".into());
+        }
+        if self.max_concurrent_requests == 0 {
+            return bad("at least one concurrent request must be allowed".into());
+        }
+        if self.max_images_per_request > self.max_queue {
+            return bad(format!(
+                "a request of {} images would never fit a queue of {}: raise the queue bound or \
+                 lower the images per request",
+                self.max_images_per_request, self.max_queue
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One classification request, as every protocol hands it over.
 #[derive(Debug, Clone)]
 pub struct ClassifyRequest {
@@ -186,6 +210,7 @@ impl Service {
     /// Builds the service over `pool` and starts its engine threads (unless `start_engine` is
     /// false: tests use that to hold work in the queues).
     pub fn new(pool: ModelPool, config: ServiceConfig, start_engine: bool) -> Result<Arc<Self>> {
+        config.validate()?;
         let metrics = Arc::new(Metrics::new().map_err(|e| Error::Internal(e.to_string()))?);
         let variants: Arc<[Variant]> = pool.variants().to_vec().into();
         let names: Vec<String> = variants.iter().map(|v| v.spec.name.clone()).collect();
@@ -302,11 +327,21 @@ impl Service {
             let mut last = None;
             for _ in 0..3 {
                 let deadline = Instant::now() + Duration::from_secs(60);
-                let (job, rx) = Job::new(vec![0.0; v.input_len()], deadline);
-                self.batcher.submit(i, vec![job])?;
-                let out = rx
-                    .await
-                    .map_err(|_| Error::Internal("the engine stopped during warm-up".into()))??;
+                // Traffic may already fill the queue: wait for room rather than never being ready.
+                let out = loop {
+                    let (job, rx) = Job::new(vec![0.0; v.input_len()], deadline);
+                    match self.batcher.submit(i, vec![job]) {
+                        Ok(()) => {
+                            break rx.await.map_err(|_| {
+                                Error::Internal("the engine stopped during warm-up".into())
+                            })??
+                        }
+                        Err(Error::QueueFull { .. }) => {
+                            tokio::time::sleep(Duration::from_millis(10)).await
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 last = Some(out.inference);
             }
             if let Some(t) = last {
@@ -403,7 +438,9 @@ impl Service {
             .enumerate()
             .map(|(i, v)| {
                 let snap: LatencySnapshot = self.latency[i].snapshot(now);
-                let ahead = (self.batcher.queued(i) / max_batch) as f64;
+                // Full batches queued ahead, shared by the engine threads.
+                let ahead = (self.batcher.queued(i) / max_batch) as f64
+                    / self.config.engine_threads.max(1) as f64;
                 let predicted_ms = match (snap.predicted_ms(), snap.batch_ms) {
                     (Some(p), Some(b)) => p + ahead * b,
                     _ => f64::INFINITY,
@@ -425,26 +462,53 @@ impl Service {
             .collect()
     }
 
-    /// Classifies the request's images and records its metrics under `protocol`.
-    pub async fn classify(
-        &self,
-        request: ClassifyRequest,
-        protocol: &str,
-    ) -> Result<ClassifyResponse> {
-        let started = Instant::now();
-        let mut chosen = None;
-        let result = self.classify_inner(request, started, &mut chosen).await;
-        let name = chosen
-            .map(|i: usize| self.variants[i].spec.name.as_str())
-            .unwrap_or(NO_VARIANT);
-        let status = match &result {
+    /// Admits a request before its body is read: refuses it while draining or when
+    /// `max_concurrent_requests` are in flight (counted under variant `none`). The returned
+    /// ticket holds the slot until the request, and any decoding it started, is finished.
+    pub fn admit(&self, protocol: &str) -> Result<Admission> {
+        let refused = if self.is_draining() {
+            Some(Error::Unavailable("the service is shutting down".into()))
+        } else {
+            None
+        };
+        let permit = match refused {
+            Some(e) => Err(e),
+            None => self
+                .admission
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Error::Overloaded {
+                    limit: self.config.max_concurrent_requests,
+                    retry_after_s: 1,
+                }),
+        };
+        match permit {
+            Ok(permit) => {
+                self.metrics.in_flight.inc();
+                Ok(Admission {
+                    slot: Arc::new(Slot {
+                        _permit: permit,
+                        metrics: self.metrics.clone(),
+                    }),
+                    admitted: Instant::now(),
+                })
+            }
+            Err(e) => {
+                self.record_outcome(NO_VARIANT, protocol, Err(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a request's outcome, under its variant (or `none` before routing).
+    pub fn record_outcome(&self, variant: &str, protocol: &str, outcome: Result<&Timings, &Error>) {
+        let status = match outcome {
             Ok(_) => 200,
             Err(e) => e.kind().status,
         };
-        self.metrics.count_request(name, protocol, status);
-        match &result {
-            Ok(r) => {
-                let t = &r.timings;
+        self.metrics.count_request(variant, protocol, status);
+        match outcome {
+            Ok(t) => {
                 for (stage, ms) in [
                     ("decode", t.decode),
                     ("preprocess", t.preprocess),
@@ -453,44 +517,47 @@ impl Service {
                     ("postprocess", t.postprocess),
                     ("total", t.total),
                 ] {
-                    self.metrics.observe_stage(name, stage, ms / 1e3);
+                    self.metrics.observe_stage(variant, stage, ms / 1e3);
                 }
             }
-            Err(Error::QueueFull { .. }) => self.metrics.count_rejected(name, "queue_full"),
-            Err(Error::Overloaded { .. }) => self.metrics.count_rejected(name, "overloaded"),
-            Err(Error::Unavailable(_)) => self.metrics.count_rejected(name, "draining"),
-            Err(Error::DeadlineExceeded(_)) => self.metrics.count_rejected(name, "deadline"),
-            Err(_) => {}
+            Err(e) => {
+                let reason = match e {
+                    Error::QueueFull { .. } => Some("queue_full"),
+                    Error::Overloaded { .. } => Some("overloaded"),
+                    Error::Unavailable(_) => Some("unavailable"),
+                    Error::DeadlineExceeded(_) => Some("deadline"),
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    self.metrics.count_rejected(variant, reason);
+                }
+            }
         }
-        result
     }
 
-    fn admit(&self) -> Result<InFlight<'_>> {
-        if self.is_draining() {
-            return Err(Error::Unavailable("the service is shutting down".into()));
-        }
-        let permit = self
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Overloaded {
-                limit: self.config.max_concurrent_requests,
-                retry_after_s: 1,
-            })?;
-        self.metrics.in_flight.inc();
-        Ok(InFlight {
-            _permit: permit,
-            metrics: &self.metrics,
-        })
+    /// Classifies the request's images and records its metrics under `protocol`.
+    pub async fn classify(
+        &self,
+        admission: Admission,
+        request: ClassifyRequest,
+        protocol: &str,
+    ) -> Result<ClassifyResponse> {
+        let mut chosen = None;
+        let result = self.classify_inner(admission, request, &mut chosen).await;
+        let name = chosen
+            .map(|i: usize| self.variants[i].spec.name.as_str())
+            .unwrap_or(NO_VARIANT);
+        self.record_outcome(name, protocol, result.as_ref().map(|r| &r.timings));
+        result
     }
 
     async fn classify_inner(
         &self,
+        admission: Admission,
         request: ClassifyRequest,
-        started: Instant,
         chosen: &mut Option<usize>,
     ) -> Result<ClassifyResponse> {
-        let _in_flight = self.admit()?;
+        let started = admission.admitted;
         let n = request.images.len();
         if n == 0 {
             return Err(Error::BadRequest("the request holds no image".into()));
@@ -515,6 +582,13 @@ impl Service {
             )));
         }
         let deadline = started + timeout;
+        if matches!(request.selection, Selection::Target { .. })
+            && !self.ready.load(Ordering::SeqCst)
+        {
+            return Err(Error::Unavailable(
+                "warming up: latency targets are served once every variant is measured".into(),
+            ));
+        }
         let choice = router::choose(
             &request.selection,
             &self.candidates(started),
@@ -523,7 +597,7 @@ impl Service {
         *chosen = Some(choice.index);
         let variant = &self.variants[choice.index];
 
-        let prepared = self.prepare(variant, request.images).await?;
+        let prepared = self.prepare(&admission, variant, request.images).await?;
         if Instant::now() >= deadline {
             return Err(Error::DeadlineExceeded(
                 "the deadline passed while decoding".into(),
@@ -579,11 +653,20 @@ impl Service {
     }
 
     /// Decodes and preprocesses on the blocking pool, so that the async workers keep serving.
-    async fn prepare(&self, variant: &Variant, images: Vec<Bytes>) -> Result<Prepared> {
+    async fn prepare(
+        &self,
+        admission: &Admission,
+        variant: &Variant,
+        images: Vec<Bytes>,
+    ) -> Result<Prepared> {
         let limits = self.config.decode_limits;
         let rho = variant.spec.resolution;
         let norm = variant.spec.normalization;
+        // The decode keeps the request's admission slot even if the client goes away and the
+        // handler is dropped: abandoned decodes cannot pile up beyond the in-flight limit.
+        let slot = admission.slot.clone();
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let mut prepared = Prepared {
                 inputs: Vec::with_capacity(images.len()),
                 decode: Duration::ZERO,
@@ -637,13 +720,21 @@ struct Prepared {
     preprocess: Duration,
 }
 
-/// Holds an admission permit and the in-flight gauge for the life of a request.
-struct InFlight<'a> {
-    _permit: OwnedSemaphorePermit,
-    metrics: &'a Metrics,
+/// An admitted request's ticket (see [`Service::admit`]).
+#[derive(Debug)]
+pub struct Admission {
+    slot: Arc<Slot>,
+    admitted: Instant,
 }
 
-impl Drop for InFlight<'_> {
+/// One of the `max_concurrent_requests` slots, counted in the in-flight gauge while held.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
         self.metrics.in_flight.dec();
     }

@@ -483,6 +483,7 @@ async fn waiting_images_are_batched_together_and_answered_alike() {
 async fn a_full_queue_answers_429_at_once_with_retry_after() {
     let mut cfg = config();
     cfg.max_queue = 2;
+    cfg.max_images_per_request = 2;
     let s = service(cfg, false);
     let img = jpegs(1).remove(0);
     let mut waiting = Vec::new();
@@ -583,8 +584,44 @@ async fn an_expired_request_gets_504_and_is_never_computed() {
         "{metrics}"
     );
     assert!(metrics.contains(&format!(
-        "mobilenet_rejected_total{{reason=\"deadline\",variant=\"{SMALL}\"}}"
+        "mobilenet_dropped_images_total{{reason=\"deadline\",variant=\"{SMALL}\"}} 1"
     )));
+}
+
+#[test]
+fn a_configuration_that_cannot_work_is_refused_at_start() {
+    let mut cfg = config();
+    cfg.max_images_per_request = cfg.max_queue + 1;
+    let err = Service::new(pool(), cfg, false).unwrap_err();
+    assert!(err.to_string().contains("never fit"), "{err}");
+    let mut cfg = config();
+    cfg.batch.max_batch = 0;
+    assert!(Service::new(pool(), cfg, false).is_err());
+    let mut cfg = config();
+    cfg.engine_threads = 0;
+    assert!(Service::new(pool(), cfg, false).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_may_use_the_whole_body_limit() {
+    // A noisy 1000x1000 PNG is about 3 MB: over axum's default 2 MB, under our 10 MB.
+    let mut state = 0x1234_5678u32;
+    let noise = image::RgbImage::from_fn(1000, 1000, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        image::Rgb([state as u8, (state >> 8) as u8, (state >> 16) as u8])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    noise.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+    assert!(png.len() > 2 << 20, "{} bytes", png.len());
+    let mut cfg = config();
+    cfg.decode_limits.max_bytes = 10 << 20;
+    let s = service(cfg, true);
+    let (ct, body) = multipart(&[png]);
+    let r = send(&s, post("/classify", &ct, body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,6 +630,21 @@ async fn readiness_follows_warm_up_and_draining() {
     assert_eq!(send(&s, get("/healthz")).await.status, StatusCode::OK);
     let r = send(&s, get("/readyz")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Before warm-up nothing is measured: a latency target cannot be routed yet.
+    let img = jpegs(1).remove(0);
+    let r = send(
+        &s,
+        post("/classify?max_latency_ms=100", "image/jpeg", img.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.json);
+    // Explicit choices are served meanwhile.
+    let r = send(
+        &s,
+        post(&format!("/classify?model={SMALL}"), "image/jpeg", img),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
     s.warm_up().await.unwrap();
     assert_eq!(send(&s, get("/readyz")).await.status, StatusCode::OK);
     s.begin_drain();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, RawQuery, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +26,8 @@ const DEFAULT_TOP_K: usize = 5;
 
 /// The HTTP application over `service`; tests drive it without a socket.
 pub fn app(service: Arc<Service>) -> Router {
+    // Multipart bodies obey axum's body limit (2 MB unless set): make it ours.
+    let body_limit = DefaultBodyLimit::max(service.config().decode_limits.max_bytes);
     Router::new()
         .route("/classify", post(classify))
         .route("/v1/models", get(list_models))
@@ -35,6 +37,7 @@ pub fn app(service: Arc<Service>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(body_limit)
         .with_state(service)
 }
 
@@ -174,17 +177,20 @@ async fn classify(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Response {
+    // Admission first: a refused request costs no body read.
+    let admission = match service.admit(PROTOCOL) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
     let parsed = parse_classify(&service, query.as_deref(), request).await;
     let (request, several) = match parsed {
         Ok(p) => p,
         Err(e) => {
-            service
-                .metrics()
-                .count_request(NO_VARIANT, PROTOCOL, e.kind().status);
+            service.record_outcome(NO_VARIANT, PROTOCOL, Err(&e));
             return e.into_response();
         }
     };
-    match service.classify(request, PROTOCOL).await {
+    match service.classify(admission, request, PROTOCOL).await {
         Ok(answer) => classify_response(answer, several),
         Err(e) => e.into_response(),
     }

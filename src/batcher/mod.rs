@@ -132,6 +132,13 @@ impl Batcher {
             .queues
             .get_mut(variant)
             .ok_or_else(|| Error::Internal(format!("no queue for variant {variant}")))?;
+        if jobs.len() > self.max_queue {
+            return Err(Error::BadRequest(format!(
+                "{} images in one request never fit the queue of {} images",
+                jobs.len(),
+                self.max_queue
+            )));
+        }
         if queue.len() + jobs.len() > self.max_queue {
             return Err(Error::QueueFull {
                 variant: self.names[variant].clone(),
@@ -141,9 +148,12 @@ impl Batcher {
         }
         queue.extend(jobs);
         let depth = queue.len();
-        drop(state);
+        // Under the lock, so that a concurrent take cannot leave a stale depth behind.
         self.set_depth(variant, depth);
-        self.wake.notify_one();
+        drop(state);
+        // Every waiting thread re-decides: one may take this batch, another may then be the
+        // only one left to keep the timer of a partial batch elsewhere.
+        self.wake.notify_all();
         Ok(())
     }
 
@@ -206,9 +216,9 @@ impl Batcher {
                 } else {
                     "cancelled"
                 };
-                self.metrics.count_rejected(name, reason);
+                self.metrics.count_dropped(name, reason);
             } else if now >= job.deadline {
-                self.metrics.count_rejected(name, "deadline");
+                self.metrics.count_dropped(name, "deadline");
                 let _ = job.reply.send(Err(Error::DeadlineExceeded(
                     "the deadline passed while the image was queued".into(),
                 )));
@@ -310,8 +320,10 @@ mod tests {
         let answer = expired_rx.try_recv().unwrap();
         assert_eq!(answer.unwrap_err().kind().status, 504);
         let text = b.metrics.render();
-        assert!(text.contains(r#"mobilenet_rejected_total{reason="deadline",variant="a"} 1"#));
-        assert!(text.contains(r#"mobilenet_rejected_total{reason="cancelled",variant="a"} 1"#));
+        assert!(text.contains(r#"mobilenet_dropped_images_total{reason="deadline",variant="a"} 1"#));
+        assert!(
+            text.contains(r#"mobilenet_dropped_images_total{reason="cancelled",variant="a"} 1"#)
+        );
     }
 
     #[test]

@@ -119,10 +119,20 @@ fn run_batch(ctx: &EngineContext, buffers: &mut Buffers, batch: Batch) {
         ms = inference.as_secs_f64() * 1e3,
         "batch"
     );
+    let classes = variant.spec.num_classes;
+    let result = result.and_then(|()| {
+        if buffers.output.len() == n * classes {
+            Ok(())
+        } else {
+            Err(Error::Internal(format!(
+                "the model gave {} outputs for {n} images of {classes} classes",
+                buffers.output.len()
+            )))
+        }
+    });
     match result {
         Ok(()) => {
             ctx.latency[batch.variant].record_batch(inference);
-            let classes = buffers.output.len() / n;
             for (job, scores) in batch
                 .jobs
                 .into_iter()

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Load comparison, closed loop with wrk: our service against FastAPI + ONNX Runtime + Pillow
+# (2 worker processes, no batching), JPEG requests at increasing concurrency, next to the
+# engine-only throughput of `bench --threads 2`. A benchmark, not a test: it prints numbers.
+#
+# Needs: wrk (apt install wrk), a release build (cargo build --release), and a Python with
+# tests/load/requirements.txt (PYTHON=path/to/venv/bin/python).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MODELS_DIR=${MODELS_DIR:-../shared/models}
+DATASET_DIR=${DATASET_DIR:-../shared/imagenet/val1300}
+VARIANTS=${VARIANTS:-mobilenet_v1_1.0_224,mobilenet_v1_0.25_128}
+CONCURRENCY=${CONCURRENCY:-1 4 16 64}
+DURATION=${DURATION:-10}
+PYTHON=${PYTHON:-python3}
+THREADS=${THREADS:-2}
+OURS_PORT=18080
+PEER_PORT=18100
+OUT=target/load
+BIN=target/release/mobilenet-serve
+mkdir -p "$OUT"
+
+# The request: a 227x227 JPEG made from the first labelled sample image.
+IMAGE="$OUT/request.jpg"
+first=$(awk -F'\t' '!/^#/ {print $1; exit}' "$DATASET_DIR/labels.tsv")
+"$PYTHON" -c "
+from PIL import Image
+Image.open('$DATASET_DIR/$first').convert('RGB').resize((227, 227), Image.BILINEAR).save('$IMAGE', quality=95)
+"
+export IMAGE
+echo "request image: $IMAGE ($(stat -c %s "$IMAGE") bytes, 227x227)"
+
+wait_for() { # url
+  for _ in $(seq 1 600); do
+    curl -fs -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for $1" >&2
+  return 1
+}
+
+load() { # server-name port
+  local name=$1 port=$2 v c line
+  for v in ${VARIANTS//,/ }; do
+    wrk -t1 -c4 -d2s -s tests/load/post_image.lua "http://127.0.0.1:$port/classify?model=$v" >/dev/null
+    for c in $CONCURRENCY; do
+      line=$(wrk -t1 -c"$c" -d"${DURATION}s" --timeout 10s -s tests/load/post_image.lua \
+        "http://127.0.0.1:$port/classify?model=$v" | grep '^RESULT')
+      read -r _ n secs p50 p99 bad errs <<<"$line"
+      printf '%-8s %-24s %5d %9.1f %9.2f %9.2f %7d %7d\n' "$name" "$v" "$c" \
+        "$(echo "$n / $secs" | bc -l)" "$p50" "$p99" "$bad" "$errs" | tee -a "$OUT/load.txt"
+    done
+  done
+}
+
+: >"$OUT/load.txt"
+printf '%-8s %-24s %5s %9s %9s %9s %7s %7s\n' server variant conc req/s "p50 ms" "p99 ms" non-2xx errors
+
+"$BIN" --models "$MODELS_DIR" serve --http-port $OURS_PORT --variants "$VARIANTS" \
+  --engine-threads "$THREADS" >"$OUT/ours.log" 2>&1 &
+ours=$!
+wait_for "http://127.0.0.1:$OURS_PORT/readyz"
+load ours $OURS_PORT
+kill -TERM $ours
+wait $ours || true
+
+MODELS_DIR=$(realpath "$MODELS_DIR") VARIANTS=$VARIANTS ORT_THREADS=1 \
+  "$PYTHON" -m uvicorn fastapi_ort:app --app-dir tests/load --workers "$THREADS" \
+  --port $PEER_PORT --log-level warning >"$OUT/peer.log" 2>&1 &
+peer=$!
+wait_for "http://127.0.0.1:$PEER_PORT/openapi.json"
+load fastapi $PEER_PORT
+kill -TERM $peer
+wait $peer || true
+
+echo
+echo "engine only, $THREADS threads each running its own batches (bench --threads $THREADS):"
+"$BIN" --models "$MODELS_DIR" bench --variants "$VARIANTS" --batch 1,8 --threads "$THREADS" --iters 100
