@@ -95,6 +95,19 @@ impl LatencyTracker {
         s.window.push_back(queue_ms + inference.as_secs_f64() * 1e3);
     }
 
+    /// The latency a new request should expect now (see [`LatencySnapshot::predicted_ms`]),
+    /// without the quantiles: cheap enough for every routing decision.
+    pub fn predicted_ms(&self, now: Instant) -> Option<f64> {
+        let s = self.lock();
+        s.batch_ms
+            .map(|b| b + decayed(s.queue_ms, s.queue_updated, now))
+    }
+
+    /// The moving average of one batch's inference time, if any was measured.
+    pub fn batch_ms(&self) -> Option<f64> {
+        self.lock().batch_ms
+    }
+
     /// The current statistics.
     pub fn snapshot(&self, now: Instant) -> LatencySnapshot {
         let s = self.lock();
@@ -148,6 +161,7 @@ mod tests {
         let s = t.snapshot(now);
         assert_eq!(s.batch_ms, Some(4.0));
         assert!((s.predicted_ms().unwrap() - 14.0).abs() < 1e-9);
+        assert_eq!(t.predicted_ms(now), s.predicted_ms());
         assert_eq!(s.p50_ms, Some(14.0));
         // Two half-lives later the queue part is a quarter.
         let later = t.snapshot(now + 2 * QUEUE_HALF_LIFE);

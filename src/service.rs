@@ -11,12 +11,12 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::batcher::{BatchPolicy, Batcher, Job, JobOutput};
+use crate::batcher::{BatchPolicy, Batcher, Incoming, Job, JobOutput};
 use crate::engine::pool::{ModelPool, Variant};
 use crate::engine::worker::{EngineContext, EngineThreads};
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
-use crate::latency::{LatencySnapshot, LatencyTracker};
+use crate::latency::LatencyTracker;
 use crate::metrics::{Metrics, NO_VARIANT};
 use crate::pipeline::decode::{decode, DecodeLimits};
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
@@ -437,11 +437,11 @@ impl Service {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                let snap: LatencySnapshot = self.latency[i].snapshot(now);
+                let tracker = &self.latency[i];
                 // Full batches queued ahead, shared by the engine threads.
                 let ahead = (self.batcher.queued(i) / max_batch) as f64
                     / self.config.engine_threads.max(1) as f64;
-                let predicted_ms = match (snap.predicted_ms(), snap.batch_ms) {
+                let predicted_ms = match (tracker.predicted_ms(now), tracker.batch_ms()) {
                     (Some(p), Some(b)) => p + ahead * b,
                     _ => f64::INFINITY,
                 };
@@ -490,6 +490,7 @@ impl Service {
                         _permit: permit,
                         metrics: self.metrics.clone(),
                     }),
+                    incoming: self.batcher.expect(),
                     admitted: Instant::now(),
                 })
             }
@@ -610,7 +611,7 @@ impl Service {
             jobs.push(job);
             receivers.push(rx);
         }
-        self.batcher.submit(choice.index, jobs)?;
+        admission.incoming.submit(choice.index, jobs)?;
 
         let mut outputs: Vec<JobOutput> = Vec::with_capacity(n);
         for rx in receivers {
@@ -724,6 +725,8 @@ struct Prepared {
 #[derive(Debug)]
 pub struct Admission {
     slot: Arc<Slot>,
+    /// Tells the batcher images are on their way, until they are submitted.
+    incoming: Incoming,
     admitted: Instant,
 }
 

@@ -75,6 +75,8 @@ struct State {
     queues: Vec<VecDeque<Job>>,
     /// No more submissions; the threads drain what is queued and stop.
     closed: bool,
+    /// Admitted requests that have not submitted their images yet (see [`Incoming`]).
+    incoming: usize,
     next_id: u64,
 }
 
@@ -102,6 +104,7 @@ impl Batcher {
             state: Mutex::new(State {
                 queues: names.iter().map(|_| VecDeque::new()).collect(),
                 closed: false,
+                incoming: 0,
                 next_id: 0,
             }),
             wake: Condvar::new(),
@@ -122,9 +125,28 @@ impl Batcher {
         self.max_queue
     }
 
+    /// Announces a request whose images are on their way (being read or decoded). While any
+    /// request is announced, partial batches wait up to `max_delay` for it; when none is, they
+    /// run at once, since nothing could join them. Under load batches fill up anyway; at low
+    /// load no request pays the delay for nothing.
+    pub fn expect(self: &Arc<Self>) -> Incoming {
+        self.lock().incoming += 1;
+        Incoming {
+            batcher: Some(self.clone()),
+        }
+    }
+
     /// Queues all of `jobs` for `variant`, or none of them when they do not fit.
     pub fn submit(&self, variant: usize, jobs: Vec<Job>) -> Result<()> {
-        let mut state = self.lock();
+        self.submit_locked(self.lock(), variant, jobs)
+    }
+
+    fn submit_locked(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        variant: usize,
+        jobs: Vec<Job>,
+    ) -> Result<()> {
         if state.closed {
             return Err(Error::Unavailable("the engine is shutting down".into()));
         }
@@ -176,7 +198,8 @@ impl Batcher {
         loop {
             let now = Instant::now();
             let views: Vec<QueueView> = state.queues.iter().map(view).collect();
-            match self.policy.decide(now, &views, state.closed) {
+            let flush = state.closed || state.incoming == 0;
+            match self.policy.decide(now, &views, flush) {
                 Decision::Run(variant) => {
                     if let Some(batch) = self.take(&mut state, variant, now) {
                         return Some(batch);
@@ -249,6 +272,36 @@ impl Batcher {
     }
 }
 
+/// A request announced to the batcher (see [`Batcher::expect`]); it stops counting when it
+/// submits its images or is dropped.
+#[derive(Debug)]
+pub struct Incoming {
+    batcher: Option<Arc<Batcher>>,
+}
+
+impl Incoming {
+    /// Queues the request's images (see [`Batcher::submit`]) and stops counting it, atomically,
+    /// so that no engine thread sees neither.
+    pub fn submit(mut self, variant: usize, jobs: Vec<Job>) -> Result<()> {
+        let Some(batcher) = self.batcher.take() else {
+            return Err(Error::Internal("a request was submitted twice".into()));
+        };
+        let mut state = batcher.lock();
+        state.incoming -= 1;
+        batcher.submit_locked(state, variant, jobs)
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if let Some(batcher) = self.batcher.take() {
+            batcher.lock().incoming -= 1;
+            // Partial batches may have been waiting for this request only.
+            batcher.wake.notify_all();
+        }
+    }
+}
+
 fn view(queue: &VecDeque<Job>) -> QueueView {
     QueueView {
         len: queue.len(),
@@ -304,6 +357,45 @@ mod tests {
         // The single remaining image is flushed after max_delay.
         let second = b.next_batch().unwrap();
         assert_eq!((second.jobs.len(), second.id), (1, first.id + 1));
+    }
+
+    #[test]
+    fn partial_batches_wait_only_while_a_request_is_on_its_way() {
+        let b = Arc::new(Batcher::new(
+            vec!["a".into()],
+            BatchPolicy {
+                max_batch: 8,
+                max_delay: Duration::from_secs(3600),
+            },
+            10,
+            Arc::new(Metrics::new().unwrap()),
+        ));
+        // Nothing announced: a lone image runs at once despite the hour-long delay.
+        let (j, _rx) = Job::new(vec![0.0], far());
+        b.submit(0, vec![j]).unwrap();
+        assert_eq!(b.next_batch().unwrap().jobs.len(), 1);
+        // With a request announced, the partial batch waits for it and then runs with it.
+        let (first, _r1) = Job::new(vec![1.0], far());
+        let coming = b.expect();
+        b.submit(0, vec![first]).unwrap();
+        let worker = {
+            let b = b.clone();
+            std::thread::spawn(move || b.next_batch().unwrap().jobs.len())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !worker.is_finished(),
+            "a partial batch ran while a request was on its way"
+        );
+        let (second, _r2) = Job::new(vec![2.0], far());
+        coming.submit(0, vec![second]).unwrap();
+        assert_eq!(worker.join().unwrap(), 2);
+        // A request that gives up releases the waiting batch too.
+        let (third, _r3) = Job::new(vec![3.0], far());
+        let coming = b.expect();
+        b.submit(0, vec![third]).unwrap();
+        drop(coming);
+        assert_eq!(b.next_batch().unwrap().jobs.len(), 1);
     }
 
     #[test]

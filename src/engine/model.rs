@@ -154,12 +154,12 @@ impl Model {
         self.check_input(input, batch, h, w)?;
         let k = &self.kernels;
         let (mut src, mut dst) = (std::mem::take(&mut ws.front), std::mem::take(&mut ws.back));
-        src.clear();
-        src.extend_from_slice(input);
         let (mut h, mut w, mut c) = (h, w, self.plan.in_c);
         let mut result = Ok(());
-        for (layer, packed) in self.plan.layers.iter().zip(&self.packed) {
+        for (i, (layer, packed)) in self.plan.layers.iter().zip(&self.packed).enumerate() {
             let started = times.as_ref().map(|_| Instant::now());
+            // The first layer reads the caller's input in place: no copy into the workspace.
+            let x: &[f32] = if i == 0 { input } else { &src };
             match layer {
                 Layer::Conv(conv) => {
                     let g = match conv.geometry(batch, h, w) {
@@ -172,10 +172,10 @@ impl Model {
                     resize(&mut dst, g.output_len());
                     match conv.kind {
                         ConvKind::Dense => {
-                            (k.dense_conv)(&g, &src, packed, &conv.bias, conv.act, &mut dst)
+                            (k.dense_conv)(&g, x, packed, &conv.bias, conv.act, &mut dst)
                         }
                         ConvKind::Depthwise => {
-                            (k.depthwise)(&g, &src, &conv.weights, &conv.bias, conv.act, &mut dst)
+                            (k.depthwise)(&g, x, &conv.weights, &conv.bias, conv.act, &mut dst)
                         }
                         ConvKind::Pointwise => {
                             let s = GemmShape {
@@ -183,7 +183,7 @@ impl Model {
                                 k: conv.in_c,
                                 n: conv.out_c,
                             };
-                            (k.gemm)(&s, &src, packed, &conv.bias, conv.act, &mut dst)
+                            (k.gemm)(&s, x, packed, &conv.bias, conv.act, &mut dst)
                         }
                     }
                     (h, w, c) = (g.out_h, g.out_w, g.out_c);
@@ -199,7 +199,7 @@ impl Model {
                         }
                     }
                     resize(&mut dst, batch * c);
-                    (k.global_avg_pool)(batch, h * w, c, &src, &mut dst);
+                    (k.global_avg_pool)(batch, h * w, c, x, &mut dst);
                     (h, w) = (1, 1);
                 }
                 Layer::Fc(fc) => {
@@ -209,7 +209,7 @@ impl Model {
                         n: fc.out_c,
                     };
                     resize(&mut dst, s.m * s.n);
-                    (k.gemm)(&s, &src, packed, &fc.bias, fc.act, &mut dst);
+                    (k.gemm)(&s, x, packed, &fc.bias, fc.act, &mut dst);
                     c = fc.out_c;
                 }
             }
@@ -220,7 +220,11 @@ impl Model {
         }
         if result.is_ok() {
             out.clear();
-            out.extend_from_slice(&src);
+            out.extend_from_slice(if self.plan.layers.is_empty() {
+                input
+            } else {
+                &src
+            });
             if self.plan.softmax {
                 for row in out.chunks_exact_mut(c) {
                     crate::pipeline::postprocess::softmax_in_place(row);

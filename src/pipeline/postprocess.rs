@@ -24,8 +24,16 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
             scores[i]
         }
     };
-    idx.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
-    idx.truncate(k);
+    // A total order (ties broken by index), so selecting the k best first and sorting only
+    // them gives exactly what sorting everything would.
+    let order = |a: &usize, b: &usize| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
+    if k < idx.len() {
+        if k > 0 {
+            idx.select_nth_unstable_by(k - 1, order);
+        }
+        idx.truncate(k);
+    }
+    idx.sort_by(order);
     idx.into_iter().map(|i| (i, scores[i])).collect()
 }
 
@@ -58,5 +66,23 @@ mod tests {
         assert_eq!(t.iter().map(|p| p.0).collect::<Vec<_>>(), vec![4, 1, 2]);
         assert_eq!(top_k(&v, 10).len(), 5);
         assert_eq!(top_k(&v, 10)[4].0, 3);
+    }
+
+    #[test]
+    fn top_k_selects_what_a_full_sort_would() {
+        // Few distinct values, so ties are everywhere.
+        let mut state = 7u64;
+        let v: Vec<f32> = (0..1001)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((state >> 33) % 17) as f32
+            })
+            .collect();
+        let mut full: Vec<usize> = (0..v.len()).collect();
+        full.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+        for k in [0, 1, 2, 5, 100, 1000, 1001, 5000] {
+            let got: Vec<usize> = top_k(&v, k).into_iter().map(|p| p.0).collect();
+            assert_eq!(got, full[..k.min(v.len())], "k = {k}");
+        }
     }
 }

@@ -60,6 +60,7 @@ printf '%-8s %-24s %5s %9s %9s %9s %7s %7s\n' server variant conc req/s "p50 ms"
   --engine-threads "$THREADS" >"$OUT/ours.log" 2>&1 &
 ours=$!
 wait_for "http://127.0.0.1:$OURS_PORT/readyz"
+kill -0 $ours # still running: the port was ours, not a leftover server's
 load ours $OURS_PORT
 kill -TERM $ours
 wait $ours || true
@@ -69,6 +70,7 @@ MODELS_DIR=$(realpath "$MODELS_DIR") VARIANTS=$VARIANTS ORT_THREADS=1 \
   --port $PEER_PORT --log-level warning >"$OUT/peer.log" 2>&1 &
 peer=$!
 wait_for "http://127.0.0.1:$PEER_PORT/openapi.json"
+kill -0 $peer
 load fastapi $PEER_PORT
 kill -TERM $peer
 wait $peer || true
