@@ -30,7 +30,7 @@ pub struct GlobalOptions {
         global = true
     )]
     pub models_dir: PathBuf,
-    /// Kernel tier: auto (the fastest this CPU supports) or scalar.
+    /// Kernel tier: auto (the fastest this CPU supports), avx512, avx2 or scalar.
     #[arg(long, env = "MOBILENET_KERNELS", default_value = "auto", value_parser = parse_tier, global = true)]
     pub kernels: TierChoice,
     /// Log format.
@@ -91,7 +91,9 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 8,
           value_parser = clap::value_parser!(u64).range(1..=256))]
     pub max_batch_size: u64,
-    /// Longest wait, in microseconds, for a batch to fill once its first image is queued.
+    /// Longest wait, in microseconds, for a batch to fill once its first image is queued. It only
+    /// waits while other admitted requests are still being read or decoded: with none on its
+    /// way, a partial batch runs at once.
     #[arg(long, env = "MAX_BATCH_DELAY_US", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub max_batch_delay_us: u64,

@@ -152,3 +152,61 @@ async fn shutdown_answers_every_admitted_request_and_refuses_new_ones() {
         .unwrap()
         .unwrap();
 }
+
+/// A free TCP port on loopback (released again at once; the race with other processes is
+/// acceptable in a test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mobilenet-serve"))
+        .args(["--models", common::zoo_dir().to_str().unwrap(), "serve"])
+        .args(["--host", "127.0.0.1", "--http-port", &port.to_string()])
+        .args(["--variants", VARIANT, "--engine-threads", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let started = Instant::now();
+    loop {
+        if let Ok((200, _)) = http(addr, "GET", "/readyz", b"").await {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the server exited early"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = http(addr, "GET", "/v1/models", b"").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains(VARIANT), "{body}");
+    let (status, metrics) = http(addr, "GET", "/metrics", b"").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("mobilenet_mult_adds"), "{metrics}");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}

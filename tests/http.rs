@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use mobilenet_serve::app;
 use mobilenet_serve::batcher::BatchPolicy;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::eval::{EvalReport, VariantResult};
 use mobilenet_serve::kernels::{KernelSet, TierChoice};
 use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
 use mobilenet_serve::pipeline::postprocess::argmax;
@@ -663,16 +664,27 @@ async fn readiness_follows_warm_up_and_draining() {
 async fn models_list_costs_accuracy_with_its_source_and_live_latency() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("eval.json");
-    let report = serde_json::json!({
-        "dataset": "test", "images": 10, "batch": 1, "kernels": "scalar",
-        "decode_ms_per_image": 1.0,
-        "variants": [{
-            "name": SMALL, "alpha": 0.25, "resolution": 128, "images": 10,
-            "top1": 12.5, "top5": 40.0, "ms_per_image": 1.0, "preprocess_ms_per_image": 0.1,
-            "mult_adds": null, "published_top1": null
-        }]
-    });
-    std::fs::write(&results, report.to_string()).unwrap();
+    // Written the way `eval --json` writes it.
+    let report = EvalReport {
+        dataset: "test".into(),
+        images: 10,
+        batch: 1,
+        kernels: "scalar".into(),
+        decode_ms_per_image: 1.0,
+        variants: vec![VariantResult {
+            name: SMALL.into(),
+            alpha: 0.25,
+            resolution: 128,
+            images: 10,
+            top1: 12.5,
+            top5: 40.0,
+            ms_per_image: 1.0,
+            preprocess_ms_per_image: 0.1,
+            mult_adds: None,
+            published_top1: None,
+        }],
+    };
+    std::fs::write(&results, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     let mut cfg = config();
     cfg.eval_results = Some(results);
     let s = service(cfg, true);
