@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// HTTP port.
     #[arg(long, env = "HTTP_PORT", default_value_t = 8000)]
     pub http_port: u16,
+    /// gRPC port (mobilenet.v1.Classifier, grpc.health.v1, reflection).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 8001)]
+    pub grpc_port: u16,
     /// Comma-separated variant names to load (default: every variant of the models directory).
     #[arg(long, env = "VARIANTS", value_delimiter = ',')]
     pub variants: Option<Vec<String>>,

@@ -1,6 +1,5 @@
 //! The `mobilenet-serve` binary: parse the command line, set up logging, run the command.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -68,10 +67,11 @@ fn serve(global: &GlobalOptions, args: ServeArgs) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
-    let addr = SocketAddr::new(args.host, args.http_port);
     runtime.block_on(serve::run(
         service,
-        addr,
+        args.host,
+        args.http_port,
+        args.grpc_port,
         Duration::from_secs(args.drain_timeout_s),
     ))
 }

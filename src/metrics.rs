@@ -11,16 +11,6 @@ use prometheus::{
 /// Variant label for requests rejected before a variant was chosen.
 pub const NO_VARIANT: &str = "none";
 
-/// The stages timed per request (`stage` label of the duration histogram).
-pub const STAGES: [&str; 6] = [
-    "decode",
-    "preprocess",
-    "queue",
-    "inference",
-    "postprocess",
-    "total",
-];
-
 /// The service's metrics and the registry that renders them.
 pub struct Metrics {
     registry: Registry,

@@ -29,6 +29,66 @@ pub enum Selection {
     },
 }
 
+/// The selection fields of a request as every protocol carries them, before validation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SelectionParams {
+    /// A variant name.
+    pub model: Option<String>,
+    /// Width multiplier (with `resolution`).
+    pub alpha: Option<f32>,
+    /// Input resolution (with `alpha`).
+    pub resolution: Option<usize>,
+    /// Latency budget in milliseconds.
+    pub max_latency_ms: Option<f64>,
+    /// Accuracy floor in percent.
+    pub min_top1: Option<f64>,
+    /// With a target nobody meets, answer with the fastest variant.
+    pub fallback_fastest: bool,
+}
+
+impl SelectionParams {
+    /// Validates the fields into a [`Selection`]: one way of choosing at most, alpha and
+    /// resolution together, sane bounds.
+    pub fn selection(&self) -> Result<Selection> {
+        let bad = |m: &str| Err(Error::BadRequest(m.to_string()));
+        let cell = self.alpha.is_some() || self.resolution.is_some();
+        let target = self.max_latency_ms.is_some() || self.min_top1.is_some();
+        let ways = [self.model.is_some(), cell, target];
+        if ways.iter().filter(|&&b| b).count() > 1 {
+            return bad(
+                "choose the variant one way: a model name, or alpha with resolution, or a target \
+                 (max_latency_ms and/or min_top1)",
+            );
+        }
+        if self.fallback_fastest && !target {
+            return bad("the fastest fallback only goes with a target");
+        }
+        if let Some(m) = self.max_latency_ms {
+            if !(m.is_finite() && m > 0.0) {
+                return bad("max_latency_ms must be a positive number");
+            }
+        }
+        if let Some(t) = self.min_top1 {
+            if !(0.0..=100.0).contains(&t) {
+                return bad("min_top1 must be a percentage between 0 and 100");
+            }
+        }
+        Ok(match (&self.model, self.alpha, self.resolution) {
+            (Some(name), _, _) => Selection::Name(name.clone()),
+            (None, Some(alpha), Some(resolution)) => Selection::Cell { alpha, resolution },
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                return bad("alpha and resolution go together")
+            }
+            (None, None, None) if target => Selection::Target {
+                max_latency_ms: self.max_latency_ms,
+                min_top1: self.min_top1,
+                fallback_fastest: self.fallback_fastest,
+            },
+            (None, None, None) => Selection::Default,
+        })
+    }
+}
+
 /// What the router knows about one variant when it decides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -285,6 +345,45 @@ mod tests {
         // With only a budget it can still be chosen, as the last resort.
         let only = vec![g[1].clone()];
         assert_eq!(choose(&target(Some(5.0), None), &only, 0).unwrap().index, 0);
+    }
+
+    #[test]
+    fn selection_params_allow_one_way_of_choosing() {
+        let p = |f: fn(&mut SelectionParams)| {
+            let mut params = SelectionParams::default();
+            f(&mut params);
+            params.selection()
+        };
+        assert_eq!(p(|_| {}).unwrap(), Selection::Default);
+        assert_eq!(
+            p(|s| s.model = Some("m".into())).unwrap(),
+            Selection::Name("m".into())
+        );
+        assert!(matches!(
+            p(|s| {
+                s.alpha = Some(0.5);
+                s.resolution = Some(160)
+            }),
+            Ok(Selection::Cell { .. })
+        ));
+        assert!(matches!(
+            p(|s| s.max_latency_ms = Some(5.0)),
+            Ok(Selection::Target { .. })
+        ));
+        for bad in [
+            p(|s| s.alpha = Some(0.5)),
+            p(|s| s.resolution = Some(160)),
+            p(|s| {
+                s.model = Some("m".into());
+                s.min_top1 = Some(50.0)
+            }),
+            p(|s| s.fallback_fastest = true),
+            p(|s| s.max_latency_ms = Some(f64::NAN)),
+            p(|s| s.max_latency_ms = Some(0.0)),
+            p(|s| s.min_top1 = Some(-1.0)),
+        ] {
+            assert_eq!(bad.unwrap_err().kind().status, 400);
+        }
     }
 
     #[test]

@@ -1,27 +1,55 @@
 //! The `serve` command: load, start the engine threads, listen, warm up, and drain on shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::future::IntoFuture;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::grpc;
 use crate::api::http::app;
 use crate::error::{Error, Result};
 use crate::service::Service;
 
-/// Serves HTTP on `listener` until `stop` resolves, then drains: readiness fails at once, new
-/// requests get 503, admitted ones are answered (for at most `drain_timeout`), the engine
-/// threads finish their queues and stop.
+/// The sockets the service answers on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTP (the JSON API, health, metrics).
+    pub http: TcpListener,
+    /// gRPC (`mobilenet.v1.Classifier`, health, reflection).
+    pub grpc: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both ports on `host`.
+    pub async fn bind(host: IpAddr, http_port: u16, grpc_port: u16) -> Result<Self> {
+        let bind = |port| async move {
+            let addr = SocketAddr::new(host, port);
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Internal(format!("cannot listen on {addr}: {e}")))
+        };
+        Ok(Listeners {
+            http: bind(http_port).await?,
+            grpc: bind(grpc_port).await?,
+        })
+    }
+}
+
+/// Serves HTTP and gRPC until `stop` resolves, then drains: readiness (and gRPC health) fails at
+/// once, new requests get 503/UNAVAILABLE or a refused connection, admitted ones are answered
+/// (for at most `drain_timeout`), the engine threads finish their queues and stop.
 pub async fn serve_until(
     service: Arc<Service>,
-    listener: TcpListener,
+    listeners: Listeners,
     stop: impl Future<Output = ()> + Send + 'static,
     drain_timeout: Duration,
 ) -> Result<()> {
-    let addr = listener
+    let addr = listeners
+        .http
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
     tracing::info!(%addr, "HTTP listening");
@@ -40,17 +68,24 @@ pub async fn serve_until(
         draining.begin_drain();
         let _ = stopped.send(true);
     });
-    let mut graceful = stopping.clone();
-    let server = axum::serve(listener, app(service.clone())).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    });
-    let mut timer = stopping;
+    let signalled = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http = axum::serve(listeners.http, app(service.clone()))
+        .with_graceful_shutdown(signalled(stopping.clone()))
+        .into_future();
+    let grpc = grpc::serve(service.clone(), listeners.grpc, signalled(stopping.clone()));
+    let both = async {
+        let (http, grpc) = tokio::join!(http, grpc);
+        http.map_err(|e| Error::Internal(format!("HTTP server: {e}")))?;
+        grpc
+    };
     let deadline = async move {
-        let _ = timer.wait_for(|s| *s).await;
+        signalled(stopping).await;
         tokio::time::sleep(drain_timeout).await;
     };
     tokio::select! {
-        served = server => served.map_err(|e| Error::Internal(format!("HTTP server: {e}")))?,
+        served = both => served?,
         _ = deadline => tracing::warn!(?drain_timeout, "drain timeout: closing with requests in flight"),
     }
     let engine = service.clone();
@@ -61,10 +96,14 @@ pub async fn serve_until(
     Ok(())
 }
 
-/// Binds `addr` and serves until SIGTERM or ctrl-c.
-pub async fn run(service: Arc<Service>, addr: SocketAddr, drain_timeout: Duration) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Internal(format!("cannot listen on {addr}: {e}")))?;
-    serve_until(service, listener, crate::shutdown::signal(), drain_timeout).await
+/// Binds the ports and serves until SIGTERM or ctrl-c.
+pub async fn run(
+    service: Arc<Service>,
+    host: IpAddr,
+    http_port: u16,
+    grpc_port: u16,
+    drain_timeout: Duration,
+) -> Result<()> {
+    let listeners = Listeners::bind(host, http_port, grpc_port).await?;
+    serve_until(service, listeners, crate::shutdown::signal(), drain_timeout).await
 }

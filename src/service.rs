@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::batcher::{BatchPolicy, Batcher, Incoming, Job, JobOutput};
 use crate::engine::pool::{ModelPool, Variant};
@@ -118,6 +118,20 @@ pub struct Timings {
     pub total: f64,
 }
 
+impl Timings {
+    /// Each stage's name (the `stage` label in the metrics) and its milliseconds, in order.
+    pub fn stages(&self) -> [(&'static str, f64); 6] {
+        [
+            ("decode", self.decode),
+            ("preprocess", self.preprocess),
+            ("queue", self.queue),
+            ("inference", self.inference),
+            ("postprocess", self.postprocess),
+            ("total", self.total),
+        ]
+    }
+}
+
 /// The answer to a [`ClassifyRequest`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassifyResponse {
@@ -203,6 +217,8 @@ pub struct Service {
     default_index: usize,
     ready: AtomicBool,
     draining: AtomicBool,
+    /// Readiness as a watchable value (for gRPC health), kept equal to [`Service::is_ready`].
+    readiness: watch::Sender<bool>,
     engine: Mutex<Option<EngineThreads>>,
 }
 
@@ -256,6 +272,7 @@ impl Service {
             default_index,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            readiness: watch::channel(false).0,
             engine: Mutex::new(None),
         });
         service.publish_static_metrics();
@@ -354,6 +371,7 @@ impl Service {
             );
         }
         self.ready.store(true, Ordering::SeqCst);
+        self.readiness.send_replace(self.is_ready());
         Ok(())
     }
 
@@ -370,6 +388,12 @@ impl Service {
     /// Fails readiness and refuses new requests; admitted ones still get their answers.
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.readiness.send_replace(false);
+    }
+
+    /// Follows readiness: `true` once warmed up, `false` again when draining starts.
+    pub fn watch_readiness(&self) -> watch::Receiver<bool> {
+        self.readiness.subscribe()
     }
 
     /// Lets the engine threads finish what is queued, then stops them. Blocks.
@@ -510,14 +534,7 @@ impl Service {
         self.metrics.count_request(variant, protocol, status);
         match outcome {
             Ok(t) => {
-                for (stage, ms) in [
-                    ("decode", t.decode),
-                    ("preprocess", t.preprocess),
-                    ("queue", t.queue),
-                    ("inference", t.inference),
-                    ("postprocess", t.postprocess),
-                    ("total", t.total),
-                ] {
+                for (stage, ms) in t.stages() {
                     self.metrics.observe_stage(variant, stage, ms / 1e3);
                 }
             }

@@ -10,7 +10,7 @@ use mobilenet_serve::batcher::BatchPolicy;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::{KernelSet, TierChoice};
 use mobilenet_serve::pipeline::decode::DecodeLimits;
-use mobilenet_serve::serve::serve_until;
+use mobilenet_serve::serve::{serve_until, Listeners};
 use mobilenet_serve::service::{Service, ServiceConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -75,12 +75,15 @@ async fn shutdown_answers_every_admitted_request_and_refuses_new_ones() {
     let pool = ModelPool::load(&common::zoo_dir(), &opts).unwrap();
     // The engine starts later, so that requests are provably admitted and waiting at shutdown.
     let service = Service::new(pool, config(), false).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listeners = Listeners {
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let addr = listeners.http.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve_until(
         service.clone(),
-        listener,
+        listeners,
         async move {
             let _ = stop_rx.await;
         },
@@ -169,6 +172,7 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mobilenet-serve"))
         .args(["--models", common::zoo_dir().to_str().unwrap(), "serve"])
         .args(["--host", "127.0.0.1", "--http-port", &port.to_string()])
+        .args(["--grpc-port", &free_port().to_string()])
         .args(["--variants", VARIANT, "--engine-threads", "1"])
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -3,72 +3,21 @@
 
 mod common;
 
+use common::serving::{
+    config, direct_top1, jpegs, pool, predicted_fastest, service, until_queued, MID, SMALL,
+};
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use base64::Engine as _;
 use http_body_util::BodyExt;
 use mobilenet_serve::app;
-use mobilenet_serve::batcher::BatchPolicy;
-use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::eval::{EvalReport, VariantResult};
-use mobilenet_serve::kernels::{KernelSet, TierChoice};
-use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
-use mobilenet_serve::pipeline::postprocess::argmax;
-use mobilenet_serve::pipeline::preprocess::preprocess;
-use mobilenet_serve::service::{Service, ServiceConfig};
+use mobilenet_serve::service::Service;
 use serde_json::Value;
 use tower::ServiceExt;
-
-const SMALL: &str = "mobilenet_v1_0.25_128";
-const MID: &str = "mobilenet_v1_0.5_160";
-
-fn pool() -> ModelPool {
-    let opts = LoadOptions {
-        variants: Some(vec![SMALL.into(), MID.into()]),
-        resolution: None,
-        kernels: KernelSet::select(TierChoice::Auto).unwrap(),
-    };
-    ModelPool::load(&common::zoo_dir(), &opts).unwrap()
-}
-
-fn config() -> ServiceConfig {
-    ServiceConfig {
-        batch: BatchPolicy {
-            max_batch: 8,
-            max_delay: Duration::from_millis(1),
-        },
-        max_queue: 16,
-        max_concurrent_requests: 64,
-        request_timeout: Duration::from_secs(20),
-        max_request_timeout: Duration::from_secs(60),
-        max_images_per_request: 8,
-        decode_limits: DecodeLimits::default(),
-        default_model: None,
-        engine_threads: 2,
-        // A path that does not exist would be an error; an explicit empty report is not needed:
-        // the models directory has no eval.json, so the manifest's figures are used.
-        eval_results: None,
-    }
-}
-
-fn service(config: ServiceConfig, start_engine: bool) -> Arc<Service> {
-    Service::new(pool(), config, start_engine).unwrap()
-}
-
-/// The first few JPEGs of the labelled sample.
-fn jpegs(n: usize) -> Vec<Vec<u8>> {
-    let dir = common::imagenet_dir();
-    let labels = std::fs::read_to_string(dir.join("labels.tsv")).unwrap();
-    labels
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .take(n)
-        .map(|l| std::fs::read(dir.join(l.split('\t').next().unwrap())).unwrap())
-        .collect()
-}
 
 struct Reply {
     status: StatusCode,
@@ -121,16 +70,6 @@ fn multipart(files: &[Vec<u8>]) -> (String, Vec<u8>) {
 
 fn top1(predictions: &Value) -> u64 {
     predictions[0]["index"].as_u64().unwrap()
-}
-
-/// The ImageNet class our engine gives `jpeg` on `variant`, computed without the service.
-fn direct_top1(pool: &ModelPool, variant: &str, jpeg: &[u8]) -> u64 {
-    let v = pool.get(variant).unwrap();
-    let rgb = decode(jpeg, &DecodeLimits::default()).unwrap();
-    let r = v.spec.resolution;
-    let input = preprocess(&rgb, r, v.spec.normalization).unwrap();
-    let out = v.model.run(&input, 1, r, r).unwrap();
-    (argmax(&out[v.spec.label_offset..])) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,10 +186,11 @@ async fn the_variant_is_chosen_by_name_by_cell_or_by_target() {
         (model_of(&r), r.json["target_met"].clone()),
         (MID.into(), Value::Bool(true))
     );
+    let fastest = predicted_fastest(&s);
     let r = send(&s, ask("min_top1=1")).await;
     assert_eq!(
         (model_of(&r), r.json["target_met"].clone()),
-        (SMALL.into(), Value::Bool(true))
+        (fastest, Value::Bool(true))
     );
     // The published top-1 of 0.5_160 is 59.1%: a floor above the smaller one's picks it.
     assert_eq!(model_of(&send(&s, ask("min_top1=50")).await), MID);
@@ -258,10 +198,11 @@ async fn the_variant_is_chosen_by_name_by_cell_or_by_target() {
     let r = send(&s, ask("min_top1=99")).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
     assert_eq!(r.json["error"]["code"], "target_unreachable");
+    let fastest = predicted_fastest(&s);
     let r = send(&s, ask("min_top1=99&fallback=fastest")).await;
     assert_eq!(
         (model_of(&r), r.json["target_met"].clone()),
-        (SMALL.into(), Value::Bool(false))
+        (fastest, Value::Bool(false))
     );
 }
 
@@ -419,22 +360,6 @@ fn futures_body(bytes: Vec<u8>) -> Body {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         bytes.chunks(1000).map(|c| Ok(c.to_vec())).collect();
     Body::from_stream(tokio_stream::iter(chunks))
-}
-
-/// Waits (briefly) until `variant` has `n` images queued.
-async fn until_queued(s: &Arc<Service>, variant: &str, n: usize) {
-    let started = Instant::now();
-    loop {
-        let depth = s.model(variant).unwrap().queue_depth;
-        if depth == n {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{depth} queued, waiting for {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,15 +638,23 @@ async fn models_list_costs_accuracy_with_its_source_and_live_latency() {
     assert_eq!(small["latency_ms"]["samples"], 1);
     assert!(small["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(mid["latency_ms"]["predicted"].as_f64().unwrap() > 0.0);
-    // The default is the most accurate; neither is both slower and less accurate than the other.
+    // The default is the most accurate.
     assert_eq!(
         (mid["default"].clone(), small["default"].clone()),
         (true.into(), false.into())
     );
-    assert_eq!(
-        (mid["dominated"].clone(), small["dominated"].clone()),
-        (false.into(), false.into())
-    );
+    // Dominated means another variant is both faster (predicted) and more accurate; which one is
+    // depends on this run's timings, so check the definition rather than a fixed answer.
+    let facts = |m: &Value| {
+        (
+            m["accuracy"]["top1"].as_f64().unwrap(),
+            m["latency_ms"]["predicted"].as_f64().unwrap(),
+        )
+    };
+    for (me, other) in [(small, mid), (mid, small)] {
+        let (a, b) = (facts(me), facts(other));
+        assert_eq!(me["dominated"], b.0 > a.0 && b.1 < a.1, "{me} {other}");
+    }
     let r = send(&s, get(&format!("/v1/models/{MID}"))).await;
     assert_eq!(r.json["name"], MID);
 }

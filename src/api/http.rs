@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::metrics::NO_VARIANT;
-use crate::router::Selection;
+use crate::router::{Selection, SelectionParams};
 use crate::service::{ClassifyRequest, ClassifyResponse, ModelInfo, Prediction, Service, Timings};
 
 /// Protocol label of HTTP requests in the metrics.
@@ -97,53 +97,24 @@ impl ClassifyQuery {
     }
 
     fn selection(&self) -> Result<Selection, Error> {
-        let bad = |m: &str| Err(Error::BadRequest(m.to_string()));
-        let cell = self.alpha.is_some() || self.resolution.is_some();
-        let target = self.max_latency_ms.is_some() || self.min_top1.is_some();
-        if [self.model.is_some(), cell, target]
-            .iter()
-            .filter(|&&b| b)
-            .count()
-            > 1
-        {
-            return bad(
-                "choose the variant one way: model=, or alpha= with resolution=, or \
-                        max_latency_ms= and/or min_top1=",
-            );
-        }
         let fallback_fastest = match self.fallback.as_deref() {
             None => false,
-            Some("fastest") if target => true,
-            Some("fastest") => return bad("fallback=fastest only goes with a target"),
+            Some("fastest") => true,
             Some(other) => {
                 return Err(Error::BadRequest(format!(
                     "unknown fallback `{other}` (the only one is `fastest`)"
                 )))
             }
         };
-        if let Some(m) = self.max_latency_ms {
-            if !(m.is_finite() && m > 0.0) {
-                return bad("max_latency_ms must be a positive number");
-            }
+        SelectionParams {
+            model: self.model.clone(),
+            alpha: self.alpha,
+            resolution: self.resolution,
+            max_latency_ms: self.max_latency_ms,
+            min_top1: self.min_top1,
+            fallback_fastest,
         }
-        if let Some(t) = self.min_top1 {
-            if !(0.0..=100.0).contains(&t) {
-                return bad("min_top1 must be a percentage between 0 and 100");
-            }
-        }
-        Ok(match (&self.model, self.alpha, self.resolution) {
-            (Some(name), _, _) => Selection::Name(name.clone()),
-            (None, Some(alpha), Some(resolution)) => Selection::Cell { alpha, resolution },
-            (None, Some(_), None) | (None, None, Some(_)) => {
-                return bad("alpha= and resolution= go together")
-            }
-            (None, None, None) if target => Selection::Target {
-                max_latency_ms: self.max_latency_ms,
-                min_top1: self.min_top1,
-                fallback_fastest,
-            },
-            (None, None, None) => Selection::Default,
-        })
+        .selection()
     }
 }
 
@@ -219,18 +190,11 @@ fn classify_response(answer: ClassifyResponse, several: bool) -> Response {
 
 /// The W3C `Server-Timing` header for the same timings.
 fn server_timing(t: &Timings) -> String {
-    [
-        ("decode", t.decode),
-        ("preprocess", t.preprocess),
-        ("queue", t.queue),
-        ("inference", t.inference),
-        ("postprocess", t.postprocess),
-        ("total", t.total),
-    ]
-    .iter()
-    .map(|(name, ms)| format!("{name};dur={ms:.3}"))
-    .collect::<Vec<_>>()
-    .join(", ")
+    t.stages()
+        .iter()
+        .map(|(name, ms)| format!("{name};dur={ms:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Reads the query and the body. Returns the request and whether it was a multi-image form

@@ -1,3 +1,4 @@
-//! Protocol front ends over the [`crate::service::Service`].
+//! Protocol front ends over the [`crate::service::Service`]: HTTP (axum) and gRPC (tonic).
 
+pub mod grpc;
 pub mod http;

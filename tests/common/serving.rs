@@ -1,0 +1,106 @@
+//! Helpers for the serving tests: a service over two small real variants, sample JPEGs, and what
+//! the engine computes without the service.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mobilenet_serve::batcher::BatchPolicy;
+use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::kernels::{KernelSet, TierChoice};
+use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
+use mobilenet_serve::pipeline::postprocess::argmax;
+use mobilenet_serve::pipeline::preprocess::preprocess;
+use mobilenet_serve::service::{Service, ServiceConfig};
+
+/// The cheapest variant.
+pub const SMALL: &str = "mobilenet_v1_0.25_128";
+/// A more accurate one, still quick.
+pub const MID: &str = "mobilenet_v1_0.5_160";
+
+/// The zoo's `SMALL` and `MID` variants.
+pub fn pool() -> ModelPool {
+    let opts = LoadOptions {
+        variants: Some(vec![SMALL.into(), MID.into()]),
+        resolution: None,
+        kernels: KernelSet::select(TierChoice::Auto).unwrap(),
+    };
+    ModelPool::load(&super::zoo_dir(), &opts).unwrap()
+}
+
+/// Small limits, quick batches; the manifest's published accuracy.
+pub fn config() -> ServiceConfig {
+    ServiceConfig {
+        batch: BatchPolicy {
+            max_batch: 8,
+            max_delay: Duration::from_millis(1),
+        },
+        max_queue: 16,
+        max_concurrent_requests: 64,
+        request_timeout: Duration::from_secs(20),
+        max_request_timeout: Duration::from_secs(60),
+        max_images_per_request: 8,
+        decode_limits: DecodeLimits::default(),
+        default_model: None,
+        engine_threads: 2,
+        eval_results: None,
+    }
+}
+
+/// A service over [`pool`]; with `start_engine` false, images wait in the queues until
+/// [`Service::start_engine`].
+pub fn service(config: ServiceConfig, start_engine: bool) -> Arc<Service> {
+    Service::new(pool(), config, start_engine).unwrap()
+}
+
+/// The first `n` JPEGs of the labelled sample.
+pub fn jpegs(n: usize) -> Vec<Vec<u8>> {
+    let dir = super::imagenet_dir();
+    let labels = std::fs::read_to_string(dir.join("labels.tsv")).unwrap();
+    labels
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .take(n)
+        .map(|l| std::fs::read(dir.join(l.split('\t').next().unwrap())).unwrap())
+        .collect()
+}
+
+/// The ImageNet class our engine gives `jpeg` on `variant`, computed without the service.
+pub fn direct_top1(pool: &ModelPool, variant: &str, jpeg: &[u8]) -> u64 {
+    let v = pool.get(variant).unwrap();
+    let rgb = decode(jpeg, &DecodeLimits::default()).unwrap();
+    let r = v.spec.resolution;
+    let input = preprocess(&rgb, r, v.spec.normalization).unwrap();
+    let out = v.model.run(&input, 1, r, r).unwrap();
+    (argmax(&out[v.spec.label_offset..])) as u64
+}
+
+/// Waits (briefly) until `variant` has `n` images queued.
+pub async fn until_queued(s: &Arc<Service>, variant: &str, n: usize) {
+    let started = Instant::now();
+    loop {
+        let depth = s.model(variant).unwrap().queue_depth;
+        if depth == n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{depth} queued, waiting for {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The variant the router currently predicts to be fastest (what an accuracy floor everybody
+/// meets, or `fallback=fastest`, must choose). Asked for rather than assumed: on a loaded machine
+/// a warm-up stall can make the small variant look slower for a while.
+pub fn predicted_fastest(s: &Service) -> String {
+    s.models()
+        .into_iter()
+        .min_by(|a, b| {
+            let p = |m: &mobilenet_serve::service::ModelInfo| m.latency_ms.predicted.unwrap();
+            p(a).total_cmp(&p(b))
+        })
+        .unwrap()
+        .name
+}

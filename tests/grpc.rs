@@ -1,0 +1,305 @@
+//! The gRPC API over a real socket with tonic's generated client: classification (unary and
+//! streaming), models, error codes, health following readiness, and reflection.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::serving::{
+    config, direct_top1, jpegs, pool, predicted_fastest, service, until_queued, MID, SMALL,
+};
+use mobilenet_serve::api::grpc::pb::classifier_client::ClassifierClient;
+use mobilenet_serve::api::grpc::pb::{ClassifyRequest, GetModelRequest, ListModelsRequest};
+use mobilenet_serve::api::grpc::{self, SERVICE_NAME};
+use mobilenet_serve::service::Service;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_types::StatusExt;
+
+/// A gRPC server over `service` on a free port; it stops when the returned sender is dropped.
+async fn start(service: Arc<Service>) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(grpc::serve(service, listener, async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+async fn client(addr: SocketAddr) -> ClassifierClient<Channel> {
+    for _ in 0..100 {
+        if let Ok(c) = ClassifierClient::connect(format!("http://{addr}")).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot connect to {addr}");
+}
+
+fn request(images: Vec<Vec<u8>>) -> ClassifyRequest {
+    ClassifyRequest {
+        images,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classify_answers_as_the_engine_computes_and_lists_models() {
+    let s = service(config(), true);
+    let (addr, _stop) = start(s.clone()).await;
+    let mut c = client(addr).await;
+    let images = jpegs(2);
+    let reference = pool();
+    let mut req = request(images.clone());
+    req.model = Some(MID.into());
+    req.top_k = 3;
+    let answer = c.classify(req).await.unwrap().into_inner();
+    assert_eq!(answer.model, MID);
+    assert_eq!(answer.images.len(), 2);
+    for (img, preds) in images.iter().zip(&answer.images) {
+        assert_eq!(preds.predictions.len(), 3);
+        assert_eq!(
+            u64::from(preds.predictions[0].index),
+            direct_top1(&reference, MID, img)
+        );
+        assert!(!preds.predictions[0].label.is_empty());
+    }
+    let t = answer.timings_ms.unwrap();
+    assert!(t.total >= t.inference && t.inference > 0.0, "{t:?}");
+    assert_eq!(answer.target_met, None);
+
+    // By grid cell, and by target once warmed up.
+    let mut req = request(vec![images[0].clone()]);
+    req.alpha = Some(0.25);
+    req.resolution = Some(128);
+    assert_eq!(c.classify(req).await.unwrap().into_inner().model, SMALL);
+    s.warm_up().await.unwrap();
+    let mut req = request(vec![images[0].clone()]);
+    req.min_top1 = Some(1.0);
+    let fastest = predicted_fastest(&s);
+    let answer = c.classify(req).await.unwrap().into_inner();
+    assert_eq!((answer.model, answer.target_met), (fastest, Some(true)));
+
+    let models = c
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(models.len(), 2);
+    assert!(models
+        .iter()
+        .any(|m| m.name == SMALL && m.mult_adds == 13_570_304));
+    let mid = c
+        .get_model(GetModelRequest { name: MID.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (mid.resolution, mid.accuracy_source.as_str()),
+        (160, "published")
+    );
+    let missing = c
+        .get_model(GetModelRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(missing.message().contains(SMALL), "{}", missing.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mistakes_are_invalid_argument_or_not_found() {
+    let s = service(config(), true);
+    let (addr, _stop) = start(s).await;
+    let mut c = client(addr).await;
+    let img = jpegs(1).remove(0);
+    let cases: Vec<(ClassifyRequest, Code)> = vec![
+        (request(vec![]), Code::InvalidArgument),
+        (
+            request(vec![b"not an image".to_vec()]),
+            Code::InvalidArgument,
+        ),
+        (
+            request(vec![img[..img.len() / 2].to_vec()]),
+            Code::InvalidArgument,
+        ),
+        (
+            ClassifyRequest {
+                alpha: Some(0.5),
+                ..request(vec![img.clone()])
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            ClassifyRequest {
+                top_k: 1001,
+                ..request(vec![img.clone()])
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            ClassifyRequest {
+                model: Some("nope".into()),
+                ..request(vec![img.clone()])
+            },
+            Code::NotFound,
+        ),
+        (
+            ClassifyRequest {
+                min_top1: Some(99.0),
+                ..request(vec![img.clone()])
+            },
+            // Before warm-up a target cannot be routed yet.
+            Code::Unavailable,
+        ),
+    ];
+    for (req, code) in cases {
+        let err = c.classify(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{}", err.message());
+        assert!(!err.message().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_and_deadlines_have_their_codes() {
+    let mut cfg = config();
+    cfg.max_queue = 1;
+    cfg.max_images_per_request = 1;
+    let s = service(cfg, false);
+    let (addr, _stop) = start(s.clone()).await;
+    let img = jpegs(1).remove(0);
+    let waiting = {
+        let mut c = client(addr).await;
+        let mut req = request(vec![img.clone()]);
+        req.model = Some(SMALL.into());
+        tokio::spawn(async move { c.classify(req).await })
+    };
+    until_queued(&s, SMALL, 1).await;
+    let mut c = client(addr).await;
+    let mut req = request(vec![img.clone()]);
+    req.model = Some(SMALL.into());
+    let full = c.classify(req).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(full.get_details_retry_info().is_some());
+    assert!(full.metadata().get("retry-after").is_some());
+    // The client's grpc-timeout is our deadline.
+    let mut req = tonic::Request::new(ClassifyRequest {
+        model: Some(MID.into()),
+        ..request(vec![img.clone()])
+    });
+    req.set_timeout(Duration::from_millis(200));
+    let late = c.classify(req).await.unwrap_err();
+    assert_eq!(late.code(), Code::DeadlineExceeded, "{}", late.message());
+    s.start_engine().unwrap();
+    let answer = waiting.await.unwrap().unwrap().into_inner();
+    assert_eq!(answer.model, SMALL);
+    let metrics = s.metrics().render();
+    assert!(metrics.contains(&format!(
+        "mobilenet_requests_total{{code=\"429\",protocol=\"grpc\",variant=\"{SMALL}\"}} 1"
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_gets_one_answer_per_request_in_order() {
+    let s = service(config(), true);
+    let (addr, _stop) = start(s).await;
+    let mut c = client(addr).await;
+    let img = jpegs(1).remove(0);
+    let models = [SMALL, MID, SMALL, MID];
+    let requests: Vec<ClassifyRequest> = models
+        .iter()
+        .map(|m| ClassifyRequest {
+            model: Some(m.to_string()),
+            ..request(vec![img.clone()])
+        })
+        .collect();
+    let mut answers = c
+        .classify_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        got.push(answer.model);
+    }
+    assert_eq!(got, models);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_readiness_and_reflection_lists_the_services() {
+    let s = service(config(), true);
+    let (addr, _stop) = start(s.clone()).await;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = |name: &str| HealthCheckRequest {
+        service: name.into(),
+    };
+    async fn wait_for(
+        health: &mut HealthClient<Channel>,
+        req: impl Fn() -> HealthCheckRequest,
+        want: ServingStatus,
+    ) {
+        for _ in 0..200 {
+            let got = health.check(req()).await.unwrap().into_inner().status;
+            if got == want as i32 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("health never became {want:?}");
+    }
+    wait_for(
+        &mut health,
+        || status(SERVICE_NAME),
+        ServingStatus::NotServing,
+    )
+    .await;
+    s.warm_up().await.unwrap();
+    wait_for(&mut health, || status(SERVICE_NAME), ServingStatus::Serving).await;
+    wait_for(&mut health, || status(""), ServingStatus::Serving).await;
+    s.begin_drain();
+    wait_for(
+        &mut health,
+        || status(SERVICE_NAME),
+        ServingStatus::NotServing,
+    )
+    .await;
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter(vec![ask]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&SERVICE_NAME.to_string()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}
