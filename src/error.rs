@@ -81,6 +81,9 @@ pub enum Error {
     /// The service is shutting down or not ready yet.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The client took too long to send its request body.
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     /// The request's deadline passed before it was answered.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -132,6 +135,7 @@ impl Error {
             Error::UnknownModel { .. } => (404, "unknown_model", None),
             Error::NotFound(_) => (404, "not_found", None),
             Error::MethodNotAllowed(_) => (405, "method_not_allowed", None),
+            Error::RequestTimeout(_) => (408, "request_timeout", None),
             Error::TooLarge(_) => (413, "too_large", None),
             Error::UnsupportedMediaType(_) => (415, "unsupported_media_type", None),
             Error::UnsupportedFormat(_) => (415, "unsupported_image_format", None),

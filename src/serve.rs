@@ -74,11 +74,17 @@ pub async fn serve_until(
     let http = axum::serve(listeners.http, app(service.clone()))
         .with_graceful_shutdown(signalled(stopping.clone()))
         .into_future();
-    let grpc = grpc::serve(service.clone(), listeners.grpc, signalled(stopping.clone()));
+    let grpc = grpc::serve(service.clone(), listeners.grpc, stopping.clone());
+    // The first server to fail stops the other: a half-up service must not look healthy.
     let both = async {
-        let (http, grpc) = tokio::join!(http, grpc);
-        http.map_err(|e| Error::Internal(format!("HTTP server: {e}")))?;
-        grpc
+        tokio::try_join!(
+            async {
+                http.await
+                    .map_err(|e| Error::Internal(format!("HTTP server: {e}")))
+            },
+            grpc
+        )
+        .map(|_| ())
     };
     let deadline = async move {
         signalled(stopping).await;

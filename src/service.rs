@@ -371,7 +371,8 @@ impl Service {
             );
         }
         self.ready.store(true, Ordering::SeqCst);
-        self.readiness.send_replace(self.is_ready());
+        // Evaluated under the channel's lock, so a drain starting meanwhile cannot be overwritten.
+        self.readiness.send_modify(|r| *r = self.is_ready());
         Ok(())
     }
 
@@ -388,7 +389,7 @@ impl Service {
     /// Fails readiness and refuses new requests; admitted ones still get their answers.
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        self.readiness.send_replace(false);
+        self.readiness.send_modify(|r| *r = false);
     }
 
     /// Follows readiness: `true` once warmed up, `false` again when draining starts.

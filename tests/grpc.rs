@@ -15,6 +15,7 @@ use mobilenet_serve::api::grpc::pb::{ClassifyRequest, GetModelRequest, ListModel
 use mobilenet_serve::api::grpc::{self, SERVICE_NAME};
 use mobilenet_serve::service::Service;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -22,14 +23,13 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
 
-/// A gRPC server over `service` on a free port; it stops when the returned sender is dropped.
-async fn start(service: Arc<Service>) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+/// A gRPC server over `service` on a free port; it drains when the returned sender sends true
+/// (or is dropped).
+async fn start(service: Arc<Service>) -> (SocketAddr, watch::Sender<bool>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(grpc::serve(service, listener, async move {
-        let _ = stopped.await;
-    }));
+    let (stop, stopping) = watch::channel(false);
+    tokio::spawn(grpc::serve(service, listener, stopping));
     (addr, stop)
 }
 
@@ -302,4 +302,57 @@ async fn health_follows_readiness_and_reflection_lists_the_services() {
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_ends_open_streams_and_the_server() {
+    let s = service(config(), true);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopping) = watch::channel(false);
+    let server = tokio::spawn(grpc::serve(s.clone(), listener, stopping));
+    let mut c = client(addr).await;
+    // A stream that stays open: one request, then nothing more from the client.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(ClassifyRequest {
+        model: Some(SMALL.into()),
+        ..request(jpegs(1))
+    })
+    .await
+    .unwrap();
+    let mut answers = c
+        .classify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().model, SMALL);
+    stop.send(true).unwrap();
+    let end = answers.message().await.unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{}", end.message());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the gRPC server kept waiting for the open stream")
+        .unwrap()
+        .unwrap();
+    drop(tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeouts_are_capped_or_refused_as_deadlines() {
+    let mut cfg = config();
+    cfg.max_request_timeout = Duration::from_secs(30);
+    let s = service(cfg, true);
+    let (addr, _stop) = start(s).await;
+    let mut c = client(addr).await;
+    let img = jpegs(1);
+    // Longer than the server allows: capped, and answered.
+    let mut req = tonic::Request::new(request(img.clone()));
+    req.set_timeout(Duration::from_secs(3600));
+    assert!(c.classify(req).await.is_ok());
+    // Run out already: DEADLINE_EXCEEDED, not INVALID_ARGUMENT.
+    let mut req = tonic::Request::new(request(img));
+    req.metadata_mut()
+        .insert("grpc-timeout", "0m".parse().unwrap());
+    let err = c.classify(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
 }

@@ -700,3 +700,28 @@ async fn metrics_describe_the_traffic() {
         assert!(text.contains(&expected), "missing {expected}:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_gets_408_and_frees_its_slot() {
+    let mut cfg = config();
+    cfg.request_timeout = std::time::Duration::from_millis(300);
+    cfg.max_concurrent_requests = 1;
+    let s = service(cfg, true);
+    let first_bytes = tokio_stream::iter(vec![Ok::<_, std::io::Error>(vec![0xFF, 0xD8])]);
+    let stalled = tokio_stream::StreamExt::chain(first_bytes, tokio_stream::pending());
+    let r = send(
+        &s,
+        post("/classify", "image/jpeg", Body::from_stream(stalled)),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 408, "{}", r.json);
+    assert_eq!(r.json["error"]["code"], "request_timeout");
+    // The one admission slot is free again.
+    let img = jpegs(1).remove(0);
+    let r = send(
+        &s,
+        post(&format!("/classify?model={SMALL}"), "image/jpeg", img),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+}

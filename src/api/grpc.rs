@@ -1,13 +1,13 @@
 //! The gRPC API (tonic): our `mobilenet.v1.Classifier` service, `grpc.health.v1.Health`
 //! following readiness, and server reflection, all over the same [`Service`] as HTTP.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -49,7 +49,7 @@ pub fn status(error: Error) -> Status {
         422 => Code::FailedPrecondition,
         429 => Code::ResourceExhausted,
         503 => Code::Unavailable,
-        504 => Code::DeadlineExceeded,
+        408 | 504 => Code::DeadlineExceeded,
         _ => Code::Internal,
     };
     let message = error.to_string();
@@ -90,8 +90,18 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// Translates a protobuf request; `deadline` is the client's grpc-timeout, if any.
-fn to_request(msg: pb::ClassifyRequest, deadline: Option<Duration>) -> Result<ClassifyRequest> {
+/// Translates a protobuf request; `deadline` is the client's grpc-timeout, if any, and
+/// `longest` the server's largest request timeout.
+fn to_request(
+    msg: pb::ClassifyRequest,
+    deadline: Option<Duration>,
+    longest: Duration,
+) -> Result<ClassifyRequest> {
+    if deadline.is_some_and(|d| d.is_zero()) {
+        return Err(Error::DeadlineExceeded(
+            "the grpc-timeout had run out on arrival".into(),
+        ));
+    }
     let selection = SelectionParams {
         model: msg.model,
         alpha: msg.alpha,
@@ -108,9 +118,14 @@ fn to_request(msg: pb::ClassifyRequest, deadline: Option<Duration>) -> Result<Cl
             0 => DEFAULT_TOP_K,
             k => k as usize,
         },
-        timeout: match msg.timeout_ms {
-            0 => deadline,
-            ms => Some(Duration::from_millis(u64::from(ms))),
+        // The sooner of the message's timeout_ms and the client's grpc-timeout; a grpc-timeout
+        // beyond what the server allows is capped rather than refused.
+        timeout: match (msg.timeout_ms, deadline) {
+            (0, d) => d.map(|d| d.min(longest)),
+            (ms, d) => {
+                let asked = Duration::from_millis(u64::from(ms));
+                Some(d.map_or(asked, |d| d.min(asked)))
+            }
         },
     })
 }
@@ -174,7 +189,7 @@ async fn classify_one(
     deadline: Option<Duration>,
 ) -> Result<pb::ClassifyResponse, Status> {
     let admission = service.admit(PROTOCOL).map_err(status)?;
-    let request = match to_request(msg, deadline) {
+    let request = match to_request(msg, deadline, service.config().max_request_timeout) {
         Ok(r) => r,
         Err(e) => {
             service.record_outcome(NO_VARIANT, PROTOCOL, Err(&e));
@@ -192,6 +207,9 @@ async fn classify_one(
 #[derive(Debug, Clone)]
 pub struct ClassifierApi {
     service: Arc<Service>,
+    /// Becomes true when the server drains: open streams end, so shutdown need not wait for
+    /// clients to close them.
+    stopping: watch::Receiver<bool>,
 }
 
 /// Responses of `ClassifyStream`.
@@ -216,12 +234,20 @@ impl Classifier for ClassifierApi {
         request: Request<Streaming<pb::ClassifyRequest>>,
     ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
         let service = self.service.clone();
+        let mut stopping = self.stopping.clone();
         let mut inbound = request.into_inner();
         // Bounded: a client that stops reading stops the stream's progress, not our memory.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             loop {
-                let msg = match inbound.message().await {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = drained(&mut stopping) => {
+                        let _ = tx.send(Err(Status::unavailable("the server is draining"))).await;
+                        break;
+                    }
+                };
+                let msg = match next {
                     Ok(Some(msg)) => msg,
                     Ok(None) => break,
                     Err(e) => {
@@ -230,8 +256,11 @@ impl Classifier for ClassifierApi {
                     }
                 };
                 // A stream has no per-message grpc-timeout: each message gets its timeout_ms
-                // or the server's default.
-                let answer = classify_one(&service, msg, None).await;
+                // or the server's default. A client that goes away cancels the work in flight.
+                let answer = tokio::select! {
+                    answer = classify_one(&service, msg, None) => answer,
+                    _ = tx.closed() => break,
+                };
                 let failed = answer.is_err();
                 if tx.send(answer).await.is_err() || failed {
                     break;
@@ -266,12 +295,19 @@ impl Classifier for ClassifierApi {
     }
 }
 
-/// Serves gRPC on `listener` until `shutdown` resolves, then lets the calls in flight finish.
-/// Health follows the service's readiness: NOT_SERVING while warming up and once draining.
+/// Resolves once `stopping` is true (or its sender is gone).
+async fn drained(stopping: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped here, never held across another await.
+    let _ = stopping.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Serves gRPC on `listener` until `stopping` turns true, then lets the calls in flight finish
+/// and ends open streams. Health follows the service's readiness: NOT_SERVING while warming up
+/// and once draining.
 pub async fn serve(
     service: Arc<Service>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
+    mut stopping: watch::Receiver<bool>,
 ) -> Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut readiness = service.watch_readiness();
@@ -307,6 +343,7 @@ pub async fn serve(
     let body_limit = service.config().decode_limits.max_bytes;
     let classifier = ClassifierServer::new(ClassifierApi {
         service: service.clone(),
+        stopping: stopping.clone(),
     })
     // The images of one message may use the whole body limit, as over HTTP.
     .max_decoding_message_size(body_limit.saturating_add(64 << 10));
@@ -320,7 +357,7 @@ pub async fn serve(
         .add_service(classifier)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
+            async move { drained(&mut stopping).await },
         )
         .await
         .map_err(|e| Error::Internal(format!("gRPC server: {e}")))

@@ -153,7 +153,19 @@ async fn classify(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let parsed = parse_classify(&service, query.as_deref(), request).await;
+    // A client that stalls while sending its body must not hold its admission slot for ever.
+    let read_limit = service.config().request_timeout;
+    let parsed = tokio::time::timeout(
+        read_limit,
+        parse_classify(&service, query.as_deref(), request),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::RequestTimeout(format!(
+            "the body was not received within {} ms",
+            read_limit.as_millis()
+        )))
+    });
     let (request, several) = match parsed {
         Ok(p) => p,
         Err(e) => {

@@ -288,7 +288,12 @@ impl Incoming {
         };
         let mut state = batcher.lock();
         state.incoming -= 1;
-        batcher.submit_locked(state, variant, jobs)
+        let submitted = batcher.submit_locked(state, variant, jobs);
+        if submitted.is_err() {
+            // Refused: partial batches elsewhere may have been waiting for this request only.
+            batcher.wake.notify_all();
+        }
+        submitted
     }
 }
 
