@@ -49,6 +49,9 @@ load() { # server-name port
       read -r _ n secs p50 p99 bad errs <<<"$line"
       printf '%-8s %-24s %5d %9.1f %9.2f %9.2f %7d %7d\n' "$name" "$v" "$c" \
         "$(echo "$n / $secs" | bc -l)" "$p50" "$p99" "$bad" "$errs" | tee -a "$OUT/load.txt"
+      # wrk hangs up with requests in flight; let the server finish them before the next level,
+      # so that their leftovers do not fill the next run's queue.
+      sleep 2
     done
   done
 }
