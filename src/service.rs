@@ -143,8 +143,6 @@ pub struct ClassifyResponse {
     pub target_met: Option<bool>,
     /// Where the time went.
     pub timings: Timings,
-    /// The engine batches that computed the images.
-    pub batch_ids: Vec<u64>,
 }
 
 /// A variant's accuracy and where the figure comes from.
@@ -409,7 +407,8 @@ impl Service {
     /// Every variant, as `/v1/models` lists them.
     pub fn models(&self) -> Vec<ModelInfo> {
         let now = Instant::now();
-        let candidates = self.candidates(now);
+        let queued = self.batcher.queued_all();
+        let candidates = self.candidates(now, &queued);
         let dominated = router::dominated(&candidates);
         self.variants
             .iter()
@@ -434,7 +433,7 @@ impl Service {
                             .is_finite()
                             .then_some(candidates[i].predicted_ms),
                     },
-                    queue_depth: self.batcher.queued(i),
+                    queue_depth: queued[i],
                     dominated: dominated[i],
                     default: i == self.default_index,
                 }
@@ -456,7 +455,7 @@ impl Service {
     /// What the router sees: each variant's accuracy and predicted latency (one batch plus the
     /// decayed queue wait plus the batches already queued ahead). Unmeasured variants are
     /// predicted as infinitely slow: they never fit a latency budget.
-    fn candidates(&self, now: Instant) -> Vec<Candidate> {
+    fn candidates(&self, now: Instant, queued: &[usize]) -> Vec<Candidate> {
         let max_batch = self.config.batch.max_batch.max(1);
         self.variants
             .iter()
@@ -464,8 +463,8 @@ impl Service {
             .map(|(i, v)| {
                 let tracker = &self.latency[i];
                 // Full batches queued ahead, shared by the engine threads.
-                let ahead = (self.batcher.queued(i) / max_batch) as f64
-                    / self.config.engine_threads.max(1) as f64;
+                let ahead =
+                    (queued[i] / max_batch) as f64 / self.config.engine_threads.max(1) as f64;
                 let predicted_ms = match (tracker.predicted_ms(now), tracker.batch_ms()) {
                     (Some(p), Some(b)) => p + ahead * b,
                     _ => f64::INFINITY,
@@ -610,7 +609,7 @@ impl Service {
         }
         let choice = router::choose(
             &request.selection,
-            &self.candidates(started),
+            &self.candidates(started, &self.batcher.queued_all()),
             self.default_index,
         )?;
         *chosen = Some(choice.index);
@@ -667,7 +666,6 @@ impl Service {
                 postprocess: ms(now - post_started),
                 total: ms(now - started),
             },
-            batch_ids: outputs.iter().map(|o| o.batch_id).collect(),
         })
     }
 

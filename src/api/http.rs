@@ -220,9 +220,8 @@ async fn parse_classify(
     let query = ClassifyQuery::parse(query)?;
     let selection = query.selection()?;
     let limit = service.config().decode_limits.max_bytes;
-    let headers = request.headers().clone();
-    check_declared_length(&headers, limit)?;
-    let mime = media_type(&headers);
+    check_declared_length(request.headers(), limit)?;
+    let mime = media_type(request.headers());
     let (images, several) = match mime.as_str() {
         "multipart/form-data" => {
             let files = read_multipart(request).await?;

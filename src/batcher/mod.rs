@@ -184,6 +184,11 @@ impl Batcher {
         self.lock().queues.get(variant).map_or(0, VecDeque::len)
     }
 
+    /// Images waiting for every variant, read under one lock.
+    pub fn queued_all(&self) -> Vec<usize> {
+        self.lock().queues.iter().map(VecDeque::len).collect()
+    }
+
     /// Refuses new submissions; engine threads finish what is queued, then
     /// [`Batcher::next_batch`] returns `None`.
     pub fn close(&self) {
