@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler
         .include_imports(true)
         .include_source_info(true)
-        .open_file("mobilenet.proto")?;
+        .open_files(["mobilenet.proto", "inference.proto"])?;
     std::fs::write(
         out.join("mobilenet_descriptor.bin"),
         compiler.encode_file_descriptor_set(),

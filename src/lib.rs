@@ -27,6 +27,7 @@ pub mod kernels;
 pub mod latency;
 pub mod metrics;
 pub mod npy;
+pub mod oip;
 pub mod pipeline;
 pub mod router;
 pub mod serve;

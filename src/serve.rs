@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -71,7 +72,14 @@ pub async fn serve_until(
     let signalled = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let http = axum::serve(listeners.http, app(service.clone()))
+    // Responses are written whole: Nagle's algorithm would only hold their last segment back
+    // until the client's delayed ACK (tens of milliseconds).
+    let http_listener = listeners.http.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let http = axum::serve(http_listener, app(service.clone()))
         .with_graceful_shutdown(signalled(stopping.clone()))
         .into_future();
     let grpc = grpc::serve(service.clone(), listeners.grpc, stopping.clone());

@@ -20,7 +20,7 @@ use crate::latency::LatencyTracker;
 use crate::metrics::{Metrics, NO_VARIANT};
 use crate::pipeline::decode::{decode, DecodeLimits};
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
-use crate::pipeline::preprocess::preprocess;
+use crate::pipeline::preprocess::{preprocess, Normalization};
 use crate::router::{self, Candidate, Selection};
 
 /// File name of the accuracy results (`eval --json`) looked for in the models directory.
@@ -88,6 +88,59 @@ pub struct ClassifyRequest {
     pub top_k: usize,
     /// The client's deadline, from now (the configured default when `None`).
     pub timeout: Option<Duration>,
+}
+
+/// Images in one of the two forms a request may carry.
+#[derive(Debug, Clone)]
+pub enum Images {
+    /// Encoded images (JPEG, PNG, WebP, BMP, GIF), decoded and preprocessed by the service.
+    Encoded(Vec<Bytes>),
+    /// `count` images already preprocessed the way the ONNX model takes them: normalised, NCHW,
+    /// at the variant's resolution, flattened in row-major order.
+    Nchw {
+        /// The elements, `count x channels x resolution x resolution`.
+        data: Vec<f32>,
+        /// Images in `data`.
+        count: usize,
+    },
+}
+
+impl Images {
+    /// How many images.
+    pub fn len(&self) -> usize {
+        match self {
+            Images::Encoded(list) => list.len(),
+            Images::Nchw { count, .. } => *count,
+        }
+    }
+
+    /// No image at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A request for one named variant's raw outputs (the Open Inference Protocol's inference).
+#[derive(Debug, Clone)]
+pub struct InferRequest {
+    /// The variant.
+    pub model: String,
+    /// Its inputs.
+    pub images: Images,
+    /// The client's deadline, from now (the configured default when `None`).
+    pub timeout: Option<Duration>,
+}
+
+/// The model's outputs for an [`InferRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferResponse {
+    /// The variant that answered.
+    pub model: String,
+    /// The model's output row of each image (logits, or probabilities when the graph ends with
+    /// a softmax), in request order.
+    pub outputs: Vec<Vec<f32>>,
+    /// Where the time went (`postprocess` is left to the protocol).
+    pub timings: Timings,
 }
 
 /// One predicted class.
@@ -576,30 +629,14 @@ impl Service {
         chosen: &mut Option<usize>,
     ) -> Result<ClassifyResponse> {
         let started = admission.admitted;
-        let n = request.images.len();
-        if n == 0 {
-            return Err(Error::BadRequest("the request holds no image".into()));
-        }
-        if n > self.config.max_images_per_request {
-            return Err(Error::BadRequest(format!(
-                "{n} images in one request; the limit is {}",
-                self.config.max_images_per_request
-            )));
-        }
+        self.check_count(request.images.len())?;
         if !(1..=MAX_TOP_K).contains(&request.top_k) {
             return Err(Error::BadRequest(format!(
                 "top_k must be between 1 and {MAX_TOP_K}, got {}",
                 request.top_k
             )));
         }
-        let timeout = request.timeout.unwrap_or(self.config.request_timeout);
-        if timeout.is_zero() || timeout > self.config.max_request_timeout {
-            return Err(Error::BadRequest(format!(
-                "timeout_ms must be between 1 and {}",
-                self.config.max_request_timeout.as_millis()
-            )));
-        }
-        let deadline = started + timeout;
+        let timeout = self.check_timeout(request.timeout)?;
         if matches!(request.selection, Selection::Target { .. })
             && !self.ready.load(Ordering::SeqCst)
         {
@@ -614,8 +651,131 @@ impl Service {
         )?;
         *chosen = Some(choice.index);
         let variant = &self.variants[choice.index];
+        let ran = self
+            .run(
+                admission,
+                choice.index,
+                Images::Encoded(request.images),
+                timeout,
+            )
+            .await?;
 
-        let prepared = self.prepare(&admission, variant, request.images).await?;
+        let post_started = Instant::now();
+        let predictions = ran
+            .outputs
+            .iter()
+            .map(|o| self.predictions(variant, &o.scores, request.top_k))
+            .collect();
+        let mut timings = ran.timings;
+        let now = Instant::now();
+        timings.postprocess = millis(now - post_started);
+        timings.total = millis(now - started);
+        Ok(ClassifyResponse {
+            model: variant.spec.name.clone(),
+            predictions,
+            target_met: choice.target_met,
+            timings,
+        })
+    }
+
+    /// Runs the request's images through the named variant and returns its raw outputs; records
+    /// the metrics under `protocol`.
+    pub async fn infer(
+        &self,
+        admission: Admission,
+        request: InferRequest,
+        protocol: &str,
+    ) -> Result<InferResponse> {
+        let index = self.index_of(&request.model);
+        let name = match &index {
+            Ok(i) => self.variants[*i].spec.name.as_str(),
+            Err(_) => NO_VARIANT,
+        };
+        let result = match index {
+            Ok(i) => self.infer_inner(admission, i, request).await,
+            Err(e) => Err(e),
+        };
+        self.record_outcome(name, protocol, result.as_ref().map(|r| &r.timings));
+        result
+    }
+
+    async fn infer_inner(
+        &self,
+        admission: Admission,
+        index: usize,
+        request: InferRequest,
+    ) -> Result<InferResponse> {
+        let started = admission.admitted;
+        self.check_count(request.images.len())?;
+        let timeout = self.check_timeout(request.timeout)?;
+        let ran = self.run(admission, index, request.images, timeout).await?;
+        let mut timings = ran.timings;
+        timings.total = millis(started.elapsed());
+        Ok(InferResponse {
+            model: request.model,
+            outputs: ran.outputs.into_iter().map(|o| o.scores).collect(),
+            timings,
+        })
+    }
+
+    fn check_count(&self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(Error::BadRequest("the request holds no image".into()));
+        }
+        if n > self.config.max_images_per_request {
+            return Err(Error::BadRequest(format!(
+                "{n} images in one request; the limit is {}",
+                self.config.max_images_per_request
+            )));
+        }
+        Ok(())
+    }
+
+    /// The request's timeout, or the default; refuses zero and more than the maximum.
+    fn check_timeout(&self, timeout: Option<Duration>) -> Result<Duration> {
+        let timeout = timeout.unwrap_or(self.config.request_timeout);
+        if timeout.is_zero() || timeout > self.config.max_request_timeout {
+            return Err(Error::BadRequest(format!(
+                "the request's timeout must be between 1 ms and {} ms",
+                self.config.max_request_timeout.as_millis()
+            )));
+        }
+        Ok(timeout)
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize> {
+        self.variants
+            .iter()
+            .position(|v| v.spec.name == name)
+            .ok_or_else(|| Error::UnknownModel {
+                name: name.to_string(),
+                known: self.pool.names().join(", "),
+            })
+    }
+
+    /// The loaded variant called `name`.
+    pub fn variant(&self, name: &str) -> Result<&Variant> {
+        self.index_of(name).map(|i| &self.variants[i])
+    }
+
+    /// The class name of output `index` of `variant` (`background` for TF-slim's extra class).
+    pub fn label(&self, variant: &Variant, index: usize) -> String {
+        self.pool.label(variant, index)
+    }
+
+    /// Prepares the images, queues them on variant `index` and waits for every answer, or for
+    /// the deadline. Fills every timing but postprocess and total.
+    async fn run(
+        &self,
+        admission: Admission,
+        index: usize,
+        images: Images,
+        timeout: Duration,
+    ) -> Result<Ran> {
+        let deadline = admission.admitted + timeout;
+        let variant = &self.variants[index];
+        let n = images.len();
+        let prepared = self.prepare(&admission, variant, images).await?;
         if Instant::now() >= deadline {
             return Err(Error::DeadlineExceeded(
                 "the deadline passed while decoding".into(),
@@ -628,7 +788,7 @@ impl Service {
             jobs.push(job);
             receivers.push(rx);
         }
-        admission.incoming.submit(choice.index, jobs)?;
+        admission.incoming.submit(index, jobs)?;
 
         let mut outputs: Vec<JobOutput> = Vec::with_capacity(n);
         for rx in receivers {
@@ -640,33 +800,21 @@ impl Service {
                 .map_err(|_| Error::Internal("the engine thread stopped".into()))??;
             outputs.push(answer);
         }
-
-        let post_started = Instant::now();
-        let predictions = outputs
-            .iter()
-            .map(|o| self.predictions(variant, &o.scores, request.top_k))
-            .collect();
         let now = Instant::now();
         for o in &outputs {
-            self.latency[choice.index].record_image(o.queue, o.inference, now);
+            self.latency[index].record_image(o.queue, o.inference, now);
         }
-        // Microsecond resolution: more digits would be noise in the JSON.
-        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         let longest =
             |f: fn(&JobOutput) -> Duration| outputs.iter().map(f).max().unwrap_or_default();
-        Ok(ClassifyResponse {
-            model: variant.spec.name.clone(),
-            predictions,
-            target_met: choice.target_met,
-            timings: Timings {
-                decode: ms(prepared.decode),
-                preprocess: ms(prepared.preprocess),
-                queue: ms(longest(|o| o.queue)),
-                inference: ms(longest(|o| o.inference)),
-                postprocess: ms(now - post_started),
-                total: ms(now - started),
-            },
-        })
+        let timings = Timings {
+            decode: millis(prepared.decode),
+            preprocess: millis(prepared.preprocess),
+            queue: millis(longest(|o| o.queue)),
+            inference: millis(longest(|o| o.inference)),
+            postprocess: 0.0,
+            total: 0.0,
+        };
+        Ok(Ran { outputs, timings })
     }
 
     /// Decodes and preprocesses on the blocking pool, so that the async workers keep serving.
@@ -674,39 +822,29 @@ impl Service {
         &self,
         admission: &Admission,
         variant: &Variant,
-        images: Vec<Bytes>,
+        images: Images,
     ) -> Result<Prepared> {
         let limits = self.config.decode_limits;
         let rho = variant.spec.resolution;
+        let channels = variant.model.plan().in_c;
         let norm = variant.spec.normalization;
         // The decode keeps the request's admission slot even if the client goes away and the
         // handler is dropped: abandoned decodes cannot pile up beyond the in-flight limit.
         let slot = admission.slot.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            let mut prepared = Prepared {
-                inputs: Vec::with_capacity(images.len()),
-                decode: Duration::ZERO,
-                preprocess: Duration::ZERO,
-            };
-            for (i, bytes) in images.iter().enumerate() {
-                let which = |e: Error| {
-                    if images.len() == 1 {
-                        e
-                    } else {
-                        prefix_image_error(i, e)
-                    }
-                };
-                let t0 = Instant::now();
-                let rgb = decode(bytes, &limits).map_err(which)?;
-                let t1 = Instant::now();
-                prepared
-                    .inputs
-                    .push(preprocess(&rgb, rho, norm).map_err(which)?);
-                prepared.decode += t1 - t0;
-                prepared.preprocess += t1.elapsed();
+            match images {
+                Images::Encoded(list) => decode_all(&list, &limits, rho, norm),
+                Images::Nchw { data, count } => {
+                    let t0 = Instant::now();
+                    let inputs = nchw_to_nhwc(&data, count, channels, rho)?;
+                    Ok(Prepared {
+                        inputs,
+                        decode: Duration::ZERO,
+                        preprocess: t0.elapsed(),
+                    })
+                }
             }
-            Ok(prepared)
         })
         .await
         .map_err(|e| Error::Internal(format!("decoding stopped: {e}")))?
@@ -735,6 +873,80 @@ struct Prepared {
     inputs: Vec<Vec<f32>>,
     decode: Duration,
     preprocess: Duration,
+}
+
+/// A request's answers from the engine, and its timings so far.
+struct Ran {
+    outputs: Vec<JobOutput>,
+    timings: Timings,
+}
+
+/// Milliseconds at microsecond resolution: more digits would be noise in the JSON.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn decode_all(
+    images: &[Bytes],
+    limits: &DecodeLimits,
+    rho: usize,
+    norm: Normalization,
+) -> Result<Prepared> {
+    let mut prepared = Prepared {
+        inputs: Vec::with_capacity(images.len()),
+        decode: Duration::ZERO,
+        preprocess: Duration::ZERO,
+    };
+    for (i, bytes) in images.iter().enumerate() {
+        let which = |e: Error| {
+            if images.len() == 1 {
+                e
+            } else {
+                prefix_image_error(i, e)
+            }
+        };
+        let t0 = Instant::now();
+        let rgb = decode(bytes, limits).map_err(which)?;
+        let t1 = Instant::now();
+        prepared
+            .inputs
+            .push(preprocess(&rgb, rho, norm).map_err(which)?);
+        prepared.decode += t1 - t0;
+        prepared.preprocess += t1.elapsed();
+    }
+    Ok(prepared)
+}
+
+/// Splits `count` NCHW images into the engine's per-image NHWC inputs, refusing a wrong element
+/// count and non-finite values (they would come out as NaN scores: a silent wrong answer).
+fn nchw_to_nhwc(data: &[f32], count: usize, channels: usize, rho: usize) -> Result<Vec<Vec<f32>>> {
+    let plane = rho * rho;
+    let per_image = channels * plane;
+    if data.len() != count * per_image {
+        return Err(Error::BadInput(format!(
+            "{} elements for {count} images of {channels}x{rho}x{rho} ({} expected)",
+            data.len(),
+            count * per_image
+        )));
+    }
+    if let Some(at) = data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::BadInput(format!(
+            "element {at} is {}; inputs must be finite",
+            data[at]
+        )));
+    }
+    Ok(data
+        .chunks_exact(per_image.max(1))
+        .map(|image| {
+            let mut nhwc = vec![0.0; per_image];
+            for (c, src) in image.chunks_exact(plane.max(1)).enumerate() {
+                for (p, &v) in src.iter().enumerate() {
+                    nhwc[p * channels + c] = v;
+                }
+            }
+            nhwc
+        })
+        .collect())
 }
 
 /// An admitted request's ticket (see [`Service::admit`]).

@@ -4,16 +4,15 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::serving::{
-    config, direct_top1, jpegs, pool, predicted_fastest, service, until_queued, MID, SMALL,
+    config, direct_top1, grpc_channel, jpegs, pool, predicted_fastest, service, start_grpc,
+    until_queued, MID, SMALL,
 };
 use mobilenet_serve::api::grpc::pb::classifier_client::ClassifierClient;
 use mobilenet_serve::api::grpc::pb::{ClassifyRequest, GetModelRequest, ListModelsRequest};
 use mobilenet_serve::api::grpc::{self, SERVICE_NAME};
-use mobilenet_serve::service::Service;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -23,24 +22,8 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
 
-/// A gRPC server over `service` on a free port; it drains when the returned sender sends true
-/// (or is dropped).
-async fn start(service: Arc<Service>) -> (SocketAddr, watch::Sender<bool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopping) = watch::channel(false);
-    tokio::spawn(grpc::serve(service, listener, stopping));
-    (addr, stop)
-}
-
 async fn client(addr: SocketAddr) -> ClassifierClient<Channel> {
-    for _ in 0..100 {
-        if let Ok(c) = ClassifierClient::connect(format!("http://{addr}")).await {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("cannot connect to {addr}");
+    ClassifierClient::new(grpc_channel(addr).await)
 }
 
 fn request(images: Vec<Vec<u8>>) -> ClassifyRequest {
@@ -53,7 +36,7 @@ fn request(images: Vec<Vec<u8>>) -> ClassifyRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classify_answers_as_the_engine_computes_and_lists_models() {
     let s = service(config(), true);
-    let (addr, _stop) = start(s.clone()).await;
+    let (addr, _stop) = start_grpc(s.clone()).await;
     let mut c = client(addr).await;
     let images = jpegs(2);
     let reference = pool();
@@ -119,7 +102,7 @@ async fn classify_answers_as_the_engine_computes_and_lists_models() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_mistakes_are_invalid_argument_or_not_found() {
     let s = service(config(), true);
-    let (addr, _stop) = start(s).await;
+    let (addr, _stop) = start_grpc(s).await;
     let mut c = client(addr).await;
     let img = jpegs(1).remove(0);
     let cases: Vec<(ClassifyRequest, Code)> = vec![
@@ -175,7 +158,7 @@ async fn overload_and_deadlines_have_their_codes() {
     cfg.max_queue = 1;
     cfg.max_images_per_request = 1;
     let s = service(cfg, false);
-    let (addr, _stop) = start(s.clone()).await;
+    let (addr, _stop) = start_grpc(s.clone()).await;
     let img = jpegs(1).remove(0);
     let waiting = {
         let mut c = client(addr).await;
@@ -211,7 +194,7 @@ async fn overload_and_deadlines_have_their_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_gets_one_answer_per_request_in_order() {
     let s = service(config(), true);
-    let (addr, _stop) = start(s).await;
+    let (addr, _stop) = start_grpc(s).await;
     let mut c = client(addr).await;
     let img = jpegs(1).remove(0);
     let models = [SMALL, MID, SMALL, MID];
@@ -237,7 +220,7 @@ async fn a_stream_gets_one_answer_per_request_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_readiness_and_reflection_lists_the_services() {
     let s = service(config(), true);
-    let (addr, _stop) = start(s.clone()).await;
+    let (addr, _stop) = start_grpc(s.clone()).await;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -342,7 +325,7 @@ async fn grpc_timeouts_are_capped_or_refused_as_deadlines() {
     let mut cfg = config();
     cfg.max_request_timeout = Duration::from_secs(30);
     let s = service(cfg, true);
-    let (addr, _stop) = start(s).await;
+    let (addr, _stop) = start_grpc(s).await;
     let mut c = client(addr).await;
     let img = jpegs(1);
     // Longer than the server allows: capped, and answered.

@@ -1,5 +1,6 @@
 //! The gRPC API (tonic): our `mobilenet.v1.Classifier` service, `grpc.health.v1.Health`
-//! following readiness, and server reflection, all over the same [`Service`] as HTTP.
+//! following readiness, and server reflection, all over the same [`Service`] as HTTP; the
+//! Open Inference Protocol's service ([`super::oip_grpc`]) shares the server.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ pub mod pb {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("mobilenet.v1");
 
-    /// The encoded file descriptor set of `proto/mobilenet.proto`, for server reflection.
+    /// The encoded file descriptor set of `proto/` (both services), for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("mobilenet_descriptor");
 }
@@ -97,11 +98,11 @@ fn to_request(
     deadline: Option<Duration>,
     longest: Duration,
 ) -> Result<ClassifyRequest> {
-    if deadline.is_some_and(|d| d.is_zero()) {
-        return Err(Error::DeadlineExceeded(
-            "the grpc-timeout had run out on arrival".into(),
-        ));
-    }
+    let asked = match msg.timeout_ms {
+        0 => None,
+        ms => Some(Duration::from_millis(u64::from(ms))),
+    };
+    let timeout = request_timeout(asked, deadline, longest)?;
     let selection = SelectionParams {
         model: msg.model,
         alpha: msg.alpha,
@@ -118,15 +119,26 @@ fn to_request(
             0 => DEFAULT_TOP_K,
             k => k as usize,
         },
-        // The sooner of the message's timeout_ms and the client's grpc-timeout; a grpc-timeout
-        // beyond what the server allows is capped rather than refused.
-        timeout: match (msg.timeout_ms, deadline) {
-            (0, d) => d.map(|d| d.min(longest)),
-            (ms, d) => {
-                let asked = Duration::from_millis(u64::from(ms));
-                Some(d.map_or(asked, |d| d.min(asked)))
-            }
-        },
+        timeout,
+    })
+}
+
+/// A request's timeout: the sooner of the one its message asks for and the client's
+/// grpc-timeout (`deadline`). A grpc-timeout beyond what the server allows (`longest`) is capped
+/// rather than refused; one that ran out already is DEADLINE_EXCEEDED.
+pub(crate) fn request_timeout(
+    asked: Option<Duration>,
+    deadline: Option<Duration>,
+    longest: Duration,
+) -> Result<Option<Duration>> {
+    if deadline.is_some_and(|d| d.is_zero()) {
+        return Err(Error::DeadlineExceeded(
+            "the grpc-timeout had run out on arrival".into(),
+        ));
+    }
+    Ok(match (asked, deadline) {
+        (None, d) => d.map(|d| d.min(longest)),
+        (Some(asked), d) => Some(d.map_or(asked, |d| d.min(asked))),
     })
 }
 
@@ -320,7 +332,7 @@ pub async fn serve(
                 tonic_health::ServingStatus::NotServing
             };
             // "" is the whole server, as health-checking clients ask by default.
-            for name in ["", SERVICE_NAME] {
+            for name in ["", SERVICE_NAME, super::oip_grpc::SERVICE_NAME] {
                 reporter.set_service_status(name, status).await;
             }
         }
@@ -347,6 +359,10 @@ pub async fn serve(
     })
     // The images of one message may use the whole body limit, as over HTTP.
     .max_decoding_message_size(body_limit.saturating_add(64 << 10));
+    let inference = super::oip_grpc::GrpcInferenceServiceServer::new(
+        super::oip_grpc::InferenceApi::new(service.clone()),
+    )
+    .max_decoding_message_size(body_limit.saturating_add(64 << 10));
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
@@ -355,8 +371,10 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(classifier)
+        .add_service(inference)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // No Nagle delay on small replies (see the HTTP server).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move { drained(&mut stopping).await },
         )
         .await

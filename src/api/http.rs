@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, RawQuery, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use super::body::{check_declared_length, read_body, within};
 use crate::error::Error;
 use crate::metrics::NO_VARIANT;
 use crate::router::{Selection, SelectionParams};
@@ -35,6 +36,7 @@ pub fn app(service: Arc<Service>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(super::oip_http::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
@@ -153,19 +155,11 @@ async fn classify(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    // A client that stalls while sending its body must not hold its admission slot for ever.
-    let read_limit = service.config().request_timeout;
-    let parsed = tokio::time::timeout(
-        read_limit,
+    let parsed = within(
+        service.config().request_timeout,
         parse_classify(&service, query.as_deref(), request),
     )
-    .await
-    .unwrap_or_else(|_| {
-        Err(Error::RequestTimeout(format!(
-            "the body was not received within {} ms",
-            read_limit.as_millis()
-        )))
-    });
+    .await;
     let (request, several) = match parsed {
         Ok(p) => p,
         Err(e) => {
@@ -201,7 +195,7 @@ fn classify_response(answer: ClassifyResponse, several: bool) -> Response {
 }
 
 /// The W3C `Server-Timing` header for the same timings.
-fn server_timing(t: &Timings) -> String {
+pub(crate) fn server_timing(t: &Timings) -> String {
     t.stages()
         .iter()
         .map(|(name, ms)| format!("{name};dur={ms:.3}"))
@@ -259,35 +253,6 @@ fn media_type(headers: &HeaderMap) -> String {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase()
-}
-
-fn too_large(limit: usize) -> Error {
-    Error::TooLarge(format!("the body exceeds the limit of {limit} bytes"))
-}
-
-/// Refuses a body whose declared length is over the limit before reading any of it.
-fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), Error> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > limit as u64 => Err(too_large(limit)),
-        _ => Ok(()),
-    }
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let over_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if over_limit {
-            too_large(limit)
-        } else {
-            Error::BadRequest(format!("cannot read the body: {e}"))
-        }
-    })
 }
 
 async fn read_json(body: Body, limit: usize) -> Result<(Vec<Bytes>, bool), Error> {

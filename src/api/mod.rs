@@ -1,4 +1,8 @@
-//! Protocol front ends over the [`crate::service::Service`]: HTTP (axum) and gRPC (tonic).
+//! Protocol front ends over the [`crate::service::Service`]: HTTP (axum) and gRPC (tonic), each
+//! with our own API and the Open Inference Protocol.
 
+pub mod body;
 pub mod grpc;
 pub mod http;
+pub mod oip_grpc;
+pub mod oip_http;

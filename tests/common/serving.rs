@@ -2,9 +2,15 @@
 //! the engine computes without the service.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use mobilenet_serve::api::grpc;
 use mobilenet_serve::batcher::BatchPolicy;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::{KernelSet, TierChoice};
@@ -103,4 +109,26 @@ pub fn predicted_fastest(s: &Service) -> String {
         })
         .unwrap()
         .name
+}
+
+/// A gRPC server over `service` on a free port; it drains when the returned sender sends true
+/// (or is dropped).
+pub async fn start_grpc(service: Arc<Service>) -> (SocketAddr, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopping) = watch::channel(false);
+    tokio::spawn(grpc::serve(service, listener, stopping));
+    (addr, stop)
+}
+
+/// A channel to the gRPC server at `addr`, retried while it starts.
+pub async fn grpc_channel(addr: SocketAddr) -> Channel {
+    for _ in 0..100 {
+        let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+        if let Ok(c) = endpoint.connect().await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot connect to {addr}");
 }

@@ -1,0 +1,241 @@
+//! The Open Inference Protocol's gRPC binding (`inference.GRPCInferenceService`) on the gRPC
+//! port. Inputs come as typed `contents` or as `raw_input_contents`; outputs always go back as
+//! `raw_output_contents`, which every client of the protocol reads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use super::grpc::{grpc_timeout, request_timeout, status};
+use crate::error::{Error, Result};
+use crate::metrics::NO_VARIANT;
+use crate::oip::{self, tensor, InputData, InputTensor, RequestedOutput};
+use crate::service::Service;
+
+/// The code generated from `proto/inference.proto`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::GrpcInferenceService;
+pub use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+
+/// Protocol label of these requests in the metrics.
+const PROTOCOL: &str = "oip_grpc";
+/// The fully qualified service name (for health checks).
+pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
+
+/// The `inference.GRPCInferenceService` implementation.
+#[derive(Debug, Clone)]
+pub struct InferenceApi {
+    service: Arc<Service>,
+}
+
+impl InferenceApi {
+    /// The protocol over `service`.
+    pub fn new(service: Arc<Service>) -> Self {
+        InferenceApi { service }
+    }
+}
+
+fn int_param(params: &HashMap<String, pb::InferParameter>, key: &str) -> Result<Option<i64>> {
+    use pb::infer_parameter::ParameterChoice;
+    match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::Int64Param(v)) => Ok(Some(*v)),
+        Some(ParameterChoice::Uint64Param(v)) => i64::try_from(*v)
+            .map(Some)
+            .map_err(|_| Error::BadRequest(format!("parameter `{key}` is too large"))),
+        Some(_) => Err(Error::BadRequest(format!(
+            "parameter `{key}` must be an integer"
+        ))),
+    }
+}
+
+/// Translates a protobuf request; `deadline` is the client's grpc-timeout, if any.
+fn to_request(
+    msg: pb::ModelInferRequest,
+    deadline: Option<Duration>,
+    longest: Duration,
+) -> Result<oip::Request> {
+    let asked = oip::timeout_from_micros(int_param(&msg.parameters, oip::TIMEOUT)?)?;
+    let timeout = request_timeout(asked, deadline, longest)?;
+    let raw = msg.raw_input_contents;
+    if !raw.is_empty() && raw.len() != msg.inputs.len() {
+        return Err(Error::BadRequest(format!(
+            "{} raw_input_contents for {} inputs",
+            raw.len(),
+            msg.inputs.len()
+        )));
+    }
+    let mut raw = raw.into_iter();
+    let mut inputs = Vec::with_capacity(msg.inputs.len());
+    for input in msg.inputs {
+        let data = match (raw.next(), input.contents) {
+            (Some(_), Some(_)) => {
+                return Err(Error::BadRequest(format!(
+                    "input `{}` has both contents and raw_input_contents",
+                    input.name
+                )))
+            }
+            (Some(bytes), None) => match input.datatype.as_str() {
+                "FP32" => InputData::Fp32(tensor::fp32_from_le(&bytes)?),
+                "BYTES" => InputData::Bytes(tensor::bytes_from_raw(&Bytes::from(bytes))?),
+                other => return Err(oip::unsupported_datatype(&input.name, other)),
+            },
+            (None, Some(contents)) => match input.datatype.as_str() {
+                "FP32" => InputData::Fp32(contents.fp32_contents),
+                "BYTES" => InputData::Bytes(
+                    contents
+                        .bytes_contents
+                        .into_iter()
+                        .map(Bytes::from)
+                        .collect(),
+                ),
+                other => return Err(oip::unsupported_datatype(&input.name, other)),
+            },
+            (None, None) => {
+                return Err(Error::BadRequest(format!(
+                    "input `{}` has no contents",
+                    input.name
+                )))
+            }
+        };
+        inputs.push(InputTensor {
+            name: input.name,
+            datatype: input.datatype,
+            shape: input.shape,
+            data,
+        });
+    }
+    let mut outputs = Vec::with_capacity(msg.outputs.len());
+    for o in msg.outputs {
+        outputs.push(RequestedOutput {
+            classification: int_param(&o.parameters, oip::CLASSIFICATION)?,
+            name: o.name,
+        });
+    }
+    Ok(oip::Request {
+        model: msg.model_name,
+        version: msg.model_version,
+        inputs,
+        outputs,
+        timeout,
+    })
+}
+
+fn to_response(answer: oip::Response, id: String) -> pb::ModelInferResponse {
+    let mut raw = Vec::with_capacity(answer.outputs.len());
+    let outputs = answer
+        .outputs
+        .into_iter()
+        .map(|o| {
+            raw.push(o.data.to_raw());
+            pb::model_infer_response::InferOutputTensor {
+                name: o.name,
+                datatype: o.data.datatype().to_string(),
+                shape: o.shape,
+                parameters: HashMap::new(),
+                contents: None,
+            }
+        })
+        .collect();
+    pb::ModelInferResponse {
+        model_name: answer.model,
+        model_version: answer.version,
+        id,
+        parameters: HashMap::new(),
+        outputs,
+        raw_output_contents: raw,
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceApi {
+    async fn server_live(
+        &self,
+        _request: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _request: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.service.is_ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let m = request.into_inner();
+        let ready = oip::model_ready(&self.service, &m.name, &m.version).map_err(status)?;
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _request: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        let m = oip::server_metadata();
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: m.name,
+            version: m.version,
+            extensions: m.extensions,
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let m = request.into_inner();
+        let meta = oip::model_metadata(&self.service, &m.name, &m.version).map_err(status)?;
+        let tensors = |list: Vec<oip::TensorMetadata>| {
+            list.into_iter()
+                .map(|t| pb::model_metadata_response::TensorMetadata {
+                    name: t.name,
+                    datatype: t.datatype,
+                    shape: t.shape,
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: meta.name,
+            versions: meta.versions,
+            platform: meta.platform,
+            inputs: tensors(meta.inputs),
+            outputs: tensors(meta.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let deadline = grpc_timeout(request.metadata());
+        let admission = self.service.admit(PROTOCOL).map_err(status)?;
+        let msg = request.into_inner();
+        let id = msg.id.clone();
+        let longest = self.service.config().max_request_timeout;
+        let parsed = match to_request(msg, deadline, longest) {
+            Ok(r) => r,
+            Err(e) => {
+                self.service.record_outcome(NO_VARIANT, PROTOCOL, Err(&e));
+                return Err(status(e));
+            }
+        };
+        oip::infer(&self.service, admission, parsed, PROTOCOL)
+            .await
+            .map(|answer| Response::new(to_response(answer, id)))
+            .map_err(status)
+    }
+}

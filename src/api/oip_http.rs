@@ -1,0 +1,542 @@
+//! The Open Inference Protocol's REST binding (`/v2/...`) on the HTTP port: health, metadata and
+//! inference with JSON tensors and the binary tensor data extension
+//! (`Inference-Header-Content-Length`). Errors are `{"error": "<message>"}`, as the protocol
+//! specifies, with the same status codes as the rest of the API.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::body::{check_declared_length, read_body, within};
+use crate::error::Error;
+use crate::metrics::NO_VARIANT;
+use crate::oip::{self, tensor, InputData, InputTensor, OutputData, RequestedOutput};
+use crate::service::Service;
+
+/// Protocol label of these requests in the metrics.
+const PROTOCOL: &str = "oip_http";
+/// The binary extension's header: the length of the JSON part of the body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// The `/v2` routes, to merge into the HTTP application.
+pub fn routes() -> Router<Arc<Service>> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_v),
+        )
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_v),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
+}
+
+/// An [`Error`] in the protocol's body format.
+#[derive(Debug)]
+struct OipError(Error);
+
+impl From<Error> for OipError {
+    fn from(e: Error) -> Self {
+        OipError(e)
+    }
+}
+
+impl IntoResponse for OipError {
+    fn into_response(self) -> Response {
+        let kind = self.0.kind();
+        if kind.status >= 500 && kind.status != 503 && kind.status != 504 {
+            tracing::error!(error = %self.0, "request failed");
+        }
+        let status = StatusCode::from_u16(kind.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(json!({ "error": self.0.to_string() }))).into_response();
+        if let Some(s) = kind.retry_after_s {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}
+
+async fn server_metadata() -> Json<oip::ServerMetadata> {
+    Json(oip::server_metadata())
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+async fn ready(State(service): State<Arc<Service>>) -> Response {
+    let ready = service.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn model_metadata(
+    State(service): State<Arc<Service>>,
+    Path(name): Path<String>,
+) -> Result<Json<oip::ModelMetadata>, OipError> {
+    Ok(Json(oip::model_metadata(&service, &name, "")?))
+}
+
+async fn model_metadata_v(
+    State(service): State<Arc<Service>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<oip::ModelMetadata>, OipError> {
+    Ok(Json(oip::model_metadata(&service, &name, &version)?))
+}
+
+async fn model_ready(
+    State(service): State<Arc<Service>>,
+    Path(name): Path<String>,
+) -> Result<Response, OipError> {
+    ready_answer(&service, &name, "")
+}
+
+async fn model_ready_v(
+    State(service): State<Arc<Service>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, OipError> {
+    ready_answer(&service, &name, &version)
+}
+
+fn ready_answer(service: &Service, name: &str, version: &str) -> Result<Response, OipError> {
+    let ready = oip::model_ready(service, name, version)?;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((status, Json(json!({ "name": name, "ready": ready }))).into_response())
+}
+
+async fn infer(
+    State(service): State<Arc<Service>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    run_infer(service, name, String::new(), request).await
+}
+
+async fn infer_v(
+    State(service): State<Arc<Service>>,
+    Path((name, version)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    run_infer(service, name, version, request).await
+}
+
+async fn run_infer(
+    service: Arc<Service>,
+    model: String,
+    version: String,
+    request: Request,
+) -> Response {
+    // Admission first: a refused request costs no body read.
+    let admission = match service.admit(PROTOCOL) {
+        Ok(a) => a,
+        Err(e) => return OipError(e).into_response(),
+    };
+    let limit = service.config().decode_limits.max_bytes;
+    let parsed = within(service.config().request_timeout, async {
+        check_declared_length(request.headers(), limit)?;
+        let header_len = json_length(request.headers())?;
+        let body = read_body(request.into_body(), limit).await?;
+        parse_request(model, version, &body, header_len)
+    })
+    .await;
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            service.record_outcome(NO_VARIANT, PROTOCOL, Err(&e));
+            return OipError(e).into_response();
+        }
+    };
+    match oip::infer(&service, admission, parsed.request, PROTOCOL).await {
+        Ok(answer) => infer_response(answer, parsed.id, &parsed.binary),
+        Err(e) => OipError(e).into_response(),
+    }
+}
+
+/// The length of the JSON part, when the binary extension is used.
+fn json_length(headers: &HeaderMap) -> Result<Option<usize>, Error> {
+    let Some(value) = headers.get(HEADER_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Error::BadRequest(format!(
+                "the {HEADER_LENGTH} header must be a byte count, got {value:?}"
+            ))
+        })
+}
+
+/// The JSON part of an inference request.
+#[derive(Debug, Deserialize)]
+struct RestRequest {
+    id: Option<String>,
+    /// Some clients repeat the model's name in the body; it must agree with the path.
+    model_name: Option<String>,
+    model_version: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<RestInput>,
+    #[serde(default)]
+    outputs: Vec<RestOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RestInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RestOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// A parsed request, with what the response needs from it.
+#[derive(Debug)]
+struct Parsed {
+    request: oip::Request,
+    id: Option<String>,
+    /// Per output (in the order of the response), whether it goes in the binary part.
+    binary: BinaryOutputs,
+}
+
+/// Which outputs are answered in binary.
+#[derive(Debug)]
+struct BinaryOutputs {
+    /// Per requested output, in order.
+    each: Vec<bool>,
+    /// For all outputs when none are named (`binary_data_output`).
+    default: bool,
+}
+
+impl BinaryOutputs {
+    fn for_output(&self, i: usize) -> bool {
+        self.each.get(i).copied().unwrap_or(self.default)
+    }
+}
+
+fn parse_request(
+    model: String,
+    version: String,
+    body: &Bytes,
+    header_len: Option<usize>,
+) -> Result<Parsed, Error> {
+    let (json_part, mut binary) = match header_len {
+        Some(n) if n > body.len() => {
+            return Err(Error::BadRequest(format!(
+                "{HEADER_LENGTH} is {n} but the body has only {} bytes",
+                body.len()
+            )))
+        }
+        Some(n) => (body.slice(..n), body.slice(n..)),
+        None => (body.clone(), Bytes::new()),
+    };
+    let rest: RestRequest = serde_json::from_slice(&json_part)
+        .map_err(|e| Error::BadRequest(format!("invalid inference request JSON: {e}")))?;
+    if let Some(named) = rest.model_name.as_deref() {
+        if named != model {
+            return Err(Error::BadRequest(format!(
+                "the body names model `{named}` but the path `{model}`"
+            )));
+        }
+    }
+    let version = match (rest.model_version.as_deref(), version.as_str()) {
+        (Some(body_v), path_v) if !path_v.is_empty() && body_v != path_v => {
+            return Err(Error::BadRequest(format!(
+                "the body names version `{body_v}` but the path `{path_v}`"
+            )))
+        }
+        (Some(body_v), "") => body_v.to_string(),
+        _ => version,
+    };
+    let mut inputs = Vec::with_capacity(rest.inputs.len());
+    for input in rest.inputs {
+        inputs.push(parse_input(input, &mut binary)?);
+    }
+    if !binary.is_empty() {
+        return Err(Error::BadRequest(format!(
+            "{} bytes of binary data follow the inputs' declared binary_data_size",
+            binary.len()
+        )));
+    }
+    let default_binary = flag(&rest.parameters, "binary_data_output")?.unwrap_or(false);
+    let mut outputs = Vec::with_capacity(rest.outputs.len());
+    let mut each = Vec::with_capacity(rest.outputs.len());
+    for o in rest.outputs {
+        each.push(flag(&o.parameters, "binary_data")?.unwrap_or(default_binary));
+        outputs.push(RequestedOutput {
+            classification: integer(&o.parameters, oip::CLASSIFICATION)?,
+            name: o.name,
+        });
+    }
+    let timeout = oip::timeout_from_micros(integer(&rest.parameters, oip::TIMEOUT)?)?;
+    Ok(Parsed {
+        request: oip::Request {
+            model,
+            version,
+            inputs,
+            outputs,
+            timeout,
+        },
+        id: rest.id,
+        binary: BinaryOutputs {
+            each,
+            default: default_binary,
+        },
+    })
+}
+
+/// One input, its elements from the binary part (consumed in order) or from JSON `data`.
+fn parse_input(input: RestInput, binary: &mut Bytes) -> Result<InputTensor, Error> {
+    let size = integer(&input.parameters, "binary_data_size")?;
+    let data = match (size, input.data) {
+        (Some(_), Some(_)) => {
+            return Err(Error::BadRequest(format!(
+                "input `{}` has both data and binary_data_size",
+                input.name
+            )))
+        }
+        (Some(size), None) => {
+            let size = usize::try_from(size).ok().filter(|s| *s <= binary.len());
+            let Some(size) = size else {
+                return Err(Error::BadRequest(format!(
+                    "input `{}`: binary_data_size is negative or beyond the {} bytes left in the \
+                     body",
+                    input.name,
+                    binary.len()
+                )));
+            };
+            let raw = binary.split_to(size);
+            match input.datatype.as_str() {
+                "FP32" => InputData::Fp32(tensor::fp32_from_le(&raw)?),
+                "BYTES" => InputData::Bytes(tensor::bytes_from_raw(&raw)?),
+                other => return Err(oip::unsupported_datatype(&input.name, other)),
+            }
+        }
+        (None, Some(data)) => match input.datatype.as_str() {
+            "FP32" => {
+                let mut values = Vec::new();
+                flatten_numbers(&data, &mut values)?;
+                InputData::Fp32(values)
+            }
+            "BYTES" => {
+                let mut values = Vec::new();
+                flatten_strings(&data, &mut values)?;
+                InputData::Bytes(values)
+            }
+            other => return Err(oip::unsupported_datatype(&input.name, other)),
+        },
+        (None, None) => {
+            return Err(Error::BadRequest(format!(
+                "input `{}` has neither data nor binary_data_size",
+                input.name
+            )))
+        }
+    };
+    Ok(InputTensor {
+        name: input.name,
+        datatype: input.datatype,
+        shape: input.shape,
+        data,
+    })
+}
+
+/// FP32 elements of JSON `data`, flat or nested row-major.
+fn flatten_numbers(data: &Value, out: &mut Vec<f32>) -> Result<(), Error> {
+    match data {
+        Value::Array(items) => items.iter().try_for_each(|v| flatten_numbers(v, out)),
+        Value::Number(n) => {
+            let v = n.as_f64().ok_or_else(|| bad_element(data))?;
+            out.push(v as f32);
+            Ok(())
+        }
+        other => Err(bad_element(other)),
+    }
+}
+
+/// BYTES elements of JSON `data`: strings, flat or nested.
+fn flatten_strings(data: &Value, out: &mut Vec<Bytes>) -> Result<(), Error> {
+    match data {
+        Value::Array(items) => items.iter().try_for_each(|v| flatten_strings(v, out)),
+        Value::String(s) => {
+            out.push(Bytes::copy_from_slice(s.as_bytes()));
+            Ok(())
+        }
+        other => Err(bad_element(other)),
+    }
+}
+
+fn bad_element(v: &Value) -> Error {
+    let shown: String = v.to_string().chars().take(40).collect();
+    Error::BadRequest(format!(
+        "tensor data element {shown} does not match its datatype"
+    ))
+}
+
+fn flag(params: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
+    match params.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(Error::BadRequest(format!(
+            "parameter `{key}` must be a boolean, got {other}"
+        ))),
+    }
+}
+
+fn integer(params: &Map<String, Value>, key: &str) -> Result<Option<i64>, Error> {
+    match params.get(key) {
+        None => Ok(None),
+        Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+            Error::BadRequest(format!("parameter `{key}` must be an integer, got {v}"))
+        }),
+    }
+}
+
+/// The response: all JSON, or, when an output asked for binary, the JSON part followed by the
+/// binary outputs in order and the header giving the JSON part's length.
+fn infer_response(answer: oip::Response, id: Option<String>, binary: &BinaryOutputs) -> Response {
+    let mut tail: Vec<u8> = Vec::new();
+    let outputs: Vec<Value> = answer
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(i, out)| {
+            let mut o = json!({
+                "name": out.name,
+                "datatype": out.data.datatype(),
+                "shape": out.shape,
+            });
+            if binary.for_output(i) {
+                let raw = out.data.to_raw();
+                o["parameters"] = json!({ "binary_data_size": raw.len() });
+                tail.extend_from_slice(&raw);
+            } else {
+                o["data"] = match &out.data {
+                    OutputData::Fp32(v) => json!(v),
+                    OutputData::Bytes(v) => json!(v),
+                };
+            }
+            o
+        })
+        .collect();
+    let mut head = json!({
+        "model_name": answer.model,
+        "model_version": answer.version,
+        "outputs": outputs,
+    });
+    if let Some(id) = id {
+        head["id"] = Value::String(id);
+    }
+    let head = head.to_string().into_bytes();
+    let timing = super::http::server_timing(&answer.timings);
+    let mut response = if tail.is_empty() {
+        ([(CONTENT_TYPE, "application/json")], head).into_response()
+    } else {
+        let json_len = head.len();
+        let mut body = head;
+        body.extend_from_slice(&tail);
+        let mut r = ([(CONTENT_TYPE, "application/octet-stream")], body).into_response();
+        r.headers_mut()
+            .insert(HEADER_LENGTH, HeaderValue::from(json_len));
+        r
+    };
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn body(json: &str, binary: &[u8]) -> (Bytes, Option<usize>) {
+        let mut b = json.as_bytes().to_vec();
+        b.extend_from_slice(binary);
+        (Bytes::from(b), Some(json.len()))
+    }
+
+    #[test]
+    fn binary_inputs_are_cut_in_order_and_must_add_up() {
+        let raw = tensor::bytes_to_raw(&[b"ab".as_slice(), b"cde"]);
+        let json = json!({
+            "inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
+                        "parameters": {"binary_data_size": raw.len()}}],
+            "parameters": {"binary_data_output": true, "timeout": 2500},
+        })
+        .to_string();
+        let json = json.as_str();
+        let (b, n) = body(json, &raw);
+        let p = parse_request("m".into(), String::new(), &b, n).unwrap();
+        assert_eq!(
+            p.request.inputs[0].data,
+            InputData::Bytes(vec![Bytes::from("ab"), Bytes::from("cde")])
+        );
+        assert_eq!(p.request.timeout, Some(Duration::from_micros(2500)));
+        assert!(p.binary.for_output(0) && p.binary.default);
+        // One byte too many, one too few.
+        let (b, n) = body(json, &[raw.as_slice(), b"x"].concat());
+        assert!(parse_request("m".into(), String::new(), &b, n).is_err());
+        let (b, n) = body(json, &raw[..10]);
+        assert!(parse_request("m".into(), String::new(), &b, n).is_err());
+    }
+
+    #[test]
+    fn json_data_may_be_nested_and_must_match_the_datatype() {
+        let ok = r#"{"id":"7","inputs":[{"name":"input","shape":[1,2,2],"datatype":"FP32","data":[[1,2],[3.5,-4]]}],"outputs":[{"name":"probs","parameters":{"classification":3,"binary_data":false}}]}"#;
+        let p = parse_request("m".into(), "1".into(), &Bytes::from(ok), None).unwrap();
+        assert_eq!(
+            p.request.inputs[0].data,
+            InputData::Fp32(vec![1.0, 2.0, 3.5, -4.0])
+        );
+        assert_eq!(p.request.outputs[0].classification, Some(3));
+        assert!(!p.binary.for_output(0));
+        assert_eq!(p.id.as_deref(), Some("7"));
+        let bad = ok.replace("3.5", "\"x\"");
+        assert!(parse_request("m".into(), String::new(), &Bytes::from(bad), None).is_err());
+        let wrong_model = ok.replace("\"id\"", "\"model_name\":\"other\",\"id\"");
+        assert!(parse_request("m".into(), String::new(), &Bytes::from(wrong_model), None).is_err());
+    }
+
+    #[test]
+    fn header_length_beyond_the_body_is_refused() {
+        let b = Bytes::from_static(b"{}");
+        assert!(parse_request("m".into(), String::new(), &b, Some(3)).is_err());
+    }
+}

@@ -1,0 +1,675 @@
+//! The Open Inference Protocol over two real variants: REST in-process (the axum app without a
+//! socket) and gRPC over a real socket with the generated client. Health, metadata, inference
+//! with images and with tensors in every encoding, the classification extension, and the error
+//! codes and bodies. Third-party clients (tritonclient, KServe) are in tests/oip/run.sh.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use common::serving::{config, direct_top1, grpc_channel, jpegs, pool, service, start_grpc, SMALL};
+use http_body_util::BodyExt;
+use mobilenet_serve::api::oip_grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+use mobilenet_serve::api::oip_grpc::pb::{self, model_infer_request};
+use mobilenet_serve::api::oip_grpc::SERVICE_NAME;
+use mobilenet_serve::app;
+use mobilenet_serve::oip::tensor::{bytes_to_raw, fp32_from_le, fp32_to_le};
+use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
+use mobilenet_serve::pipeline::preprocess::preprocess;
+use mobilenet_serve::service::Service;
+use serde_json::{json, Value};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tower::ServiceExt;
+
+const INFER: &str = "/v2/models/mobilenet_v1_0.25_128/infer";
+const CLASSES: usize = 1001;
+
+struct Reply {
+    status: StatusCode,
+    headers: header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    /// The JSON part (all of the body without the binary extension's header).
+    fn json(&self) -> Value {
+        let n = match self.headers.get("inference-header-content-length") {
+            Some(v) => v.to_str().unwrap().parse().unwrap(),
+            None => self.body.len(),
+        };
+        serde_json::from_slice(&self.body[..n]).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&self.body));
+        })
+    }
+
+    /// The binary part.
+    fn binary(&self) -> &[u8] {
+        let n: usize = self.headers["inference-header-content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        &self.body[n..]
+    }
+}
+
+async fn send(service: &Arc<Service>, request: Request<Body>) -> Reply {
+    let response = app(service.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+/// A JSON-only inference request.
+fn infer_json(uri: &str, body: &Value) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// A request with the binary extension: the JSON part, then `binary`.
+fn infer_binary(uri: &str, head: &Value, binary: &[u8]) -> Request<Body> {
+    let head = head.to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend_from_slice(binary);
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("inference-header-content-length", head.len())
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// The NCHW tensor of `jpeg` as the ONNX model of `SMALL` takes it.
+fn nchw(jpeg: &[u8]) -> Vec<f32> {
+    let p = pool();
+    let v = p.get(SMALL).unwrap();
+    let r = v.spec.resolution;
+    let rgb = decode(jpeg, &DecodeLimits::default()).unwrap();
+    let nhwc = preprocess(&rgb, r, v.spec.normalization).unwrap();
+    let mut out = vec![0.0; nhwc.len()];
+    for p in 0..r * r {
+        for c in 0..3 {
+            out[c * r * r + p] = nhwc[p * 3 + c];
+        }
+    }
+    out
+}
+
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len())
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+        .unwrap()
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    let scale = a.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4 * scale)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metadata_describe_each_variant() {
+    let s = service(config(), true);
+    let r = send(&s, get("/v2/health/live")).await;
+    assert_eq!(
+        (r.status, r.json()),
+        (StatusCode::OK, json!({"live": true}))
+    );
+    let r = send(&s, get("/v2/health/ready")).await;
+    assert_eq!(
+        (r.status, r.json()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false}))
+    );
+    let ready = format!("/v2/models/{SMALL}/ready");
+    assert_eq!(
+        send(&s, get(&ready)).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    s.warm_up().await.unwrap();
+    assert_eq!(
+        send(&s, get("/v2/health/ready")).await.status,
+        StatusCode::OK
+    );
+    let r = send(&s, get(&ready)).await;
+    assert_eq!(r.json(), json!({"name": SMALL, "ready": true}));
+
+    let meta = send(&s, get("/v2")).await.json();
+    assert_eq!(meta["name"], "mobilenet-serve");
+    assert_eq!(
+        meta["extensions"],
+        json!(["classification", "binary_tensor_data"])
+    );
+    for uri in [
+        format!("/v2/models/{SMALL}"),
+        format!("/v2/models/{SMALL}/versions/1"),
+    ] {
+        let m = send(&s, get(&uri)).await.json();
+        assert_eq!(m["name"], SMALL);
+        assert_eq!(m["versions"], json!(["1"]));
+        assert_eq!(
+            m["inputs"],
+            json!([
+                {"name": "input", "datatype": "FP32", "shape": [-1, 3, 128, 128]},
+                {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            ])
+        );
+        assert_eq!(
+            m["outputs"],
+            json!([
+                {"name": "logits", "datatype": "FP32", "shape": [-1, 1001]},
+                {"name": "probs", "datatype": "FP32", "shape": [-1, 1001]},
+            ])
+        );
+    }
+    for uri in [
+        "/v2/models/nope".to_string(),
+        format!("/v2/models/{SMALL}/versions/2"),
+        "/v2/models/nope/ready".to_string(),
+        format!("/v2/models/{SMALL}/versions/2/ready"),
+    ] {
+        let r = send(&s, get(&uri)).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri}");
+        assert!(r.json()["error"].is_string(), "{uri}");
+    }
+    s.begin_drain();
+    let r = send(&s, get("/v2/health/ready")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        send(&s, get("/v2/health/live")).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_and_tensors_in_every_encoding_give_the_engines_answer() {
+    let s = service(config(), true);
+    let images = jpegs(2);
+    let reference = pool();
+
+    // Encoded images in binary, every output in binary.
+    let head = json!({
+        "id": "req-1",
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
+                    "parameters": {"binary_data_size": bytes_to_raw(&images).len()}}],
+        "parameters": {"binary_data_output": true},
+    });
+    let r = send(&s, infer_binary(INFER, &head, &bytes_to_raw(&images))).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let j = r.json();
+    assert_eq!(
+        (&j["model_name"], &j["model_version"], &j["id"]),
+        (&json!(SMALL), &json!("1"), &json!("req-1"))
+    );
+    let outs = j["outputs"].as_array().unwrap();
+    assert_eq!(outs.len(), 2);
+    let size = CLASSES * 2 * 4;
+    for (o, name) in outs.iter().zip(["logits", "probs"]) {
+        assert_eq!(o["name"], name);
+        assert_eq!(o["datatype"], "FP32");
+        assert_eq!(o["shape"], json!([2, CLASSES]));
+        assert_eq!(o["parameters"]["binary_data_size"], size);
+    }
+    let binary = fp32_from_le(r.binary()).unwrap();
+    let (logits, probs) = binary.split_at(2 * CLASSES);
+    for (i, img) in images.iter().enumerate() {
+        let row = &logits[i * CLASSES..(i + 1) * CLASSES];
+        let p = &probs[i * CLASSES..(i + 1) * CLASSES];
+        // Output index = ImageNet class + 1 (TF-slim's background comes first).
+        assert_eq!(argmax(row) as u64, direct_top1(&reference, SMALL, img) + 1);
+        assert_eq!(argmax(p), argmax(row));
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+
+    // The same images as preprocessed FP32 tensors: JSON data, nested, answered in JSON.
+    let x: Vec<f32> = images.iter().flat_map(|i| nchw(i)).collect();
+    let nested: Vec<Vec<f32>> = x.chunks(128 * 128).map(|c| c.to_vec()).collect();
+    let body = json!({
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3, 128, 128], "data": nested}],
+        "outputs": [{"name": "logits"}],
+    });
+    let r = send(&s, infer_json(INFER, &body)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.headers.contains_key("inference-header-content-length"));
+    let j = r.json();
+    assert!(j.get("id").is_none());
+    let json_logits: Vec<f32> = serde_json::from_value(j["outputs"][0]["data"].clone()).unwrap();
+    assert!(close(&json_logits, logits));
+
+    // FP32 in binary, and the classification extension in JSON next to a binary output.
+    let head = json!({
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3, 128, 128],
+                    "parameters": {"binary_data_size": x.len() * 4}}],
+        "outputs": [{"name": "probs", "parameters": {"classification": 3, "binary_data": false}},
+                    {"name": "logits", "parameters": {"binary_data": true}}],
+    });
+    let r = send(&s, infer_binary(INFER, &head, &fp32_to_le(&x))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let j = r.json();
+    assert_eq!(j["outputs"][0]["datatype"], "BYTES");
+    assert_eq!(j["outputs"][0]["shape"], json!([2, 3]));
+    let strings: Vec<String> = serde_json::from_value(j["outputs"][0]["data"].clone()).unwrap();
+    for (i, row) in strings.chunks(3).enumerate() {
+        let p = &probs[i * CLASSES..(i + 1) * CLASSES];
+        let parts: Vec<&str> = row[0].splitn(3, ':').collect();
+        assert_eq!(parts[1].parse::<usize>().unwrap(), argmax(p));
+        assert!((parts[0].parse::<f32>().unwrap() - p[argmax(p)]).abs() < 1e-5);
+        assert!(!parts[2].is_empty() && parts[2] != "background");
+    }
+    assert!(close(&fp32_from_le(r.binary()).unwrap(), logits));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_with_the_protocols_error_body() {
+    let s = service(config(), true);
+    let img = jpegs(1).remove(0);
+    let fp = |shape: Value, data: Value| json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": data}]});
+    let zeros = |n: usize| json!(vec![0.0f32; n]);
+    let json_cases: Vec<(&str, Value)> = vec![
+        ("no inputs", json!({"inputs": []})),
+        ("no inputs field", json!({"outputs": []})),
+        (
+            "two inputs",
+            json!({"inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [1, 3, 128, 128], "data": vec![0.0f32; 49152]},
+                {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}),
+        ),
+        (
+            "unknown input",
+            json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1], "data": [0]}]}),
+        ),
+        (
+            "wrong resolution",
+            fp(json!([1, 3, 160, 160]), zeros(3 * 160 * 160)),
+        ),
+        ("batch of zero", fp(json!([0, 3, 128, 128]), json!([]))),
+        (
+            "negative dimension",
+            fp(json!([-1, 3, 128, 128]), json!([])),
+        ),
+        ("count mismatch", fp(json!([1, 3, 128, 128]), zeros(100))),
+        ("string in FP32", fp(json!([1, 3, 128, 128]), json!(["a"]))),
+        (
+            "INT32 datatype",
+            json!({"inputs": [{"name": "input", "datatype": "INT32", "shape": [1, 3, 128, 128], "data": [1]}]}),
+        ),
+        (
+            "image as FP32",
+            json!({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [1]}]}),
+        ),
+        (
+            "no data",
+            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}),
+        ),
+        (
+            "unknown output",
+            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
+                   "outputs": [{"name": "features"}]}),
+        ),
+        (
+            "classification 0",
+            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
+                   "outputs": [{"name": "probs", "parameters": {"classification": 0}}]}),
+        ),
+        (
+            "classification too large",
+            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
+                   "outputs": [{"name": "probs", "parameters": {"classification": 5000}}]}),
+        ),
+        (
+            "output twice",
+            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
+                   "outputs": [{"name": "probs"}, {"name": "probs"}]}),
+        ),
+        (
+            "negative timeout",
+            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
+                   "parameters": {"timeout": -5}}),
+        ),
+        (
+            "body names another model",
+            json!({"model_name": "mobilenet_v1_0.5_160",
+                   "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}),
+        ),
+        (
+            "not an image",
+            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["hello"]}]}),
+        ),
+    ];
+    for (what, body) in &json_cases {
+        let r = send(&s, infer_json(INFER, body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}: {:?}", r.json());
+        assert!(r.json()["error"].is_string(), "{what}");
+    }
+    let raw = bytes_to_raw(std::slice::from_ref(&img));
+    let head = |size: usize| {
+        json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                           "parameters": {"binary_data_size": size}}]})
+    };
+    let mut nan = vec![0.0f32; 3 * 128 * 128];
+    nan[77] = f32::NAN;
+    let binary_cases: Vec<(&str, Request<Body>)> = vec![
+        (
+            "size beyond the body",
+            infer_binary(INFER, &head(raw.len() + 1), &raw),
+        ),
+        (
+            "bytes left over",
+            infer_binary(INFER, &head(raw.len() - 1), &raw),
+        ),
+        (
+            "length prefix past the end",
+            infer_binary(INFER, &head(raw.len() - 1), &raw[..raw.len() - 1]),
+        ),
+        (
+            "NaN input",
+            infer_binary(
+                INFER,
+                &json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 128, 128],
+                                    "parameters": {"binary_data_size": nan.len() * 4}}]}),
+                &fp32_to_le(&nan),
+            ),
+        ),
+        (
+            "header longer than the body",
+            Request::post(INFER)
+                .header("inference-header-content-length", 999)
+                .body(Body::from("{}"))
+                .unwrap(),
+        ),
+        (
+            "header not a number",
+            Request::post(INFER)
+                .header("inference-header-content-length", "ten")
+                .body(Body::from("{}"))
+                .unwrap(),
+        ),
+        (
+            "invalid JSON",
+            Request::post(INFER)
+                .body(Body::from("{\"inputs\": ["))
+                .unwrap(),
+        ),
+    ];
+    for (what, request) in binary_cases {
+        let r = send(&s, request).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}: {:?}", r.json());
+        assert!(r.json()["error"].is_string(), "{what}");
+    }
+    let r = send(&s, infer_json("/v2/models/nope/infer", &json_cases[0].1)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.json()["error"].is_string());
+
+    // Still healthy, and every refusal was counted under the protocol.
+    let ok = send(&s, infer_binary(INFER, &head(raw.len()), &raw)).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let metrics = s.metrics().render();
+    let counted = |code: u16| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("mobilenet_requests_total")
+                    && l.contains("protocol=\"oip_http\"")
+                    && l.contains(&format!("code=\"{code}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(counted(400) as usize, json_cases.len() + 7);
+    assert_eq!(counted(404), 1);
+    assert_eq!(counted(200), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_429_with_retry_after_in_the_protocols_format() {
+    let mut cfg = config();
+    cfg.max_concurrent_requests = 1;
+    let s = service(cfg, true);
+    let held = s.admit("test").unwrap();
+    let body =
+        json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]});
+    let r = send(&s, infer_json(INFER, &body)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    assert!(r.json()["error"].as_str().unwrap().contains("in flight"));
+    drop(held);
+    s.begin_drain();
+    let r = send(&s, infer_json(INFER, &body)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.json()["error"].is_string());
+}
+
+fn grpc_input(
+    name: &str,
+    datatype: &str,
+    shape: Vec<i64>,
+) -> model_infer_request::InferInputTensor {
+    model_infer_request::InferInputTensor {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_answers_like_rest_and_maps_errors_to_codes() {
+    let s = service(config(), true);
+    let (addr, _stop) = start_grpc(s.clone()).await;
+    let ch = grpc_channel(addr).await;
+    let mut c = GrpcInferenceServiceClient::new(ch.clone());
+    let mut health = HealthClient::new(ch);
+    let check = HealthCheckRequest {
+        service: SERVICE_NAME.into(),
+    };
+    assert_eq!(
+        health
+            .check(check.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        ServingStatus::NotServing as i32
+    );
+    assert!(
+        !c.server_ready(pb::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    s.warm_up().await.unwrap();
+    // Health follows readiness through a watch channel: give it a moment.
+    for _ in 0..100 {
+        let status = health
+            .check(check.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == ServingStatus::Serving as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        c.server_live(pb::ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    let meta = c
+        .model_metadata(pb::ModelMetadataRequest {
+            name: SMALL.into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.inputs[0].shape, [-1, 3, 128, 128]);
+    assert_eq!(meta.outputs.len(), 2);
+    let ready = |name: &str, version: &str| pb::ModelReadyRequest {
+        name: name.into(),
+        version: version.into(),
+    };
+    assert!(
+        c.model_ready(ready(SMALL, "1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    for bad in [ready("nope", ""), ready(SMALL, "7")] {
+        assert_eq!(c.model_ready(bad).await.unwrap_err().code(), Code::NotFound);
+    }
+
+    // Images as raw contents; logits and top-5 classification back as raw contents.
+    let images = jpegs(2);
+    let classify = |k: i64| model_infer_request::InferRequestedOutputTensor {
+        name: "probs".into(),
+        parameters: [(
+            "classification".to_string(),
+            pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(k)),
+            },
+        )]
+        .into(),
+    };
+    let request = pb::ModelInferRequest {
+        model_name: SMALL.into(),
+        id: "g-1".into(),
+        inputs: vec![grpc_input("image", "BYTES", vec![2])],
+        outputs: vec![
+            model_infer_request::InferRequestedOutputTensor {
+                name: "logits".into(),
+                ..Default::default()
+            },
+            classify(5),
+        ],
+        raw_input_contents: vec![bytes_to_raw(&images)],
+        ..Default::default()
+    };
+    let answer = c.model_infer(request.clone()).await.unwrap().into_inner();
+    assert_eq!(
+        (answer.model_name.as_str(), answer.id.as_str()),
+        (SMALL, "g-1")
+    );
+    assert_eq!(answer.outputs.len(), 2);
+    assert_eq!(answer.raw_output_contents.len(), 2);
+    assert_eq!(answer.outputs[0].shape, [2, CLASSES as i64]);
+    assert_eq!(
+        (
+            answer.outputs[1].datatype.as_str(),
+            answer.outputs[1].shape.as_slice()
+        ),
+        ("BYTES", [2i64, 5].as_slice())
+    );
+    let logits = fp32_from_le(&answer.raw_output_contents[0]).unwrap();
+    let reference = pool();
+    for (i, img) in images.iter().enumerate() {
+        let row = &logits[i * CLASSES..(i + 1) * CLASSES];
+        assert_eq!(argmax(row) as u64, direct_top1(&reference, SMALL, img) + 1);
+    }
+
+    // The same images as FP32 typed contents.
+    let x: Vec<f32> = images.iter().flat_map(|i| nchw(i)).collect();
+    let mut input = grpc_input("input", "FP32", vec![2, 3, 128, 128]);
+    input.contents = Some(pb::InferTensorContents {
+        fp32_contents: x,
+        ..Default::default()
+    });
+    let tensors = pb::ModelInferRequest {
+        model_name: SMALL.into(),
+        inputs: vec![input],
+        outputs: vec![model_infer_request::InferRequestedOutputTensor {
+            name: "logits".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let answer = c.model_infer(tensors).await.unwrap().into_inner();
+    assert!(close(
+        &fp32_from_le(&answer.raw_output_contents[0]).unwrap(),
+        &logits
+    ));
+
+    // Client mistakes and their codes.
+    let mut unknown = request.clone();
+    unknown.model_name = "nope".into();
+    let mut wrong_shape = request.clone();
+    wrong_shape.inputs[0].shape = vec![3];
+    let mut both = request.clone();
+    both.inputs[0].contents = Some(pb::InferTensorContents::default());
+    let mut ragged = request.clone();
+    ragged.raw_input_contents[0].truncate(10);
+    let mut extra = request.clone();
+    extra.raw_input_contents.push(vec![1]);
+    let mut big_k = request.clone();
+    big_k.outputs = vec![classify(0)];
+    let mut expired = tonic::Request::new(request.clone());
+    expired
+        .metadata_mut()
+        .insert("grpc-timeout", "0n".parse().unwrap());
+    for (what, req, code) in [
+        (
+            "unknown model",
+            tonic::Request::new(unknown),
+            Code::NotFound,
+        ),
+        (
+            "wrong shape",
+            tonic::Request::new(wrong_shape),
+            Code::InvalidArgument,
+        ),
+        (
+            "contents and raw",
+            tonic::Request::new(both),
+            Code::InvalidArgument,
+        ),
+        (
+            "truncated raw",
+            tonic::Request::new(ragged),
+            Code::InvalidArgument,
+        ),
+        (
+            "raw without input",
+            tonic::Request::new(extra),
+            Code::InvalidArgument,
+        ),
+        (
+            "classification 0",
+            tonic::Request::new(big_k),
+            Code::InvalidArgument,
+        ),
+        ("expired", expired, Code::DeadlineExceeded),
+    ] {
+        assert_eq!(c.model_infer(req).await.unwrap_err().code(), code, "{what}");
+    }
+    assert!(s.metrics().render().contains("protocol=\"oip_grpc\""));
+}
