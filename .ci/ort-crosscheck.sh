@@ -8,7 +8,9 @@ models=${MODELS_DIR:-../shared/models}
 data=${DATASET_DIR:-../shared/imagenet/val1300}
 work=target/ort-crosscheck
 mkdir -p "$work"
-if [ ! -x "$work/venv/bin/python" ]; then
+# A venv left half-made (no pip) is made again.
+if ! "$work/venv/bin/python" -m pip --version >/dev/null 2>&1; then
+  rm -rf "$work/venv"
   python3 -m venv "$work/venv"
 fi
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check -r tests/ort/requirements.txt

@@ -70,6 +70,24 @@ pub enum Command {
     /// Write the preprocessed input tensors of a labelled image folder to a .npy file
     /// (for cross-checks with other runtimes).
     Preprocess(PreprocessArgs),
+    /// GET a running server's probe; exit 0 on a 2xx answer, 1 otherwise (for container
+    /// HEALTHCHECKs on images without curl).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Arguments of `healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The probe to GET (http:// only).
+    #[arg(
+        long,
+        env = "HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:8000/healthz"
+    )]
+    pub url: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
 }
 
 /// Arguments of `serve`.
@@ -81,7 +99,8 @@ pub struct ServeArgs {
     /// HTTP port.
     #[arg(long, env = "HTTP_PORT", default_value_t = 8000)]
     pub http_port: u16,
-    /// gRPC port (mobilenet.v1.Classifier, grpc.health.v1, reflection).
+    /// gRPC port (mobilenet.v1.Classifier, inference.GRPCInferenceService, grpc.health.v1,
+    /// reflection).
     #[arg(long, env = "GRPC_PORT", default_value_t = 8001)]
     pub grpc_port: u16,
     /// Comma-separated variant names to load (default: every variant of the models directory).

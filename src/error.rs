@@ -30,8 +30,8 @@ pub enum Error {
         /// Comma-separated list of valid names.
         known: String,
     },
-    /// An input tensor whose shape does not fit the model.
-    #[error("bad input shape: {0}")]
+    /// An input tensor whose shape or values do not fit the model, or malformed tensor data.
+    #[error("bad input: {0}")]
     BadInput(String),
     /// The bytes are not an image we can decode.
     #[error("cannot decode image: {0}")]

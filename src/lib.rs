@@ -8,11 +8,12 @@
 //! - [`kernels`]: the compute kernels behind a dispatch table chosen once at start.
 //! - [`verify`], [`eval`], [`bench`]: the cross-check, accuracy and speed commands; [`chart`],
 //!   [`npy`] their outputs.
-//! - Serving: [`api`] (HTTP) hands requests to the [`service`], which admits them, picks the
+//! - Serving: [`api`] (HTTP and gRPC, our API and the Open Inference Protocol of [`oip`]) hands requests to the [`service`], which admits them, picks the
 //!   variant ([`router`]), decodes on the blocking pool, queues images in the [`batcher`] and
 //!   awaits the engine threads ([`engine::worker`]); [`latency`] keeps what the router predicts
 //!   from, [`metrics`] what Prometheus scrapes; [`serve`] and [`shutdown`] run and drain it.
-//! - [`config`], [`telemetry`], [`error`]: command line, logging, the one error type.
+//! - [`config`], [`telemetry`], [`error`]: command line, logging, the one error type;
+//!   [`healthcheck`] the container probe.
 
 pub mod api;
 pub mod batcher;
@@ -23,6 +24,7 @@ pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod healthcheck;
 pub mod kernels;
 pub mod latency;
 pub mod metrics;

@@ -9,6 +9,7 @@ use mobilenet_serve::config::ServeArgs;
 use mobilenet_serve::config::{Cli, Command, GlobalOptions};
 use mobilenet_serve::engine::catalog::format_alpha;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::healthcheck;
 use mobilenet_serve::kernels::KernelSet;
 use mobilenet_serve::pipeline::decode::DecodeLimits;
 use mobilenet_serve::service::{Service, ServiceConfig};
@@ -129,6 +130,15 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let pool = load(&cli.global, args.variants.clone())?;
             bench::run(&pool, &args)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck(args) => {
+            let status = healthcheck::probe(&args.url, Duration::from_millis(args.timeout_ms))?;
+            if (200..300).contains(&status) {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{}: HTTP {status}", args.url);
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Preprocess(args) => {
             let n = eval::dump_inputs(&args)?;

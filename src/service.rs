@@ -678,25 +678,34 @@ impl Service {
         })
     }
 
-    /// Runs the request's images through the named variant and returns its raw outputs; records
-    /// the metrics under `protocol`.
+    /// Runs the request's images through the named variant and returns its raw outputs. Records
+    /// no metrics: the protocol does, with [`Service::record_outcome`], once its own
+    /// postprocessing is timed.
     pub async fn infer(
         &self,
         admission: Admission,
         request: InferRequest,
-        protocol: &str,
     ) -> Result<InferResponse> {
-        let index = self.index_of(&request.model);
-        let name = match &index {
-            Ok(i) => self.variants[*i].spec.name.as_str(),
+        let index = self.index_of(&request.model)?;
+        self.infer_inner(admission, index, request).await
+    }
+
+    /// The `variant` label under which a request for model `name` is counted: the name when such
+    /// a variant is loaded, else `none` (unknown names must not grow the label set).
+    pub fn metrics_label(&self, name: &str) -> &str {
+        match self.index_of(name) {
+            Ok(i) => &self.variants[i].spec.name,
             Err(_) => NO_VARIANT,
-        };
-        let result = match index {
-            Ok(i) => self.infer_inner(admission, i, request).await,
-            Err(e) => Err(e),
-        };
-        self.record_outcome(name, protocol, result.as_ref().map(|r| &r.timings));
-        result
+        }
+    }
+
+    /// Elements of the largest variant's input image.
+    pub fn largest_input_len(&self) -> usize {
+        self.variants
+            .iter()
+            .map(|v| v.input_len())
+            .max()
+            .unwrap_or(0)
     }
 
     async fn infer_inner(
@@ -882,7 +891,7 @@ struct Ran {
 }
 
 /// Milliseconds at microsecond resolution: more digits would be noise in the JSON.
-fn millis(d: Duration) -> f64 {
+pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
@@ -956,6 +965,13 @@ pub struct Admission {
     /// Tells the batcher images are on their way, until they are submitted.
     incoming: Incoming,
     admitted: Instant,
+}
+
+impl Admission {
+    /// When the request was admitted (its deadline counts from there).
+    pub fn admitted(&self) -> Instant {
+        self.admitted
+    }
 }
 
 /// One of the `max_concurrent_requests` slots, counted in the in-flight gauge while held.

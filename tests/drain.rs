@@ -196,6 +196,16 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
     let (status, metrics) = http(addr, "GET", "/metrics", b"").await.unwrap();
     assert_eq!(status, 200);
     assert!(metrics.contains("mobilenet_mult_adds"), "{metrics}");
+    // The container HEALTHCHECK's probe: 0 on a 2xx answer, 1 on any other status.
+    let probe = |path: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mobilenet-serve"))
+            .args(["healthcheck", "--url", &format!("http://{addr}{path}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    };
+    assert!(probe("/healthz").success());
+    assert_eq!(probe("/no-such-route").code(), Some(1));
     let term = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -213,4 +223,6 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status}");
+    // Nothing answers any more: the probe fails (with an error, not a hang).
+    assert_eq!(probe("/healthz").code(), Some(1));
 }

@@ -59,6 +59,19 @@ impl Reply {
     }
 }
 
+/// The requests counted under `protocol` with status `code`, over every variant.
+fn counted(metrics: &str, protocol: &str, code: u16) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("mobilenet_requests_total")
+                && l.contains(&format!("protocol=\"{protocol}\""))
+                && l.contains(&format!("code=\"{code}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 async fn send(service: &Arc<Service>, request: Request<Body>) -> Reply {
     let response = app(service.clone()).oneshot(request).await.unwrap();
     let status = response.status();
@@ -282,6 +295,25 @@ async fn images_and_tensors_in_every_encoding_give_the_engines_answer() {
         assert!(!parts[2].is_empty() && parts[2] != "background");
     }
     assert!(close(&fp32_from_le(r.binary()).unwrap(), logits));
+
+    // Shape [N, 1] images on the versioned route; classification strings in binary.
+    let head = json!({
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1, 1],
+                    "parameters": {"binary_data_size": bytes_to_raw(&images[..1]).len()}}],
+        "outputs": [{"name": "probs", "parameters": {"classification": 2, "binary_data": true}}],
+    });
+    let uri = "/v2/models/mobilenet_v1_0.25_128/versions/1/infer";
+    let r = send(&s, infer_binary(uri, &head, &bytes_to_raw(&images[..1]))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let j = r.json();
+    assert_eq!(j["outputs"][0]["shape"], json!([1, 2]));
+    let raw = bytes::Bytes::copy_from_slice(r.binary());
+    let strings = mobilenet_serve::oip::tensor::bytes_from_raw(&raw, 2).unwrap();
+    let top: Vec<&str> = std::str::from_utf8(&strings[0])
+        .unwrap()
+        .splitn(3, ':')
+        .collect();
+    assert_eq!(top[1].parse::<usize>().unwrap(), argmax(&probs[..CLASSES]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,81 +322,127 @@ async fn malformed_requests_get_400_with_the_protocols_error_body() {
     let img = jpegs(1).remove(0);
     let fp = |shape: Value, data: Value| json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": data}]});
     let zeros = |n: usize| json!(vec![0.0f32; n]);
-    let json_cases: Vec<(&str, Value)> = vec![
-        ("no inputs", json!({"inputs": []})),
-        ("no inputs field", json!({"outputs": []})),
+    let image_x = |extra: Value| {
+        let mut body = json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        body
+    };
+    // Each case with a fragment of its message, so that it cannot pass on another check's error.
+    let json_cases: Vec<(&str, Value, &str)> = vec![
+        ("no inputs", json!({"inputs": []}), "exactly one input"),
+        (
+            "no inputs field",
+            json!({"outputs": []}),
+            "missing field `inputs`",
+        ),
         (
             "two inputs",
             json!({"inputs": [
                 {"name": "input", "datatype": "FP32", "shape": [1, 3, 128, 128], "data": vec![0.0f32; 49152]},
                 {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}),
+            "exactly one input",
         ),
         (
             "unknown input",
             json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1], "data": [0]}]}),
+            "unknown input `pixels`",
         ),
         (
             "wrong resolution",
             fp(json!([1, 3, 160, 160]), zeros(3 * 160 * 160)),
+            "[N, 3, 128, 128]",
         ),
-        ("batch of zero", fp(json!([0, 3, 128, 128]), json!([]))),
+        (
+            "batch of zero",
+            fp(json!([0, 3, 128, 128]), json!([])),
+            "N >= 1",
+        ),
         (
             "negative dimension",
             fp(json!([-1, 3, 128, 128]), json!([])),
+            "negative dimension",
         ),
-        ("count mismatch", fp(json!([1, 3, 128, 128]), zeros(100))),
-        ("string in FP32", fp(json!([1, 3, 128, 128]), json!(["a"]))),
+        (
+            "count mismatch",
+            fp(json!([1, 3, 128, 128]), zeros(100)),
+            "holds 100 elements but its shape says 49152",
+        ),
+        (
+            "string in FP32",
+            fp(json!([1, 3, 128, 128]), json!(["a"])),
+            "invalid type: string",
+        ),
         (
             "INT32 datatype",
             json!({"inputs": [{"name": "input", "datatype": "INT32", "shape": [1, 3, 128, 128], "data": [1]}]}),
+            "datatype `INT32`",
         ),
         (
             "image as FP32",
             json!({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [1]}]}),
+            "has datatype FP32",
         ),
         (
             "no data",
             json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}),
+            "neither data nor binary_data_size",
+        ),
+        (
+            "too many images",
+            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [9], "data": vec!["x"; 9]}]}),
+            "at most 8",
         ),
         (
             "unknown output",
-            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
-                   "outputs": [{"name": "features"}]}),
+            image_x(json!({"outputs": [{"name": "features"}]})),
+            "unknown output `features`",
         ),
         (
             "classification 0",
-            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
-                   "outputs": [{"name": "probs", "parameters": {"classification": 0}}]}),
+            image_x(json!({"outputs": [{"name": "probs", "parameters": {"classification": 0}}]})),
+            "between 1 and 1001, got 0",
         ),
         (
             "classification too large",
-            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
-                   "outputs": [{"name": "probs", "parameters": {"classification": 5000}}]}),
+            image_x(
+                json!({"outputs": [{"name": "probs", "parameters": {"classification": 5000}}]}),
+            ),
+            "got 5000",
         ),
         (
             "output twice",
-            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
-                   "outputs": [{"name": "probs"}, {"name": "probs"}]}),
+            image_x(json!({"outputs": [{"name": "probs"}, {"name": "probs"}]})),
+            "requested twice",
         ),
         (
             "negative timeout",
-            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}],
-                   "parameters": {"timeout": -5}}),
+            image_x(json!({"parameters": {"timeout": -5}})),
+            "positive microseconds",
         ),
         (
             "body names another model",
-            json!({"model_name": "mobilenet_v1_0.5_160",
-                   "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}),
+            image_x(json!({"model_name": "mobilenet_v1_0.5_160"})),
+            "the body names model",
         ),
         (
-            "not an image",
-            json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["hello"]}]}),
+            "body names another version",
+            image_x(json!({"model_version": "2"})),
+            "the body names version",
         ),
+        ("not an image", image_x(json!({})), "cannot decode image"),
     ];
-    for (what, body) in &json_cases {
-        let r = send(&s, infer_json(INFER, body)).await;
+    for (what, body, fragment) in &json_cases {
+        let uri = if *what == "body names another version" {
+            "/v2/models/mobilenet_v1_0.25_128/versions/1/infer"
+        } else {
+            INFER
+        };
+        let r = send(&s, infer_json(uri, body)).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}: {:?}", r.json());
-        assert!(r.json()["error"].is_string(), "{what}");
+        let message = r.json()["error"].as_str().unwrap().to_string();
+        assert!(message.contains(fragment), "{what}: {message}");
     }
     let raw = bytes_to_raw(std::slice::from_ref(&img));
     let head = |size: usize| {
@@ -373,18 +451,21 @@ async fn malformed_requests_get_400_with_the_protocols_error_body() {
     };
     let mut nan = vec![0.0f32; 3 * 128 * 128];
     nan[77] = f32::NAN;
-    let binary_cases: Vec<(&str, Request<Body>)> = vec![
+    let binary_cases: Vec<(&str, Request<Body>, &str)> = vec![
         (
             "size beyond the body",
             infer_binary(INFER, &head(raw.len() + 1), &raw),
+            "beyond the",
         ),
         (
             "bytes left over",
-            infer_binary(INFER, &head(raw.len() - 1), &raw),
+            infer_binary(INFER, &head(raw.len()), &[raw.as_slice(), b"x"].concat()),
+            "follow the inputs",
         ),
         (
             "length prefix past the end",
             infer_binary(INFER, &head(raw.len() - 1), &raw[..raw.len() - 1]),
+            "declares",
         ),
         (
             "NaN input",
@@ -394,6 +475,7 @@ async fn malformed_requests_get_400_with_the_protocols_error_body() {
                                     "parameters": {"binary_data_size": nan.len() * 4}}]}),
                 &fp32_to_le(&nan),
             ),
+            "element 77 is NaN",
         ),
         (
             "header longer than the body",
@@ -401,6 +483,7 @@ async fn malformed_requests_get_400_with_the_protocols_error_body() {
                 .header("inference-header-content-length", 999)
                 .body(Body::from("{}"))
                 .unwrap(),
+            "only 2 bytes",
         ),
         (
             "header not a number",
@@ -408,19 +491,36 @@ async fn malformed_requests_get_400_with_the_protocols_error_body() {
                 .header("inference-header-content-length", "ten")
                 .body(Body::from("{}"))
                 .unwrap(),
+            "must be a byte count",
         ),
         (
             "invalid JSON",
             Request::post(INFER)
                 .body(Body::from("{\"inputs\": ["))
                 .unwrap(),
+            "invalid inference request JSON",
         ),
     ];
-    for (what, request) in binary_cases {
+    for (what, request, fragment) in binary_cases {
         let r = send(&s, request).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}: {:?}", r.json());
-        assert!(r.json()["error"].is_string(), "{what}");
+        let message = r.json()["error"].as_str().unwrap().to_string();
+        assert!(message.contains(fragment), "{what}: {message}");
     }
+    let version_2 = "/v2/models/mobilenet_v1_0.25_128/versions/2/infer";
+    let r = send(&s, infer_json(version_2, &json_cases[0].1)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.json()["error"].is_string());
+    let r = send(&s, get("/v2/models/nope/infer")).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.json()["error"].is_string(), "the protocol's error format");
+    let r = send(&s, get("/v2/nothing-here")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.json()["error"].is_string(), "the protocol's error format");
+    let limit = DecodeLimits::default().max_bytes;
+    let r = send(&s, infer_binary(INFER, &head(limit), &vec![0; limit])).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.json()["error"].is_string());
     let r = send(&s, infer_json("/v2/models/nope/infer", &json_cases[0].1)).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.json()["error"].is_string());
@@ -429,20 +529,13 @@ async fn malformed_requests_get_400_with_the_protocols_error_body() {
     let ok = send(&s, infer_binary(INFER, &head(raw.len()), &raw)).await;
     assert_eq!(ok.status, StatusCode::OK);
     let metrics = s.metrics().render();
-    let counted = |code: u16| {
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("mobilenet_requests_total")
-                    && l.contains("protocol=\"oip_http\"")
-                    && l.contains(&format!("code=\"{code}\""))
-            })
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum::<u64>()
-    };
-    assert_eq!(counted(400) as usize, json_cases.len() + 7);
-    assert_eq!(counted(404), 1);
-    assert_eq!(counted(200), 1);
+    assert_eq!(
+        counted(&metrics, "oip_http", 400) as usize,
+        json_cases.len() + 7
+    );
+    assert_eq!(counted(&metrics, "oip_http", 404), 2);
+    assert_eq!(counted(&metrics, "oip_http", 413), 1);
+    assert_eq!(counted(&metrics, "oip_http", 200), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,6 +555,24 @@ async fn overload_is_429_with_retry_after_in_the_protocols_format() {
     let r = send(&s, infer_json(INFER, &body)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.json()["error"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeout_parameter_bounds_the_wait_with_504() {
+    // No engine: the image can only wait in its queue.
+    let s = service(config(), false);
+    let raw = bytes_to_raw(&jpegs(1));
+    let head = json!({
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                    "parameters": {"binary_data_size": raw.len()}}],
+        "parameters": {"timeout": 50_000},
+    });
+    let started = std::time::Instant::now();
+    let r = send(&s, infer_binary(INFER, &head, &raw)).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", r.json());
+    assert!(r.json()["error"].is_string());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(counted(&s.metrics().render(), "oip_http", 504), 1);
 }
 
 fn grpc_input(
@@ -505,8 +616,9 @@ async fn grpc_answers_like_rest_and_maps_errors_to_codes() {
     );
     s.warm_up().await.unwrap();
     // Health follows readiness through a watch channel: give it a moment.
+    let mut status = ServingStatus::NotServing as i32;
     for _ in 0..100 {
-        let status = health
+        status = health
             .check(check.clone())
             .await
             .unwrap()
@@ -517,6 +629,7 @@ async fn grpc_answers_like_rest_and_maps_errors_to_codes() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert_eq!(status, ServingStatus::Serving as i32);
     assert!(
         c.server_live(pb::ServerLiveRequest {})
             .await
@@ -671,5 +784,9 @@ async fn grpc_answers_like_rest_and_maps_errors_to_codes() {
     ] {
         assert_eq!(c.model_infer(req).await.unwrap_err().code(), code, "{what}");
     }
-    assert!(s.metrics().render().contains("protocol=\"oip_grpc\""));
+    let metrics = s.metrics().render();
+    assert_eq!(counted(&metrics, "oip_grpc", 200), 2);
+    assert_eq!(counted(&metrics, "oip_grpc", 400), 5);
+    assert_eq!(counted(&metrics, "oip_grpc", 404), 1);
+    assert_eq!(counted(&metrics, "oip_grpc", 504), 1);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, RawQuery, Request, State};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -57,25 +57,31 @@ struct ErrorDetail {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let kind = self.kind();
-        if kind.status >= 500 && kind.status != 503 && kind.status != 504 {
-            tracing::error!(error = %self, "request failed");
-        }
-        let status = StatusCode::from_u16(kind.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody {
             error: ErrorDetail {
-                code: kind.code,
+                code: self.kind().code,
                 message: self.to_string(),
             },
         };
-        let mut response = (status, Json(body)).into_response();
-        if let Some(s) = kind.retry_after_s {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(s));
-        }
-        response
+        error_response(&self, body)
     }
+}
+
+/// The response to `error` with `body` (each protocol has its own error body): the status of its
+/// kind, `Retry-After` when retrying can help, and a log line for faults of ours.
+pub(crate) fn error_response(error: &Error, body: impl Serialize) -> Response {
+    let kind = error.kind();
+    if kind.status >= 500 && kind.status != 503 && kind.status != 504 {
+        tracing::error!(error = %error, "request failed");
+    }
+    let status = StatusCode::from_u16(kind.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Json(body)).into_response();
+    if let Some(s) = kind.retry_after_s {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    response
 }
 
 /// The query string of `POST /classify`.
@@ -366,10 +372,26 @@ async fn metrics(State(service): State<Arc<Service>>) -> Response {
         .into_response()
 }
 
-async fn not_found() -> Error {
-    Error::NotFound("no such route; see /v1/models, /classify, /healthz, /readyz, /metrics".into())
+/// Unknown routes; under `/v2` in the Open Inference Protocol's error format.
+async fn not_found(uri: Uri) -> Response {
+    if super::oip_http::is_oip_path(uri.path()) {
+        return super::oip_http::error(Error::NotFound(
+            "no such route of the Open Inference Protocol".into(),
+        ));
+    }
+    Error::NotFound(
+        "no such route; see /v1/models, /classify, /v2 (Open Inference Protocol), /healthz, \
+         /readyz, /metrics"
+            .into(),
+    )
+    .into_response()
 }
 
-async fn method_not_allowed() -> Error {
-    Error::MethodNotAllowed("this route does not take that method".into())
+async fn method_not_allowed(uri: Uri) -> Response {
+    let e = Error::MethodNotAllowed("this route does not take that method".into());
+    if super::oip_http::is_oip_path(uri.path()) {
+        super::oip_http::error(e)
+    } else {
+        e.into_response()
+    }
 }

@@ -11,8 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::grpc::{grpc_timeout, request_timeout, status};
 use crate::error::{Error, Result};
-use crate::metrics::NO_VARIANT;
-use crate::oip::{self, tensor, InputData, InputTensor, RequestedOutput};
+use crate::oip::{self, tensor, ElementLimits, InputData, InputTensor, RequestedOutput};
 use crate::service::Service;
 
 /// The code generated from `proto/inference.proto`.
@@ -61,6 +60,7 @@ fn to_request(
     msg: pb::ModelInferRequest,
     deadline: Option<Duration>,
     longest: Duration,
+    limits: &ElementLimits,
 ) -> Result<oip::Request> {
     let asked = oip::timeout_from_micros(int_param(&msg.parameters, oip::TIMEOUT)?)?;
     let timeout = request_timeout(asked, deadline, longest)?;
@@ -75,6 +75,7 @@ fn to_request(
     let mut raw = raw.into_iter();
     let mut inputs = Vec::with_capacity(msg.inputs.len());
     for input in msg.inputs {
+        let count = limits.check(&input.name, &input.datatype, &input.shape)?;
         let data = match (raw.next(), input.contents) {
             (Some(_), Some(_)) => {
                 return Err(Error::BadRequest(format!(
@@ -84,7 +85,7 @@ fn to_request(
             }
             (Some(bytes), None) => match input.datatype.as_str() {
                 "FP32" => InputData::Fp32(tensor::fp32_from_le(&bytes)?),
-                "BYTES" => InputData::Bytes(tensor::bytes_from_raw(&Bytes::from(bytes))?),
+                "BYTES" => InputData::Bytes(tensor::bytes_from_raw(&Bytes::from(bytes), count)?),
                 other => return Err(oip::unsupported_datatype(&input.name, other)),
             },
             (None, Some(contents)) => match input.datatype.as_str() {
@@ -226,10 +227,12 @@ impl GrpcInferenceService for InferenceApi {
         let msg = request.into_inner();
         let id = msg.id.clone();
         let longest = self.service.config().max_request_timeout;
-        let parsed = match to_request(msg, deadline, longest) {
+        let limits = ElementLimits::of(&self.service);
+        let label = self.service.metrics_label(&msg.model_name).to_string();
+        let parsed = match to_request(msg, deadline, longest, &limits) {
             Ok(r) => r,
             Err(e) => {
-                self.service.record_outcome(NO_VARIANT, PROTOCOL, Err(&e));
+                self.service.record_outcome(&label, PROTOCOL, Err(&e));
                 return Err(status(e));
             }
         };

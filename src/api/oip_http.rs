@@ -7,22 +7,27 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::body::{check_declared_length, read_body, within};
+use super::http::error_response;
 use crate::error::Error;
-use crate::metrics::NO_VARIANT;
-use crate::oip::{self, tensor, InputData, InputTensor, OutputData, RequestedOutput};
+use crate::oip::{
+    self, json, tensor, ElementLimits, InputData, InputTensor, OutputData, RequestedOutput,
+};
 use crate::service::Service;
 
 /// Protocol label of these requests in the metrics.
 const PROTOCOL: &str = "oip_http";
+/// Bodies smaller than this are parsed on the async worker; larger ones on the blocking pool.
+const PARSE_INLINE_BYTES: usize = 64 << 10;
 /// The binary extension's header: the length of the JSON part of the body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -58,19 +63,18 @@ impl From<Error> for OipError {
 
 impl IntoResponse for OipError {
     fn into_response(self) -> Response {
-        let kind = self.0.kind();
-        if kind.status >= 500 && kind.status != 503 && kind.status != 504 {
-            tracing::error!(error = %self.0, "request failed");
-        }
-        let status = StatusCode::from_u16(kind.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, Json(json!({ "error": self.0.to_string() }))).into_response();
-        if let Some(s) = kind.retry_after_s {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(s));
-        }
-        response
+        error(self.0)
     }
+}
+
+/// The response to `e` in the protocol's format: `{"error": "<message>"}`.
+pub fn error(e: Error) -> Response {
+    error_response(&e, json!({ "error": e.to_string() }))
+}
+
+/// Whether `path` belongs to the protocol (whose errors have its own format).
+pub fn is_oip_path(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
 }
 
 async fn server_metadata() -> Json<oip::ServerMetadata> {
@@ -154,26 +158,36 @@ async fn run_infer(
     // Admission first: a refused request costs no body read.
     let admission = match service.admit(PROTOCOL) {
         Ok(a) => a,
-        Err(e) => return OipError(e).into_response(),
+        Err(e) => return error(e),
     };
     let limit = service.config().decode_limits.max_bytes;
+    let limits = ElementLimits::of(&service);
+    let label = service.metrics_label(&model).to_string();
     let parsed = within(service.config().request_timeout, async {
         check_declared_length(request.headers(), limit)?;
         let header_len = json_length(request.headers())?;
         let body = read_body(request.into_body(), limit).await?;
-        parse_request(model, version, &body, header_len)
+        if body.len() < PARSE_INLINE_BYTES {
+            return parse_request(model, version, &body, header_len, &limits);
+        }
+        // Megabytes of JSON take milliseconds to parse: not on the async workers.
+        tokio::task::spawn_blocking(move || {
+            parse_request(model, version, &body, header_len, &limits)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("parsing stopped: {e}")))?
     })
     .await;
     let parsed = match parsed {
         Ok(p) => p,
         Err(e) => {
-            service.record_outcome(NO_VARIANT, PROTOCOL, Err(&e));
-            return OipError(e).into_response();
+            service.record_outcome(&label, PROTOCOL, Err(&e));
+            return error(e);
         }
     };
     match oip::infer(&service, admission, parsed.request, PROTOCOL).await {
         Ok(answer) => infer_response(answer, parsed.id, &parsed.binary),
-        Err(e) => OipError(e).into_response(),
+        Err(e) => error(e),
     }
 }
 
@@ -215,7 +229,8 @@ struct RestInput {
     datatype: String,
     #[serde(default)]
     parameters: Map<String, Value>,
-    data: Option<Value>,
+    /// Left unparsed until the shape is checked (see [`json::flatten`]).
+    data: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +269,7 @@ fn parse_request(
     version: String,
     body: &Bytes,
     header_len: Option<usize>,
+    limits: &ElementLimits,
 ) -> Result<Parsed, Error> {
     let (json_part, mut binary) = match header_len {
         Some(n) if n > body.len() => {
@@ -285,7 +301,7 @@ fn parse_request(
     };
     let mut inputs = Vec::with_capacity(rest.inputs.len());
     for input in rest.inputs {
-        inputs.push(parse_input(input, &mut binary)?);
+        inputs.push(parse_input(input, &mut binary, limits)?);
     }
     if !binary.is_empty() {
         return Err(Error::BadRequest(format!(
@@ -320,9 +336,16 @@ fn parse_request(
     })
 }
 
-/// One input, its elements from the binary part (consumed in order) or from JSON `data`.
-fn parse_input(input: RestInput, binary: &mut Bytes) -> Result<InputTensor, Error> {
+/// One input, its elements from the binary part (consumed in order) or from JSON `data`; the
+/// element count its shape declares is checked against `limits` before any is decoded.
+fn parse_input(
+    input: RestInput,
+    binary: &mut Bytes,
+    limits: &ElementLimits,
+) -> Result<InputTensor, Error> {
+    let count = limits.check(&input.name, &input.datatype, &input.shape)?;
     let size = integer(&input.parameters, "binary_data_size")?;
+    let fp32 = input.datatype == "FP32";
     let data = match (size, input.data) {
         (Some(_), Some(_)) => {
             return Err(Error::BadRequest(format!(
@@ -341,25 +364,14 @@ fn parse_input(input: RestInput, binary: &mut Bytes) -> Result<InputTensor, Erro
                 )));
             };
             let raw = binary.split_to(size);
-            match input.datatype.as_str() {
-                "FP32" => InputData::Fp32(tensor::fp32_from_le(&raw)?),
-                "BYTES" => InputData::Bytes(tensor::bytes_from_raw(&raw)?),
-                other => return Err(oip::unsupported_datatype(&input.name, other)),
+            if fp32 {
+                InputData::Fp32(tensor::fp32_from_le(&raw)?)
+            } else {
+                InputData::Bytes(tensor::bytes_from_raw(&raw, count)?)
             }
         }
-        (None, Some(data)) => match input.datatype.as_str() {
-            "FP32" => {
-                let mut values = Vec::new();
-                flatten_numbers(&data, &mut values)?;
-                InputData::Fp32(values)
-            }
-            "BYTES" => {
-                let mut values = Vec::new();
-                flatten_strings(&data, &mut values)?;
-                InputData::Bytes(values)
-            }
-            other => return Err(oip::unsupported_datatype(&input.name, other)),
-        },
+        (None, Some(data)) if fp32 => InputData::Fp32(json::flatten(&data, count)?),
+        (None, Some(data)) => InputData::Bytes(json::flatten(&data, count)?),
         (None, None) => {
             return Err(Error::BadRequest(format!(
                 "input `{}` has neither data nor binary_data_size",
@@ -373,38 +385,6 @@ fn parse_input(input: RestInput, binary: &mut Bytes) -> Result<InputTensor, Erro
         shape: input.shape,
         data,
     })
-}
-
-/// FP32 elements of JSON `data`, flat or nested row-major.
-fn flatten_numbers(data: &Value, out: &mut Vec<f32>) -> Result<(), Error> {
-    match data {
-        Value::Array(items) => items.iter().try_for_each(|v| flatten_numbers(v, out)),
-        Value::Number(n) => {
-            let v = n.as_f64().ok_or_else(|| bad_element(data))?;
-            out.push(v as f32);
-            Ok(())
-        }
-        other => Err(bad_element(other)),
-    }
-}
-
-/// BYTES elements of JSON `data`: strings, flat or nested.
-fn flatten_strings(data: &Value, out: &mut Vec<Bytes>) -> Result<(), Error> {
-    match data {
-        Value::Array(items) => items.iter().try_for_each(|v| flatten_strings(v, out)),
-        Value::String(s) => {
-            out.push(Bytes::copy_from_slice(s.as_bytes()));
-            Ok(())
-        }
-        other => Err(bad_element(other)),
-    }
-}
-
-fn bad_element(v: &Value) -> Error {
-    let shown: String = v.to_string().chars().take(40).collect();
-    Error::BadRequest(format!(
-        "tensor data element {shown} does not match its datatype"
-    ))
 }
 
 fn flag(params: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
@@ -486,6 +466,8 @@ mod tests {
 
     use super::*;
 
+    const LIMITS: ElementLimits = ElementLimits { fp32: 64, bytes: 4 };
+
     fn body(json: &str, binary: &[u8]) -> (Bytes, Option<usize>) {
         let mut b = json.as_bytes().to_vec();
         b.extend_from_slice(binary);
@@ -503,7 +485,7 @@ mod tests {
         .to_string();
         let json = json.as_str();
         let (b, n) = body(json, &raw);
-        let p = parse_request("m".into(), String::new(), &b, n).unwrap();
+        let p = parse_request("m".into(), String::new(), &b, n, &LIMITS).unwrap();
         assert_eq!(
             p.request.inputs[0].data,
             InputData::Bytes(vec![Bytes::from("ab"), Bytes::from("cde")])
@@ -512,15 +494,15 @@ mod tests {
         assert!(p.binary.for_output(0) && p.binary.default);
         // One byte too many, one too few.
         let (b, n) = body(json, &[raw.as_slice(), b"x"].concat());
-        assert!(parse_request("m".into(), String::new(), &b, n).is_err());
+        assert!(parse_request("m".into(), String::new(), &b, n, &LIMITS).is_err());
         let (b, n) = body(json, &raw[..10]);
-        assert!(parse_request("m".into(), String::new(), &b, n).is_err());
+        assert!(parse_request("m".into(), String::new(), &b, n, &LIMITS).is_err());
     }
 
     #[test]
     fn json_data_may_be_nested_and_must_match_the_datatype() {
         let ok = r#"{"id":"7","inputs":[{"name":"input","shape":[1,2,2],"datatype":"FP32","data":[[1,2],[3.5,-4]]}],"outputs":[{"name":"probs","parameters":{"classification":3,"binary_data":false}}]}"#;
-        let p = parse_request("m".into(), "1".into(), &Bytes::from(ok), None).unwrap();
+        let p = parse_request("m".into(), "1".into(), &Bytes::from(ok), None, &LIMITS).unwrap();
         assert_eq!(
             p.request.inputs[0].data,
             InputData::Fp32(vec![1.0, 2.0, 3.5, -4.0])
@@ -529,14 +511,34 @@ mod tests {
         assert!(!p.binary.for_output(0));
         assert_eq!(p.id.as_deref(), Some("7"));
         let bad = ok.replace("3.5", "\"x\"");
-        assert!(parse_request("m".into(), String::new(), &Bytes::from(bad), None).is_err());
+        assert!(
+            parse_request("m".into(), String::new(), &Bytes::from(bad), None, &LIMITS).is_err()
+        );
         let wrong_model = ok.replace("\"id\"", "\"model_name\":\"other\",\"id\"");
-        assert!(parse_request("m".into(), String::new(), &Bytes::from(wrong_model), None).is_err());
+        assert!(parse_request(
+            "m".into(),
+            String::new(),
+            &Bytes::from(wrong_model),
+            None,
+            &LIMITS
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn declared_sizes_over_the_limits_are_refused_before_decoding() {
+        let big = r#"{"inputs":[{"name":"input","shape":[65],"datatype":"FP32","data":[0]}]}"#;
+        let e = parse_request("m".into(), String::new(), &Bytes::from(big), None, &LIMITS);
+        assert!(e.unwrap_err().to_string().contains("at most 64"));
+        let many =
+            r#"{"inputs":[{"name":"image","shape":[2],"datatype":"BYTES","data":["a","b","c"]}]}"#;
+        let e = parse_request("m".into(), String::new(), &Bytes::from(many), None, &LIMITS);
+        assert!(e.unwrap_err().to_string().contains("more than the 2"));
     }
 
     #[test]
     fn header_length_beyond_the_body_is_refused() {
         let b = Bytes::from_static(b"{}");
-        assert!(parse_request("m".into(), String::new(), &b, Some(3)).is_err());
+        assert!(parse_request("m".into(), String::new(), &b, Some(3), &LIMITS).is_err());
     }
 }

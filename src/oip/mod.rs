@@ -4,9 +4,10 @@
 //! (`logits` as the ONNX file gives them, `probs` their softmax), plus the classification
 //! extension. The REST and gRPC front ends translate to and from these types.
 
+pub mod json;
 pub mod tensor;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -14,7 +15,7 @@ use serde::Serialize;
 use crate::engine::pool::Variant;
 use crate::error::{Error, Result};
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
-use crate::service::{Admission, Images, InferRequest, Service, Timings};
+use crate::service::{millis, Admission, Images, InferRequest, Service, Timings};
 
 /// The one version every model has.
 pub const MODEL_VERSION: &str = "1";
@@ -236,50 +237,97 @@ pub struct Response {
 }
 
 /// Runs an inference request through the service's batcher and builds the outputs it asks
-/// for. Metrics are recorded under `protocol`, refusals of malformed requests included.
+/// for. Records the request's outcome and timings under `protocol`, refusals of malformed
+/// requests included, once.
 pub async fn infer(
     service: &Service,
     admission: Admission,
     request: Request,
     protocol: &str,
 ) -> Result<Response> {
-    let checked = service
-        .variant(&request.model)
-        .and_then(|variant| {
-            check_version(&request.model, &request.version)?;
-            let images = images(variant, request.inputs)?;
-            let outputs = requested_outputs(variant, request.outputs)?;
-            Ok((variant, images, outputs))
-        })
-        .inspect_err(|e| {
-            let name = service
-                .variant(&request.model)
-                .map(|v| v.spec.name.as_str())
-                .unwrap_or(crate::metrics::NO_VARIANT);
-            service.record_outcome(name, protocol, Err(e));
-        });
-    let (variant, images, wanted) = checked?;
+    let label = service.metrics_label(&request.model).to_string();
+    let result = infer_inner(service, admission, request).await;
+    service.record_outcome(&label, protocol, result.as_ref().map(|r| &r.timings));
+    result
+}
+
+async fn infer_inner(
+    service: &Service,
+    admission: Admission,
+    request: Request,
+) -> Result<Response> {
+    let started = admission.admitted();
+    let variant = service.variant(&request.model)?;
+    check_version(&request.model, &request.version)?;
+    let images = images(variant, request.inputs)?;
+    let wanted = requested_outputs(variant, request.outputs)?;
+    // A client's bound beyond the server's longest is capped rather than refused, as gRPC's
+    // grpc-timeout is.
+    let longest = service.config().max_request_timeout;
     let answer = service
         .infer(
             admission,
             InferRequest {
                 model: request.model,
                 images,
-                timeout: request.timeout,
+                timeout: request.timeout.map(|t| t.min(longest)),
             },
-            protocol,
         )
         .await?;
+    let post_started = Instant::now();
     let outputs = wanted
         .iter()
         .map(|w| build_output(service, variant, &answer.outputs, w))
         .collect();
+    let mut timings = answer.timings;
+    let now = Instant::now();
+    timings.postprocess = millis(now - post_started);
+    timings.total = millis(now - started);
     Ok(Response {
         model: answer.model,
         version: MODEL_VERSION.into(),
         outputs,
-        timings: answer.timings,
+        timings,
     })
+}
+
+/// How many elements an input tensor may declare: as many images as a request may hold, each
+/// as large as the largest variant's input. Checked before any element is decoded, so that a
+/// declared size cannot make the server allocate more than a real request would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElementLimits {
+    /// FP32 elements (`input`).
+    pub fp32: usize,
+    /// BYTES elements (`image`).
+    pub bytes: usize,
+}
+
+impl ElementLimits {
+    /// The limits of `service`'s configuration and variants.
+    pub fn of(service: &Service) -> Self {
+        let images = service.config().max_images_per_request;
+        ElementLimits {
+            fp32: images.saturating_mul(service.largest_input_len()),
+            bytes: images,
+        }
+    }
+
+    /// The element count `shape` declares for `datatype`, refused when over the limit.
+    pub fn check(&self, name: &str, datatype: &str, shape: &[i64]) -> Result<usize> {
+        let count = tensor::element_count(shape)?;
+        let limit = match datatype {
+            "FP32" => self.fp32,
+            "BYTES" => self.bytes,
+            other => return Err(unsupported_datatype(name, other)),
+        };
+        if count > limit {
+            return Err(Error::BadInput(format!(
+                "input `{name}` declares {count} elements; a request may hold at most {limit} \
+                 ({datatype})"
+            )));
+        }
+        Ok(count)
+    }
 }
 
 /// The one input tensor as the service's images, after checking its name, type and shape.
@@ -303,7 +351,7 @@ fn images(variant: &Variant, inputs: Vec<InputTensor>) -> Result<Images> {
                     variant.spec.name, input.shape
                 )));
             }
-            check_count(INPUT, data.len(), count)?;
+            check_element_count(INPUT, data.len(), count)?;
             Ok(Images::Nchw {
                 data,
                 count: input.shape[0] as usize,
@@ -321,7 +369,7 @@ fn images(variant: &Variant, inputs: Vec<InputTensor>) -> Result<Images> {
                     input.shape
                 )));
             }
-            check_count(IMAGE, list.len(), count)?;
+            check_element_count(IMAGE, list.len(), count)?;
             Ok(Images::Encoded(list))
         }
         (INPUT | IMAGE, _) => Err(Error::BadRequest(format!(
@@ -353,7 +401,7 @@ pub fn timeout_from_micros(us: Option<i64>) -> Result<Option<Duration>> {
     }
 }
 
-fn check_count(name: &str, got: usize, expected: usize) -> Result<()> {
+fn check_element_count(name: &str, got: usize, expected: usize) -> Result<()> {
     if got == expected {
         Ok(())
     } else {

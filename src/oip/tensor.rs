@@ -34,11 +34,18 @@ pub fn fp32_to_le(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// BYTES elements from their length-prefixed form; the elements share `raw`'s buffer.
-pub fn bytes_from_raw(raw: &Bytes) -> Result<Vec<Bytes>> {
+/// BYTES elements from their length-prefixed form, at most `max` of them (a declared count: 4
+/// bytes of prefix must not become a 32-byte handle without bound); the elements share `raw`'s
+/// buffer.
+pub fn bytes_from_raw(raw: &Bytes, max: usize) -> Result<Vec<Bytes>> {
     let mut rest = raw.clone();
     let mut elements = Vec::new();
     while rest.has_remaining() {
+        if elements.len() == max {
+            return Err(Error::BadInput(format!(
+                "BYTES data holds more than the {max} elements its shape declares"
+            )));
+        }
         if rest.remaining() < 4 {
             return Err(Error::BadInput(format!(
                 "BYTES data ends inside the length prefix of element {}",
@@ -98,11 +105,12 @@ mod tests {
         let elements: [&[u8]; 3] = [b"abc", b"", b"\x00\xff"];
         let raw = Bytes::from(bytes_to_raw(&elements));
         assert_eq!(raw.len(), 4 * 3 + 5);
-        let back = bytes_from_raw(&raw).unwrap();
+        let back = bytes_from_raw(&raw, 3).unwrap();
         assert_eq!(back, elements.map(Bytes::from_static).to_vec());
-        assert!(bytes_from_raw(&Bytes::new()).unwrap().is_empty());
-        // Cut inside a prefix, and inside an element.
-        assert!(bytes_from_raw(&raw.slice(..2)).is_err());
-        assert!(bytes_from_raw(&raw.slice(..6)).is_err());
+        assert!(bytes_from_raw(&Bytes::new(), 0).unwrap().is_empty());
+        // More elements than declared, a cut inside a prefix, and inside an element.
+        assert!(bytes_from_raw(&raw, 2).is_err());
+        assert!(bytes_from_raw(&raw.slice(..2), 3).is_err());
+        assert!(bytes_from_raw(&raw.slice(..6), 3).is_err());
     }
 }

@@ -7,61 +7,88 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 models=${MODELS_DIR:-../shared/models}
-data=${DATASET_DIR:-../shared/imagenet/val1300}
+data=$(realpath "${DATASET_DIR:-../shared/imagenet/val1300}")
 seconds=${LOAD_SECONDS:-4}
 variants=mobilenet_v1_1.0_224,mobilenet_v1_0.5_160,mobilenet_v1_0.25_128
-work=target/oip-acceptance
+target=${CARGO_TARGET_DIR:-target}
+work=$(realpath -m "$target/oip-acceptance")
+images=8
 mkdir -p "$work"
-if [ ! -x "$work/venv/bin/python" ]; then
+py=$work/venv/bin/python
+# A venv left half-made (no pip) is made again.
+if ! "$py" -m pip --version >/dev/null 2>&1; then
+  rm -rf "$work/venv"
   python3 -m venv "$work/venv"
 fi
-py=$work/venv/bin/python
 "$py" -m pip install --quiet --disable-pip-version-check -r tests/oip/requirements.txt
 cargo build --release --locked --quiet
-bin=target/release/mobilenet-serve
+bin=$target/release/mobilenet-serve
 for size in 224 160 128; do
-  "$bin" preprocess --data "$data" --size "$size" --limit 8 --out "$work/inputs_$size.npy" >/dev/null
+  "$bin" preprocess --data "$data" --size "$size" --limit "$images" --out "$work/inputs_$size.npy" >/dev/null
 done
 
-read -r http_port grpc_port < <("$py" - <<'PY'
+server=
+stop_server() {
+  if [ -n "$server" ]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
+}
+on_exit() {
+  status=$?
+  stop_server
+  if [ "$status" -ne 0 ] && [ -f "$work/server.log" ]; then
+    echo "--- last lines of $work/server.log"
+    tail -40 "$work/server.log"
+  fi
+}
+trap on_exit EXIT
+
+# Free ports are picked, then bound by the server: another process may take one in between, so
+# a server that cannot bind is started again on new ports.
+ready=
+for attempt in 1 2 3; do
+  read -r http_port grpc_port < <("$py" - <<'PY'
 import socket
-ports = []
 socks = [socket.socket() for _ in range(2)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
-    ports.append(s.getsockname()[1])
-for s in socks:
-    s.close()
-print(*ports)
+print(*[s.getsockname()[1] for s in socks])
 PY
 )
-"$bin" --models "$models" serve --host 127.0.0.1 --http-port "$http_port" --grpc-port "$grpc_port" \
-  >"$work/server.log" 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null || true' EXIT
-echo "server pid $server on http :$http_port grpc :$grpc_port (log $work/server.log)"
-for _ in $(seq 1 600); do
-  if "$py" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$http_port/v2/health/ready', timeout=1)" 2>/dev/null; then
-    break
-  fi
-  kill -0 "$server" 2>/dev/null || { cat "$work/server.log"; echo "the server died"; exit 1; }
-  sleep 0.2
+  "$bin" --models "$models" serve --host 127.0.0.1 --http-port "$http_port" \
+    --grpc-port "$grpc_port" --variants "$variants" >"$work/server.log" 2>&1 &
+  server=$!
+  echo "server pid $server on http :$http_port grpc :$grpc_port (attempt $attempt)"
+  for _ in $(seq 1 600); do
+    if "$py" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$http_port/v2/health/ready', timeout=1)" 2>/dev/null; then
+      ready=yes
+      break
+    fi
+    kill -0 "$server" 2>/dev/null || break
+    sleep 0.2
+  done
+  [ -n "$ready" ] && break
+  stop_server
+  grep -qi "address.*in use" "$work/server.log" || break
 done
+if [ -z "$ready" ]; then
+  echo "the server never became ready"
+  exit 1
+fi
 
-data=$(realpath "$data")
 common=(--http "127.0.0.1:$http_port" --grpc "127.0.0.1:$grpc_port" --data "$data"
-  --tensors "$(realpath "$work")" --variants "$variants")
-(cd tests/oip && "../../$py" triton_check.py "${common[@]}")
-(cd tests/oip && "../../$py" kserve_check.py "${common[@]}")
-(cd tests/oip && "../../$py" triton_load.py --http "127.0.0.1:$http_port" --grpc "127.0.0.1:$grpc_port" \
-  --data "$data" --seconds "$seconds" --json "../../$work/load.json")
+  --tensors "$work" --variants "$variants" --images "$images")
+(cd tests/oip && "$py" triton_check.py "${common[@]}")
+(cd tests/oip && "$py" kserve_check.py "${common[@]}")
+(cd tests/oip && "$py" triton_load.py --http "127.0.0.1:$http_port" --grpc "127.0.0.1:$grpc_port" \
+  --data "$data" --seconds "$seconds" --json "$work/load.json")
 
 kill -TERM "$server"
 status=0
 wait "$server" || status=$?
-trap - EXIT
+server=
 if [ "$status" -ne 0 ]; then
-  tail -20 "$work/server.log"
   echo "the server exited with status $status after SIGTERM"
   exit 1
 fi
