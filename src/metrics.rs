@@ -28,6 +28,8 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// Requests being handled now.
     pub in_flight: IntGauge,
+    /// 1 while the service takes requests (warmed up, not draining), else 0.
+    pub ready: IntGauge,
     /// Top-1 accuracy in percent, by variant and source (`measured` or `published`).
     pub top1: GaugeVec,
     /// Top-5 accuracy in percent, by variant and source.
@@ -101,6 +103,10 @@ impl Metrics {
                 &["variant", "reason"],
             )?,
             in_flight: IntGauge::with_opts(opts("in_flight_requests", "Requests being handled."))?,
+            ready: IntGauge::with_opts(opts(
+                "ready",
+                "1 while the service takes requests (warmed up, not draining), else 0.",
+            ))?,
             top1: GaugeVec::new(
                 opts("top1_accuracy", "ImageNet top-1 accuracy in percent."),
                 &["variant", "source"],
@@ -130,6 +136,7 @@ impl Metrics {
         m.registry.register(Box::new(m.rejected.clone()))?;
         m.registry.register(Box::new(m.dropped.clone()))?;
         m.registry.register(Box::new(m.in_flight.clone()))?;
+        m.registry.register(Box::new(m.ready.clone()))?;
         m.registry.register(Box::new(m.top1.clone()))?;
         m.registry.register(Box::new(m.top5.clone()))?;
         m.registry.register(Box::new(m.mult_adds.clone()))?;

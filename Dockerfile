@@ -1,0 +1,51 @@
+# mobilenet-serve: build with the Rust toolchain, run on a small Debian base as a non-root user.
+#
+#   docker build -t mobilenet-serve .                                  # models mounted at run time
+#   docker run -p 8000:8000 -p 8001:8001 -v "$PWD/zoo:/models:ro" mobilenet-serve
+#   docker build --build-arg MODELS=zoo -t mobilenet-serve:zoo .       # models baked in from ./zoo
+#
+# No target-cpu flags: the kernels pick AVX-512, AVX2+FMA or scalar code at run time, so one
+# image runs on any x86-64 node. protox compiles the .proto files, so no protoc is needed.
+
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+FROM ${RUST_IMAGE} AS chef
+RUN cargo install cargo-chef --locked --version 0.1.78
+WORKDIR /src
+
+# The dependency recipe changes only with Cargo.toml/Cargo.lock, so the layer that builds the
+# dependencies stays cached while the project's own code changes.
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json
+COPY . .
+RUN cargo build --release --locked --bin mobilenet-serve \
+ && install -D -m 0755 target/release/mobilenet-serve /out/mobilenet-serve
+
+FROM ${RUNTIME_IMAGE}
+# A directory of the build context with the zoo (real files, not links) to bake into the image;
+# the default holds only a README, and the models are then mounted at /models.
+ARG MODELS=deploy/no-models
+RUN groupadd --system --gid 10001 mobilenet \
+ && useradd --system --uid 10001 --gid mobilenet --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin mobilenet
+COPY --from=builder /out/mobilenet-serve /usr/local/bin/mobilenet-serve
+COPY ${MODELS} /models/
+ENV MODELS_DIR=/models \
+    HOST=0.0.0.0 \
+    HTTP_PORT=8000 \
+    GRPC_PORT=8001 \
+    LOG_FORMAT=json
+USER 10001:10001
+EXPOSE 8000 8001
+# Liveness only: readiness (/readyz) is the orchestrator's business, and a container that is
+# still warming up is not unhealthy.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+  CMD ["mobilenet-serve", "healthcheck", "--url", "http://127.0.0.1:8000/healthz"]
+ENTRYPOINT ["mobilenet-serve"]
+CMD ["serve"]
