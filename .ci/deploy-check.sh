@@ -12,12 +12,15 @@ target=${CARGO_TARGET_DIR:-target}
 work=$(realpath -m "$target/deploy-check")
 mkdir -p "$work"
 
+apt_updated=
 apt_install() {
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
-  else
-    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+  local sudo=
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -q >/dev/null
+    apt_updated=yes
   fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
 }
 command -v kubectl >/dev/null || apt_install kubectl || apt_install kubernetes-client
 # The Debian package also starts a Prometheus server where an init system runs; promtool is all

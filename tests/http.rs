@@ -728,3 +728,23 @@ async fn a_body_that_never_arrives_gets_408_and_frees_its_slot() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_and_its_assets_are_served_from_the_binary() {
+    let s = service(config(), false);
+    for (path, media, needle) in [
+        ("/", "text/html", "/static/app.js"),
+        ("/static/app.js", "text/javascript", "/v1/models"),
+        ("/static/style.css", "text/css", "#chart"),
+    ] {
+        let response = app(s.clone()).oneshot(get(path)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let content_type = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(content_type.starts_with(media), "{path}: {content_type}");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(text.contains(needle), "{path} lacks {needle}");
+        // Offline: nothing is fetched from another host.
+        assert!(!text.contains("https://"), "{path} refers to another host");
+    }
+}

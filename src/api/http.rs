@@ -37,6 +37,7 @@ pub fn app(service: Arc<Service>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(super::oip_http::routes())
+        .merge(super::web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
@@ -380,8 +381,8 @@ async fn not_found(uri: Uri) -> Response {
         ));
     }
     Error::NotFound(
-        "no such route; see /v1/models, /classify, /v2 (Open Inference Protocol), /healthz, \
-         /readyz, /metrics"
+        "no such route; see / (the web page), /v1/models, /classify, /v2 (Open Inference \
+         Protocol), /healthz, /readyz, /metrics"
             .into(),
     )
     .into_response()

@@ -6,3 +6,4 @@ pub mod grpc;
 pub mod http;
 pub mod oip_grpc;
 pub mod oip_http;
+pub mod web;

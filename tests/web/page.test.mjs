@@ -1,0 +1,78 @@
+// The web page in a real browser (Debian's headless Chromium through playwright-core): upload a
+// real image, choose a variant with the keyboard, classify, and check that the top-1 label is
+// the one the API gives for the same image and variant, that the chart shows every variant with
+// a Pareto front, that nothing overflows a phone-sized screen, and that the console stays clean.
+// Usage: node page.test.mjs BASE_URL IMAGE SCREENSHOT_DIR [VARIANTS]
+import { chromium } from "playwright-core";
+import { readFile } from "node:fs/promises";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+
+const [base, image, shots, expectedVariants = "16"] = process.argv.slice(2);
+const variant = "mobilenet_v1_0.5_160";
+const failures = [];
+const check = (ok, what) => {
+  console.log(`  ${ok ? "ok  " : "FAIL"} ${what}`);
+  if (!ok) failures.push(what);
+};
+
+// What the API says, for the same image and variant.
+const api = await fetch(`${base}/classify?model=${variant}&top_k=5`, {
+  method: "POST",
+  headers: { "content-type": "image/jpeg" },
+  body: await readFile(image),
+});
+const expected = (await api.json()).predictions[0].label;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  // Without these, Chromium keeps calling hosts this closed network refuses.
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const errors = [];
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(base + "/");
+  await page.waitForFunction((n) => document.querySelector("#chart")?.dataset.points === n,
+    expectedVariants, { timeout: 30000 });
+  check(true, `chart shows ${expectedVariants} variants`);
+  check(await page.locator("#chart circle").count() === Number(expectedVariants), "one dot per variant");
+  const front = await page.locator("#chart polyline.front").getAttribute("points");
+  check(front && front.trim().split(/\s+/).length >= 2, `Pareto front drawn (${front.trim().split(/\s+/).length} variants on it)`);
+
+  await page.setInputFiles("#file", image);
+  check(await page.locator("#preview").isVisible(), "preview shown");
+  // Keyboard: focus the variant's cell and press Space.
+  const cell = page.locator(`button[data-name="${variant}"]`);
+  await cell.focus();
+  await page.keyboard.press("Space");
+  check(await cell.getAttribute("aria-pressed") === "true", `${variant} chosen with the keyboard`);
+  await page.locator("#classify").click();
+  await page.waitForFunction(() => document.querySelectorAll("#bars li").length === 5);
+  const top1 = await page.locator("#bars li .label span").first().textContent();
+  check(top1 === expected, `top-1 "${top1}" is the API's "${expected}"`);
+  const answered = await page.locator("#answered").textContent();
+  check(answered.includes(variant), `answered by ${variant}`);
+  mkdirSync(shots, { recursive: true });
+  const desktop = path.join(shots, "page-desktop.png");
+  await page.screenshot({ path: desktop, fullPage: true });
+
+  // A phone-sized screen: nothing wider than the viewport.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, `no horizontal overflow at 390 px (${overflow} px)`);
+  const phone = path.join(shots, "page-phone.png");
+  await page.screenshot({ path: phone, fullPage: true });
+  check(errors.length === 0, `no console errors${errors.length ? ": " + errors.join(" | ") : ""}`);
+  console.log(`screenshots: ${desktop} ${phone}`);
+} finally {
+  await browser.close();
+}
+if (failures.length) {
+  console.error(`${failures.length} check(s) failed`);
+  process.exit(1);
+}
+console.log("page: all checks passed");

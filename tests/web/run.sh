@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The web page in Debian's headless Chromium, driven by playwright-core from the npm registry,
+# against `mobilenet-serve serve` with every variant. Installs Chromium when missing.
+# Screenshots go to $CARGO_TARGET_DIR/web (default target/web). CI runs it (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+models=${MODELS_DIR:-../shared/models}
+data=$(realpath "${DATASET_DIR:-../shared/imagenet/val1300}")
+target=${CARGO_TARGET_DIR:-target}
+shots=$(realpath -m "$target/web")
+mkdir -p "$shots"
+if ! command -v chromium >/dev/null; then
+  sudo=
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+fi
+(cd tests/web && npm ci --no-audit --no-fund --silent)
+cargo build --release --locked --quiet
+read -r port grpc_port < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(2)]
+[x.bind(("127.0.0.1", 0)) for x in s]
+print(*[x.getsockname()[1] for x in s])')
+"$target/release/mobilenet-serve" --models "$models" serve --host 127.0.0.1 --http-port "$port" \
+  --grpc-port "$grpc_port" >"$shots/server.log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+  python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null && break
+  kill -0 "$server" 2>/dev/null || { tail -20 "$shots/server.log"; exit 1; }
+  sleep 0.2
+done
+image=$data/$(awk -F'\t' '!/^#/ {print $1; exit}' "$data/labels.tsv")
+variants=$(ls "$models"/*.onnx >/dev/null && python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$models/manifest.json")
+node tests/web/page.test.mjs "http://127.0.0.1:$port" "$image" "$shots" "$variants"
