@@ -17,14 +17,20 @@ WORKDIR /src
 
 # The dependency recipe changes only with Cargo.toml/Cargo.lock, so the layer that builds the
 # dependencies stays cached while the project's own code changes.
+# Only what the build reads is copied, so that documentation, tests or a models directory in the
+# context do not invalidate these layers.
 FROM chef AS planner
-COPY . .
+COPY Cargo.toml Cargo.lock ./
+COPY proto proto
+COPY src src
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json
-COPY . .
+COPY Cargo.toml Cargo.lock ./
+COPY proto proto
+COPY src src
 # The line tables are dropped (a 170 MB binary becomes about 20 MB); symbols stay, so that a
 # backtrace still names its functions.
 RUN cargo build --release --locked --bin mobilenet-serve \

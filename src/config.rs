@@ -70,9 +70,49 @@ pub enum Command {
     /// Write the preprocessed input tensors of a labelled image folder to a .npy file
     /// (for cross-checks with other runtimes).
     Preprocess(PreprocessArgs),
+    /// Classify image files: in-process with the engine, or with a running server (--url).
+    Classify(ClassifyArgs),
     /// GET a running server's probe; exit 0 on a 2xx answer, 1 otherwise (for container
     /// HEALTHCHECKs on images without curl).
     Healthcheck(HealthcheckArgs),
+}
+
+/// Arguments of `classify`.
+#[derive(Debug, Clone, Args)]
+pub struct ClassifyArgs {
+    /// Image files (JPEG, PNG, WebP, BMP, GIF).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The variant, by name.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Width multiplier (with --resolution).
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    /// Input resolution (with --alpha).
+    #[arg(long)]
+    pub resolution: Option<usize>,
+    /// The most accurate variant predicted to answer within this many milliseconds.
+    #[arg(long)]
+    pub max_latency_ms: Option<f64>,
+    /// The cheapest variant with at least this top-1 (percent).
+    #[arg(long)]
+    pub min_top1: Option<f64>,
+    /// When no variant meets the target, answer with the fastest instead of failing.
+    #[arg(long)]
+    pub fallback_fastest: bool,
+    /// Classes per image.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// A running server (http://host:port) to ask instead of classifying in-process.
+    #[arg(long, env = "MOBILENET_URL")]
+    pub url: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Per-request timeout with --url, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
 }
 
 /// Arguments of `healthcheck`.

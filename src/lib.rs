@@ -6,25 +6,28 @@
 //! - [`engine`]: ONNX import into our own [`engine::plan::Plan`], the [`engine::model::Model`]
 //!   that runs it, the [`engine::pool::ModelPool`] of variants and the tract reference.
 //! - [`kernels`]: the compute kernels behind a dispatch table chosen once at start.
-//! - [`verify`], [`eval`], [`bench`]: the cross-check, accuracy and speed commands; [`chart`],
-//!   [`npy`] their outputs.
-//! - Serving: [`api`] (HTTP and gRPC, our API and the Open Inference Protocol of [`oip`]) hands requests to the [`service`], which admits them, picks the
+//! - [`verify`], [`eval`], [`bench`], [`classify`]: the cross-check, accuracy, speed and
+//!   classification commands; [`chart`], [`npy`] their outputs.
+//! - Serving: [`api`] (HTTP and gRPC, our API and the Open Inference Protocol of [`oip`]) hands
+//!   requests to the [`service`], which admits them, picks the
 //!   variant ([`router`]), decodes on the blocking pool, queues images in the [`batcher`] and
 //!   awaits the engine threads ([`engine::worker`]); [`latency`] keeps what the router predicts
 //!   from, [`metrics`] what Prometheus scrapes; [`serve`] and [`shutdown`] run and drain it.
 //! - [`config`], [`telemetry`], [`error`]: command line, logging, the one error type;
-//!   [`healthcheck`] the container probe.
+//!   [`client`] the HTTP client of
+//!   `healthcheck` and `classify --url`.
 
 pub mod api;
 pub mod batcher;
 pub mod bench;
 pub mod chart;
+pub mod classify;
+pub mod client;
 pub mod config;
 pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod eval;
-pub mod healthcheck;
 pub mod kernels;
 pub mod latency;
 pub mod metrics;

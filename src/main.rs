@@ -5,19 +5,24 @@ use std::time::Duration;
 
 use clap::Parser;
 use mobilenet_serve::batcher::BatchPolicy;
+use mobilenet_serve::client;
 use mobilenet_serve::config::ServeArgs;
 use mobilenet_serve::config::{Cli, Command, GlobalOptions};
 use mobilenet_serve::engine::catalog::format_alpha;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
-use mobilenet_serve::healthcheck;
 use mobilenet_serve::kernels::KernelSet;
 use mobilenet_serve::pipeline::decode::DecodeLimits;
 use mobilenet_serve::service::{Service, ServiceConfig};
-use mobilenet_serve::{bench, eval, serve, telemetry, verify, Error};
+use mobilenet_serve::{bench, classify, eval, serve, telemetry, verify, Error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.global.log_format);
+    // Commands whose output is the answer itself log only warnings unless asked.
+    let level = match cli.command {
+        Command::Classify(_) | Command::Healthcheck(_) => "warn",
+        _ => "info",
+    };
+    telemetry::init(cli.global.log_format, level);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -77,6 +82,25 @@ fn serve(global: &GlobalOptions, args: ServeArgs) -> Result<(), Error> {
     ))
 }
 
+/// The service settings of in-process `classify`: the server's defaults.
+fn local_config() -> ServiceConfig {
+    ServiceConfig {
+        batch: BatchPolicy {
+            max_batch: 8,
+            max_delay: Duration::from_micros(2000),
+        },
+        max_queue: 64,
+        max_concurrent_requests: 16,
+        request_timeout: Duration::from_secs(60),
+        max_request_timeout: Duration::from_secs(600),
+        max_images_per_request: 32,
+        decode_limits: DecodeLimits::default(),
+        default_model: None,
+        engine_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        eval_results: None,
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Serve(args) => {
@@ -131,8 +155,29 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             bench::run(&pool, &args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Classify(args) => {
+            let answers = match &args.url {
+                Some(url) => classify::run_remote(url, &args)?,
+                None => {
+                    // Only the chosen variant is loaded when the choice is a name.
+                    let variants = args.model.clone().map(|m| vec![m]);
+                    let pool = load(&cli.global, variants)?;
+                    classify::run_local(pool, local_config(), &args)?
+                }
+            };
+            if args.json {
+                println!("{}", classify::json(&answers, &args.files));
+            } else {
+                print!("{}", classify::table(&answers, &args.files));
+            }
+            Ok(if answers.iter().all(|a| a.is_ok()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Healthcheck(args) => {
-            let status = healthcheck::probe(&args.url, Duration::from_millis(args.timeout_ms))?;
+            let status = client::probe(&args.url, Duration::from_millis(args.timeout_ms))?;
             if (200..300).contains(&status) {
                 Ok(ExitCode::SUCCESS)
             } else {

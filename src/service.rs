@@ -155,7 +155,7 @@ pub struct Prediction {
 }
 
 /// Where a request's time went, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Timings {
     /// Decoding every image.
     pub decode: f64,

@@ -166,17 +166,32 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A server process that is killed if the test fails before it exits, so that it neither
+/// outlives the test nor holds the test's output open.
+struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
     let port = free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mobilenet-serve"))
-        .args(["--models", common::zoo_dir().to_str().unwrap(), "serve"])
-        .args(["--host", "127.0.0.1", "--http-port", &port.to_string()])
-        .args(["--grpc-port", &free_port().to_string()])
-        .args(["--variants", VARIANT, "--engine-threads", "1"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ServerProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mobilenet-serve"))
+            .args(["--models", common::zoo_dir().to_str().unwrap(), "serve"])
+            .args(["--host", "127.0.0.1", "--http-port", &port.to_string()])
+            .args(["--grpc-port", &free_port().to_string()])
+            .args(["--variants", VARIANT, "--engine-threads", "1"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let started = Instant::now();
     loop {
@@ -184,7 +199,7 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
             break;
         }
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.0.try_wait().unwrap().is_none(),
             "the server exited early"
         );
         assert!(started.elapsed() < Duration::from_secs(60), "never ready");
@@ -206,14 +221,58 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
     };
     assert!(probe("/healthz").success());
     assert_eq!(probe("/no-such-route").code(), Some(1));
+    // `classify --url` gives what the API gives.
+    let dir = common::imagenet_dir();
+    let labels = std::fs::read_to_string(dir.join("labels.tsv")).unwrap();
+    let first = labels.lines().find(|l| !l.starts_with('#')).unwrap();
+    let image = dir.join(first.split('\t').next().unwrap());
+    let (status, direct) = http(
+        addr,
+        "POST",
+        "/classify?top_k=2",
+        &std::fs::read(&image).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{direct}");
+    let direct: serde_json::Value = serde_json::from_str(&direct).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mobilenet-serve"))
+        .args([
+            "classify",
+            "--url",
+            &format!("http://{addr}"),
+            "--top-k",
+            "2",
+            "--json",
+        ])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let remote: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(remote[0]["model"], VARIANT);
+    for (r, d) in remote[0]["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(direct["predictions"].as_array().unwrap())
+    {
+        assert_eq!((&r["index"], &r["label"]), (&d["index"], &d["label"]));
+        let (rs, ds) = (r["score"].as_f64().unwrap(), d["score"].as_f64().unwrap());
+        assert!((rs - ds).abs() < 1e-6, "{rs} vs {ds}");
+    }
     let term = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(

@@ -324,3 +324,47 @@ fn cli_models_and_eval() {
         2
     );
 }
+
+#[test]
+fn cli_classify_in_process_prints_a_table_or_json_and_fails_on_a_bad_file() {
+    let dir = common::imagenet_dir();
+    let labels = std::fs::read_to_string(dir.join("labels.tsv")).unwrap();
+    let first = labels.lines().find(|l| !l.starts_with('#')).unwrap();
+    let image = dir.join(first.split('\t').next().unwrap());
+    let class: usize = first.split('\t').nth(1).unwrap().parse().unwrap();
+    let image = image.to_str().unwrap();
+    let (ok, out, err) = cli(&["classify", image, "--model", "mobilenet_v1_1.0_224"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("(mobilenet_v1_1.0_224, "), "{out}");
+    assert_eq!(out.lines().count(), 6, "a heading and five classes: {out}");
+    let (ok, out, _) = cli(&[
+        "classify",
+        image,
+        "--alpha",
+        "1.0",
+        "--resolution",
+        "224",
+        "--top-k",
+        "1",
+        "--json",
+    ]);
+    assert!(ok);
+    let answers: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The sample's first image is one the full-size model gets right.
+    assert_eq!(answers[0]["predictions"][0]["index"], class, "{out}");
+    let not_an_image = env!("CARGO_MANIFEST_DIR").to_string() + "/Cargo.toml";
+    let (ok, out, _) = cli(&[
+        "classify",
+        image,
+        &not_an_image,
+        "--model",
+        "mobilenet_v1_0.25_128",
+    ]);
+    assert!(!ok, "a file that is no image fails the command");
+    assert!(
+        out.contains("Cargo.toml  error: cannot decode image"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&["classify", image, "--alpha", "0.5"]);
+    assert!(!ok && err.contains("alpha"), "{err}");
+}

@@ -1,5 +1,5 @@
-//! `mobilenet-serve healthcheck`: one HTTP GET against a running server's probe, for container
-//! HEALTHCHECKs on images that have no curl (the runtime image carries only this binary).
+//! A minimal blocking HTTP/1.1 client for the command line: `healthcheck` (container probes on
+//! images without curl) and `classify --url`. Plain `http://` only: it talks to our own server.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -42,9 +42,27 @@ pub fn parse_url(url: &str) -> Result<ProbeTarget> {
     })
 }
 
-/// GETs `url` and returns its HTTP status code; everything (connecting, writing, reading) within
-/// `timeout`.
-pub fn probe(url: &str, timeout: Duration) -> Result<u16> {
+/// A response: its status code and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status code.
+    pub status: u16,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+/// Largest response read: the CLI's answers are small JSON documents.
+const MAX_RESPONSE: u64 = 16 << 20;
+
+/// Sends one request (`body` with `content_type` when given) and reads the whole response;
+/// connecting, writing and each read are bounded by `timeout`.
+pub fn request(
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Reply> {
     let target = parse_url(url)?;
     let addr: SocketAddr = target
         .authority
@@ -56,26 +74,64 @@ pub fn probe(url: &str, timeout: Duration) -> Result<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        target.path, target.authority
+    let mut head = format!(
+        "{method} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        target.path,
+        target.authority,
+        body.len()
     );
-    stream.write_all(request.as_bytes()).map_err(io)?;
-    // The status line is all we need; it arrives first.
-    let mut head = [0u8; 64];
-    let mut len = 0;
-    while len < head.len() {
-        let n = stream.read(&mut head[len..]).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if head[..len].contains(&b'\n') {
-            break;
-        }
+    if let Some(t) = content_type {
+        head.push_str(&format!("Content-Type: {t}\r\n"));
     }
-    status_code(&head[..len])
-        .ok_or_else(|| Error::Unavailable(format!("{url}: not an HTTP response")))
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).map_err(io)?;
+    stream.write_all(body).map_err(io)?;
+    // Connection: close, so the response ends where the stream does.
+    let mut raw = Vec::new();
+    stream
+        .take(MAX_RESPONSE)
+        .read_to_end(&mut raw)
+        .map_err(io)?;
+    parse_response(&raw).ok_or_else(|| Error::Unavailable(format!("{url}: not an HTTP response")))
+}
+
+/// GETs `url` and returns its HTTP status code.
+pub fn probe(url: &str, timeout: Duration) -> Result<u16> {
+    request("GET", url, None, &[], timeout).map(|r| r.status)
+}
+
+/// Splits a raw response into status and body, decoding a chunked body.
+fn parse_response(raw: &[u8]) -> Option<Reply> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let status = status_code(head.as_bytes())?;
+    let body = &raw[split + 4..];
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    Some(Reply { status, body })
+}
+
+/// The data of a chunked body (`<hex size>\r\n<data>\r\n`... `0\r\n\r\n`).
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
 }
 
 /// The status code of an HTTP/1.x status line.
@@ -106,6 +162,22 @@ mod tests {
         assert_eq!(parse_url("http://example").unwrap().path, "/");
         assert!(parse_url("https://example/").is_err());
         assert!(parse_url("http:///x").is_err());
+    }
+
+    #[test]
+    fn chunked_and_plain_bodies_are_read() {
+        let plain = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi").unwrap();
+        assert_eq!(
+            (plain.status, plain.body.as_slice()),
+            (200, b"hi".as_slice())
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked).unwrap().body, b"abc0123456789");
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
+                .is_none()
+        );
+        assert!(parse_response(b"HTTP/1.1 200 OK").is_none());
     }
 
     #[test]
