@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use crate::batcher::{BatchPolicy, Batcher, Incoming, Job, JobOutput};
 use crate::engine::pool::{ModelPool, Variant};
@@ -592,6 +593,19 @@ impl Service {
         };
         self.metrics.count_request(variant, protocol, status);
         match outcome {
+            Ok(t) => tracing::debug!(
+                status,
+                decode_ms = t.decode,
+                preprocess_ms = t.preprocess,
+                queue_ms = t.queue,
+                inference_ms = t.inference,
+                postprocess_ms = t.postprocess,
+                total_ms = t.total,
+                "answered"
+            ),
+            Err(e) => tracing::debug!(status, error = %e, "not answered"),
+        }
+        match outcome {
             Ok(t) => {
                 for (stage, ms) in t.stages() {
                     self.metrics.observe_stage(variant, stage, ms / 1e3);
@@ -620,11 +634,15 @@ impl Service {
         protocol: &str,
     ) -> Result<ClassifyResponse> {
         let mut chosen = None;
-        let result = self.classify_inner(admission, request, &mut chosen).await;
+        let span = request_span(protocol);
+        let result = self
+            .classify_inner(admission, request, &mut chosen)
+            .instrument(span.clone())
+            .await;
         let name = chosen
             .map(|i: usize| self.variants[i].spec.name.as_str())
             .unwrap_or(NO_VARIANT);
-        self.record_outcome(name, protocol, result.as_ref().map(|r| &r.timings));
+        span.in_scope(|| self.record_outcome(name, protocol, result.as_ref().map(|r| &r.timings)));
         result
     }
 
@@ -657,6 +675,7 @@ impl Service {
         )?;
         *chosen = Some(choice.index);
         let variant = &self.variants[choice.index];
+        tracing::Span::current().record("variant", variant.spec.name.as_str());
         let ran = self
             .run(
                 admission,
@@ -667,11 +686,12 @@ impl Service {
             .await?;
 
         let post_started = Instant::now();
-        let predictions = ran
-            .outputs
-            .iter()
-            .map(|o| self.predictions(variant, &o.scores, request.top_k))
-            .collect();
+        let predictions = tracing::debug_span!("postprocess").in_scope(|| {
+            ran.outputs
+                .iter()
+                .map(|o| self.predictions(variant, &o.scores, request.top_k))
+                .collect()
+        });
         let mut timings = ran.timings;
         let now = Instant::now();
         timings.postprocess = millis(now - post_started);
@@ -819,6 +839,9 @@ impl Service {
         for o in &outputs {
             self.latency[index].record_image(o.queue, o.inference, now);
         }
+        let mut batches: Vec<u64> = outputs.iter().map(|o| o.batch_id).collect();
+        batches.dedup();
+        tracing::Span::current().record("batches", tracing::field::debug(&batches));
         let longest =
             |f: fn(&JobOutput) -> Duration| outputs.iter().map(f).max().unwrap_or_default();
         let timings = Timings {
@@ -846,8 +869,10 @@ impl Service {
         // The decode keeps the request's admission slot even if the client goes away and the
         // handler is dropped: abandoned decodes cannot pile up beyond the in-flight limit.
         let slot = admission.slot.clone();
+        let span = tracing::debug_span!("prepare", images = images.len());
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            let _span = span.enter();
             match images {
                 Images::Encoded(list) => decode_all(&list, &limits, rho, norm),
                 Images::Nchw { data, count } => {
@@ -1001,6 +1026,18 @@ fn prefix_image_error(i: usize, e: Error) -> Error {
         Error::BadInput(m) => Error::BadInput(format!("image {i}: {m}")),
         other => other,
     }
+}
+
+/// The span of one request: its protocol, then its variant and the engine batches that ran its
+/// images, recorded as they become known. `RUST_LOG=mobilenet_serve=debug` shows it with its
+/// `prepare` and `postprocess` children and the `answered` event carrying every stage's time.
+pub fn request_span(protocol: &str) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        protocol,
+        variant = tracing::field::Empty,
+        batches = tracing::field::Empty
+    )
 }
 
 /// A manifest percentage as f64 without float noise (70.9f32 is 70.90000152587891 as f64).

@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::engine::pool::Variant;
 use crate::error::{Error, Result};
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
-use crate::service::{millis, Admission, Images, InferRequest, Service, Timings};
+use crate::service::{millis, request_span, Admission, Images, InferRequest, Service, Timings};
+use tracing::Instrument;
 
 /// The one version every model has.
 pub const MODEL_VERSION: &str = "1";
@@ -246,8 +247,12 @@ pub async fn infer(
     protocol: &str,
 ) -> Result<Response> {
     let label = service.metrics_label(&request.model).to_string();
-    let result = infer_inner(service, admission, request).await;
-    service.record_outcome(&label, protocol, result.as_ref().map(|r| &r.timings));
+    let span = request_span(protocol);
+    span.record("variant", label.as_str());
+    let result = infer_inner(service, admission, request)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| service.record_outcome(&label, protocol, result.as_ref().map(|r| &r.timings)));
     result
 }
 
@@ -275,10 +280,12 @@ async fn infer_inner(
         )
         .await?;
     let post_started = Instant::now();
-    let outputs = wanted
-        .iter()
-        .map(|w| build_output(service, variant, &answer.outputs, w))
-        .collect();
+    let outputs = tracing::debug_span!("postprocess").in_scope(|| {
+        wanted
+            .iter()
+            .map(|w| build_output(service, variant, &answer.outputs, w))
+            .collect()
+    });
     let mut timings = answer.timings;
     let now = Instant::now();
     timings.postprocess = millis(now - post_started);
