@@ -130,7 +130,33 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
         std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
         println!("wrote {}", path.display());
     }
+    if let Some(path) = &args.svg {
+        let title = format!("mobilenet-serve bench ({} kernels)", report.kernels);
+        let svg = crate::chart::speed_vs_batch(&title, &speed_series(&report.results));
+        std::fs::write(path, svg).map_err(|e| Error::io(path, e))?;
+        println!("wrote {}", path.display());
+    }
     Ok(report)
+}
+
+/// One line per variant over batch sizes, at the first thread count measured.
+fn speed_series(results: &[BenchResult]) -> Vec<crate::chart::Series> {
+    let threads = results.first().map_or(1, |r| r.threads);
+    let mut series: Vec<crate::chart::Series> = Vec::new();
+    for r in results.iter().filter(|r| r.threads == threads) {
+        let point = (r.batch, r.median_ms, r.gflops);
+        match series.iter_mut().find(|s| s.label == r.name) {
+            Some(s) => s.points.push(point),
+            None => series.push(crate::chart::Series {
+                label: r.name.clone(),
+                points: vec![point],
+            }),
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by_key(|p| p.0);
+    }
+    series
 }
 
 /// Times `iters` runs of `batch` random images (ours and, when given, tract alternately).

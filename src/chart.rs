@@ -1,5 +1,6 @@
-//! Hand-written SVG charts (no plotting dependency): accuracy against latency, one labelled
-//! point per variant, latency on a log axis.
+//! Hand-written SVG charts (no plotting dependency): accuracy against latency (`eval --svg`),
+//! one labelled point per variant on a log latency axis; and speed against batch size
+//! (`bench --svg`), one line per variant.
 
 use std::fmt::Write;
 
@@ -128,6 +129,147 @@ pub fn accuracy_vs_latency(title: &str, points: &[Point]) -> String {
     s
 }
 
+/// One variant's measurements over batch sizes, for [`speed_vs_batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The variant.
+    pub label: String,
+    /// `(batch size, ms per image, GFLOP/s)`, by increasing batch size.
+    pub points: Vec<(usize, f64, f64)>,
+}
+
+/// Colours that stay distinguishable for a dozen lines or so.
+const PALETTE: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+];
+
+/// An SVG document with two panels over batch size (log scale): milliseconds per image (log
+/// scale) and achieved GFLOP/s, one line per variant.
+pub fn speed_vs_batch(title: &str, series: &[Series]) -> String {
+    const PW: f64 = 440.0;
+    const GAP: f64 = 40.0;
+    let width = LEFT + 2.0 * PW + GAP + RIGHT + 150.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" viewBox="0 0 {width} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="28" text-anchor="middle" font-size="16">{}</text>"#,
+        width / 2.0,
+        escape(title)
+    );
+    let all: Vec<&(usize, f64, f64)> = series.iter().flat_map(|x| &x.points).collect();
+    let batches = log_ticks(
+        all.iter().map(|p| p.0 as f64).fold(f64::INFINITY, f64::min),
+        all.iter().map(|p| p.0 as f64).fold(0.0, f64::max),
+    );
+    let ms = log_ticks(
+        all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min) / 1.2,
+        all.iter().map(|p| p.1).fold(0.0, f64::max) * 1.2,
+    );
+    let top = all.iter().map(|p| p.2).fold(0.0, f64::max);
+    let step = nice_step(top / 5.0);
+    let gflops: Vec<f64> = (0..=((top / step).ceil() as usize).max(1))
+        .map(|i| i as f64 * step)
+        .collect();
+    let panels = [
+        ("ms per image (log scale)", LEFT, true),
+        ("GFLOP/s", LEFT + PW + GAP, false),
+    ];
+    for (name, x0, log_y) in panels {
+        let yt: &[f64] = if log_y { &ms } else { &gflops };
+        let (ya, yb) = (yt[0], yt[yt.len() - 1]);
+        let (bx0, bx1) = (batches[0].log10(), batches[batches.len() - 1].log10());
+        let px = |b: f64| x0 + (b.log10() - bx0) / (bx1 - bx0).max(1e-9) * PW;
+        let py = |v: f64| {
+            let f = if log_y {
+                (v.log10() - ya.log10()) / (yb.log10() - ya.log10()).max(1e-9)
+            } else {
+                (v - ya) / (yb - ya).max(1e-9)
+            };
+            H - BOTTOM - f * (H - TOP - BOTTOM)
+        };
+        for &b in &batches {
+            let _ = writeln!(
+                s,
+                r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1:.1}" stroke="#ddd"/><text x="{0:.1}" y="{2:.1}" text-anchor="middle">{3}</text>"##,
+                px(b),
+                H - BOTTOM,
+                H - BOTTOM + 18.0,
+                trim_number(b)
+            );
+        }
+        for &v in yt {
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x0}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#ddd"/><text x="{2:.1}" y="{3:.1}" text-anchor="end">{4}</text>"##,
+                py(v),
+                x0 + PW,
+                x0 - 6.0,
+                py(v) + 4.0,
+                trim_number(v)
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<rect x="{x0}" y="{TOP}" width="{PW}" height="{:.1}" fill="none" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="middle">batch size (log scale)</text><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="13">{name}</text>"##,
+            H - TOP - BOTTOM,
+            x0 + PW / 2.0,
+            H - 15.0,
+            x0 + PW / 2.0,
+            TOP - 8.0
+        );
+        for (i, line) in series.iter().enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            let pts: Vec<String> = line
+                .points
+                .iter()
+                .map(|&(b, m, g)| {
+                    format!("{:.1},{:.1}", px(b as f64), py(if log_y { m } else { g }))
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"><title>{}</title></polyline>"#,
+                pts.join(" "),
+                escape(&line.label)
+            );
+        }
+    }
+    // One legend for both panels.
+    for (i, line) in series.iter().enumerate() {
+        let y = TOP + 14.0 + 18.0 * i as f64;
+        let x = LEFT + 2.0 * PW + GAP + 14.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="3"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
+            x + 18.0,
+            PALETTE[i % PALETTE.len()],
+            x + 24.0,
+            y + 4.0,
+            escape(&line.label)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A 1, 2 or 5 times a power of ten at or above `raw` (axis steps).
+fn nice_step(raw: f64) -> f64 {
+    if !(raw > 0.0 && raw.is_finite()) {
+        return 1.0;
+    }
+    let decade = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * decade)
+        .find(|&v| v >= raw)
+        .unwrap_or(10.0 * decade)
+}
+
 /// The 1-2-5 sequence (..., 0.5, 1, 2, 5, 10, ...) from the largest value at or below `lo` to the
 /// smallest at or above `hi`.
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
@@ -187,6 +329,27 @@ mod tests {
         assert_eq!(svg.matches("<circle").count(), 2);
         assert!(svg.contains("a&lt;b") && svg.contains(">big<"));
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn speed_chart_has_a_line_per_variant_in_each_panel() {
+        let series = vec![
+            Series {
+                label: "small".into(),
+                points: vec![(1, 0.5, 20.0), (8, 0.3, 33.0)],
+            },
+            Series {
+                label: "big".into(),
+                points: vec![(1, 11.0, 100.0), (8, 9.0, 120.0)],
+            },
+        ];
+        let svg = speed_vs_batch("speed", &series);
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert!(svg.contains("ms per image") && svg.contains("GFLOP/s"));
+        assert!(svg.contains(">small<") && svg.contains(">big<"));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(nice_step(23.0), 50.0);
+        assert_eq!(nice_step(0.7), 1.0);
     }
 
     #[test]

@@ -277,4 +277,8 @@ pub struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write an SVG chart here: ms per image and GFLOP/s against batch size, per variant
+    /// (of the first thread count).
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
 }
