@@ -82,8 +82,13 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
     );
     let mut protos = ProtoCache::default();
     let mut results = Vec::new();
+    let progress = crate::eval::progress_bar(
+        (pool.variants().len() * args.batch.len()) as u64,
+        "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+    );
     for v in pool.variants() {
         for &batch in &args.batch {
+            progress.set_message(format!("{} batch {batch}", v.spec.name));
             let tract = if args.tract && batch == 1 {
                 Some(TractReference::for_variant(protos.get(pool, v)?, v)?)
             } else {
@@ -95,30 +100,35 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
             } else {
                 bench_threads(v, batch.max(1), args.iters as usize, threads, peak)?
             };
-            println!(
-                "{:<24} {:>5} {:>9.3} {:>9.3} {:>9.1} {:>8.1} {:>6} {:>9} {:>7}",
-                r.name,
-                r.batch,
-                r.median_ms,
-                r.p90_ms,
-                r.images_per_second,
-                r.gflops,
-                r.peak_percent
-                    .map(|p| format!("{p:.0}%"))
-                    .unwrap_or_else(|| "-".into()),
-                r.tract_median_ms
-                    .map(|t| format!("{t:.3}"))
-                    .unwrap_or_else(|| "-".into()),
-                r.tract_median_ms
-                    .map(|t| format!("{:.2}", r.median_ms / t))
-                    .unwrap_or_else(|| "-".into()),
-            );
+            // Printed above the bar, not through it.
+            progress.suspend(|| {
+                println!(
+                    "{:<24} {:>5} {:>9.3} {:>9.3} {:>9.1} {:>8.1} {:>6} {:>9} {:>7}",
+                    r.name,
+                    r.batch,
+                    r.median_ms,
+                    r.p90_ms,
+                    r.images_per_second,
+                    r.gflops,
+                    r.peak_percent
+                        .map(|p| format!("{p:.0}%"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.tract_median_ms
+                        .map(|t| format!("{t:.3}"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.tract_median_ms
+                        .map(|t| format!("{:.2}", r.median_ms / t))
+                        .unwrap_or_else(|| "-".into()),
+                )
+            });
+            progress.inc(1);
             results.push(r);
         }
         if args.layers {
-            print_layers(v)?;
+            progress.suspend(|| print_layers(v))?;
         }
     }
+    progress.finish_and_clear();
     let report = BenchReport {
         kernels: tier,
         fma_peak_gflops: peak,

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::chart::{self, Point};
@@ -94,7 +95,7 @@ pub fn eval_variant(
     v: &Variant,
     images: &[(LabeledImage, RgbImage)],
     batch: usize,
-    progress: bool,
+    progress: &ProgressBar,
 ) -> Result<VariantResult> {
     let r = v.spec.resolution;
     let per = v.input_len();
@@ -104,7 +105,7 @@ pub fn eval_variant(
     let mut ws = Workspace::new();
     let (mut top1, mut top5) = (0usize, 0usize);
     let (mut engine_time, mut preprocess_time) = (Duration::ZERO, Duration::ZERO);
-    for (chunk_no, chunk) in images.chunks(batch).enumerate() {
+    for chunk in images.chunks(batch) {
         let started = Instant::now();
         for (slot, (_, img)) in input.chunks_exact_mut(per).zip(chunk) {
             preprocess_into(img, r, v.spec.normalization, slot)?;
@@ -123,17 +124,7 @@ pub fn eval_variant(
             top1 += usize::from(best[0] == Some(label.class));
             top5 += usize::from(best.contains(&Some(label.class)));
         }
-        if progress {
-            eprint!(
-                "\r{:<24} {:>5}/{}",
-                v.spec.name,
-                (chunk_no * batch + n),
-                images.len()
-            );
-        }
-    }
-    if progress {
-        eprint!("\r{:<40}\r", "");
+        progress.inc(n as u64);
     }
     let n = images.len() as f64;
     Ok(VariantResult {
@@ -156,7 +147,7 @@ fn eval_all(
     images: &[(LabeledImage, RgbImage)],
     batch: usize,
     jobs: usize,
-    progress: bool,
+    progress: &ProgressBar,
 ) -> Result<Vec<VariantResult>> {
     let variants = pool.variants();
     let next = AtomicUsize::new(0);
@@ -167,7 +158,7 @@ fn eval_all(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(v) = variants.get(i) else { break };
-                let r = eval_variant(pool, v, images, batch, progress && jobs == 1);
+                let r = eval_variant(pool, v, images, batch, progress);
                 *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
             });
         }
@@ -182,18 +173,35 @@ fn eval_all(
         .collect()
 }
 
+/// A progress bar of `len` steps on stderr when it is a terminal; hidden otherwise (logs and
+/// CI output stay clean).
+pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
 /// The `eval` command: prints a table, and writes JSON and SVG when asked.
 pub fn run(pool: &ModelPool, args: &crate::config::EvalArgs) -> Result<EvalReport> {
     let (images, decoding) = load_images(&args.data, args.limit)?;
     let decode_ms = decoding.as_secs_f64() * 1000.0 / images.len() as f64;
     println!("decoded {} images: {decode_ms:.3} ms/img", images.len());
     let batch = args.batch as usize;
-    let progress = std::io::stderr().is_terminal();
+    let progress = progress_bar(
+        (images.len() * pool.variants().len()) as u64,
+        "{elapsed_precise} [{bar:40}] {pos}/{len} images x variants, {eta} left",
+    );
     println!(
         "{:<24} {:>7} {:>7} {:>10} {:>9} {:>8} {:>8}",
         "variant", "top-1", "top-5", "published", "ms/img", "img/s", "prep ms"
     );
-    let results = eval_all(pool, &images, batch, args.jobs as usize, progress)?;
+    let results = eval_all(pool, &images, batch, args.jobs as usize, &progress)?;
+    progress.finish_and_clear();
     for r in &results {
         println!(
             "{:<24} {:>6.2}% {:>6.2}% {:>10} {:>9.3} {:>8.1} {:>8.3}",
