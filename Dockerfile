@@ -54,8 +54,8 @@ ENV MODELS_DIR=/models \
 USER 10001:10001
 EXPOSE 8000 8001
 # Liveness only: readiness (/readyz) is the orchestrator's business, and a container that is
-# still warming up is not unhealthy.
+# still warming up is not unhealthy. The probe follows HTTP_PORT.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-  CMD ["mobilenet-serve", "healthcheck", "--url", "http://127.0.0.1:8000/healthz"]
+  CMD ["mobilenet-serve", "healthcheck"]
 ENTRYPOINT ["mobilenet-serve"]
 CMD ["serve"]

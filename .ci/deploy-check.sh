@@ -13,19 +13,24 @@ work=$(realpath -m "$target/deploy-check")
 mkdir -p "$work"
 
 apt_updated=
+# Returns non-zero on any failure (set -e does not apply inside `||` lists, so it is explicit).
 apt_install() {
   local sudo=
   [ "$(id -u)" = 0 ] || sudo=sudo
   if [ -z "$apt_updated" ]; then
-    $sudo apt-get update -q >/dev/null
+    $sudo apt-get update -q >/dev/null || return 1
     apt_updated=yes
   fi
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null || return 1
 }
-command -v kubectl >/dev/null || apt_install kubectl || apt_install kubernetes-client
+if ! command -v kubectl >/dev/null; then
+  apt_install kubectl || apt_install kubernetes-client || { echo "cannot install kubectl"; exit 1; }
+fi
 # The Debian package also starts a Prometheus server where an init system runs; promtool is all
 # that is needed here.
-command -v promtool >/dev/null || apt_install prometheus
+if ! command -v promtool >/dev/null; then
+  apt_install prometheus || { echo "cannot install promtool"; exit 1; }
+fi
 py=$work/venv/bin/python
 if ! "$py" -m pip --version >/dev/null 2>&1; then
   rm -rf "$work/venv"
@@ -75,14 +80,24 @@ print(*[x.getsockname()[1] for x in s])')
   --http-port "$port" --grpc-port "$grpc_port" --variants mobilenet_v1_0.25_128 >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
+ready=
 for _ in $(seq 1 300); do
-  "$py" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null && break
+  if "$py" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null; then
+    ready=yes
+    break
+  fi
+  kill -0 "$server" 2>/dev/null || break
   sleep 0.2
 done
+if [ -z "$ready" ]; then
+  tail -20 "$work/server.log"
+  echo "the server never became ready"
+  exit 1
+fi
 # One request, so that the per-request series exist too.
-"$py" - "$port" <<'PY'
-import glob, sys, urllib.request
-img = open(sorted(glob.glob("../shared/imagenet/val1300/*.JPEG"))[0], "rb").read()
+"$py" - "$port" "${DATASET_DIR:-../shared/imagenet/val1300}" <<'PY'
+import glob, os, sys, urllib.request
+img = open(sorted(glob.glob(os.path.join(sys.argv[2], "*.JPEG")))[0], "rb").read()
 req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/classify", data=img,
                              headers={"content-type": "image/jpeg"})
 urllib.request.urlopen(req, timeout=30).read()

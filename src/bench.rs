@@ -82,7 +82,7 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
     );
     let mut protos = ProtoCache::default();
     let mut results = Vec::new();
-    let progress = crate::eval::progress_bar(
+    let progress = crate::progress::bar(
         (pool.variants().len() * args.batch.len()) as u64,
         "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
     );
@@ -128,7 +128,7 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
             progress.suspend(|| print_layers(v))?;
         }
     }
-    progress.finish_and_clear();
+    drop(progress);
     let report = BenchReport {
         kernels: tier,
         fma_peak_gflops: peak,
@@ -149,11 +149,10 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
     Ok(report)
 }
 
-/// One line per variant over batch sizes, at the first thread count measured.
+/// One line per variant over batch sizes.
 fn speed_series(results: &[BenchResult]) -> Vec<crate::chart::Series> {
-    let threads = results.first().map_or(1, |r| r.threads);
     let mut series: Vec<crate::chart::Series> = Vec::new();
-    for r in results.iter().filter(|r| r.threads == threads) {
+    for r in results {
         let point = (r.batch, r.median_ms, r.gflops);
         match series.iter_mut().find(|s| s.label == r.name) {
             Some(s) => s.points.push(point),

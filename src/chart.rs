@@ -233,10 +233,16 @@ pub fn speed_vs_batch(title: &str, series: &[Series]) -> String {
                 .collect();
             let _ = writeln!(
                 s,
-                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"><title>{}</title></polyline>"#,
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"{}><title>{}</title></polyline>"#,
                 pts.join(" "),
+                dash(i),
                 escape(&line.label)
             );
+            // Markers too: a single batch size draws no line.
+            for p in &pts {
+                let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
+                let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{colour}"/>"#);
+            }
         }
     }
     // One legend for both panels.
@@ -245,9 +251,10 @@ pub fn speed_vs_batch(title: &str, series: &[Series]) -> String {
         let x = LEFT + 2.0 * PW + GAP + 14.0;
         let _ = writeln!(
             s,
-            r#"<line x1="{x}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="3"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
+            r#"<line x1="{x}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="3"{}/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
             x + 18.0,
             PALETTE[i % PALETTE.len()],
+            dash(i),
             x + 24.0,
             y + 4.0,
             escape(&line.label)
@@ -255,6 +262,15 @@ pub fn speed_vs_batch(title: &str, series: &[Series]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// Past the palette, lines repeat its colours dashed, so that 16 variants stay distinct.
+fn dash(i: usize) -> &'static str {
+    match i / PALETTE.len() {
+        0 => "",
+        1 => r#" stroke-dasharray="6 3""#,
+        _ => r#" stroke-dasharray="2 2""#,
+    }
 }
 
 /// A 1, 2 or 5 times a power of ten at or above `raw` (axis steps).

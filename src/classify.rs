@@ -137,6 +137,7 @@ fn query(args: &ClassifyArgs) -> Result<String> {
         #[serde(skip_serializing_if = "Option::is_none")]
         fallback: Option<&'a str>,
         top_k: usize,
+        timeout_ms: u64,
     }
     // Checked here too, so that a mistake is reported before any upload.
     selection_params(args).selection()?;
@@ -148,6 +149,7 @@ fn query(args: &ClassifyArgs) -> Result<String> {
         min_top1: args.min_top1,
         fallback: args.fallback_fastest.then_some("fastest"),
         top_k: args.top_k,
+        timeout_ms: args.timeout_ms,
     })
     .map_err(|e| Error::Internal(format!("query: {e}")))
 }
@@ -173,10 +175,15 @@ pub fn run_remote(base: &str, args: &ClassifyArgs) -> Result<Vec<Result<FileAnsw
                     .ok()
                     .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
                     .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
-                return Err(Error::Unavailable(format!(
-                    "the server answered {}: {message}",
-                    reply.status
-                )));
+                let message = format!("the server answered {}: {message}", reply.status);
+                // The client's mistakes read as such; the server's state as unavailability.
+                return Err(
+                    if (400..500).contains(&reply.status) && reply.status != 429 {
+                        Error::BadRequest(message)
+                    } else {
+                        Error::Unavailable(message)
+                    },
+                );
             }
             let mut answer: FileAnswer = serde_json::from_slice(&reply.body)
                 .map_err(|e| Error::Internal(format!("unexpected answer from {url}: {e}")))?;
@@ -259,7 +266,7 @@ mod tests {
         a.fallback_fastest = true;
         assert_eq!(
             query(&a).unwrap(),
-            "max_latency_ms=5.0&fallback=fastest&top_k=3"
+            "max_latency_ms=5.0&fallback=fastest&top_k=3&timeout_ms=1000"
         );
         a.model = Some("mobilenet_v1_0.25_128".into());
         assert!(query(&a).is_err(), "a name and a target at once");

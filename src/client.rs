@@ -2,8 +2,8 @@
 //! images without curl) and `classify --url`. Plain `http://` only: it talks to our own server.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -52,10 +52,10 @@ pub struct Reply {
 }
 
 /// Largest response read: the CLI's answers are small JSON documents.
-const MAX_RESPONSE: u64 = 16 << 20;
+const MAX_RESPONSE: usize = 16 << 20;
 
-/// Sends one request (`body` with `content_type` when given) and reads the whole response;
-/// connecting, writing and each read are bounded by `timeout`.
+/// Sends one request (`body` with `content_type` when given) and reads the whole response, all
+/// within `timeout`.
 pub fn request(
     method: &str,
     url: &str,
@@ -64,16 +64,9 @@ pub fn request(
     timeout: Duration,
 ) -> Result<Reply> {
     let target = parse_url(url)?;
-    let addr: SocketAddr = target
-        .authority
-        .to_socket_addrs()
-        .map_err(|e| Error::Config(format!("`{}`: {e}", target.authority)))?
-        .next()
-        .ok_or_else(|| Error::Config(format!("`{}` resolves to nothing", target.authority)))?;
+    let deadline = Instant::now() + timeout;
     let io = |e: std::io::Error| Error::Unavailable(format!("{url}: {e}"));
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut stream = connect(&target.authority, timeout).map_err(io)?;
     let mut head = format!(
         "{method} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
         target.path,
@@ -84,15 +77,62 @@ pub fn request(
         head.push_str(&format!("Content-Type: {t}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).map_err(io)?;
-    stream.write_all(body).map_err(io)?;
-    // Connection: close, so the response ends where the stream does.
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut raw)
-        .map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let sent = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body));
+    // A server may answer (413, say) and close before the body is all sent: its answer is
+    // still worth reading.
+    let raw = read_until_close(&mut stream, deadline).map_err(io);
+    let raw = match (raw, sent) {
+        (Ok(raw), _) if !raw.is_empty() => raw,
+        (_, Err(e)) => return Err(io(e)),
+        (Err(e), Ok(())) => return Err(e),
+        (Ok(raw), Ok(())) => raw,
+    };
     parse_response(&raw).ok_or_else(|| Error::Unavailable(format!("{url}: not an HTTP response")))
+}
+
+/// A connection to the first address of `authority` that accepts one (a name may resolve to
+/// IPv6 and IPv4 addresses, and the server listen on only one family).
+fn connect(authority: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in authority.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to nothing")
+    }))
+}
+
+/// Everything the server sends until it closes (`Connection: close`), by `deadline`, refusing
+/// more than [`MAX_RESPONSE`] bytes.
+fn read_until_close(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no complete answer in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        if raw.len() + n > MAX_RESPONSE {
+            return Err(std::io::Error::other(format!(
+                "the answer exceeds {MAX_RESPONSE} bytes"
+            )));
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// GETs `url` and returns its HTTP status code.

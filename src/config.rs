@@ -110,7 +110,7 @@ pub struct ClassifyArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Per-request timeout with --url, in milliseconds.
+    /// Each image's deadline, in milliseconds (also sent to the server with --url).
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
 }
@@ -118,16 +118,23 @@ pub struct ClassifyArgs {
 /// Arguments of `healthcheck`.
 #[derive(Debug, Clone, Args)]
 pub struct HealthcheckArgs {
-    /// The probe to GET (http:// only).
-    #[arg(
-        long,
-        env = "HEALTHCHECK_URL",
-        default_value = "http://127.0.0.1:8000/healthz"
-    )]
-    pub url: String,
+    /// The probe to GET (http:// only); default: /healthz on this host at HTTP_PORT (8000).
+    #[arg(long, env = "HEALTHCHECK_URL")]
+    pub url: Option<String>,
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
+}
+
+impl HealthcheckArgs {
+    /// The URL to probe: `--url`, else the liveness probe of a server started with the same
+    /// environment (its `HTTP_PORT`), so a container that moves its port stays checked.
+    pub fn url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| {
+            let port = std::env::var("HTTP_PORT").unwrap_or_else(|_| "8000".into());
+            format!("http://127.0.0.1:{port}/healthz")
+        })
+    }
 }
 
 /// Arguments of `serve`.
@@ -277,8 +284,7 @@ pub struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Write an SVG chart here: ms per image and GFLOP/s against batch size, per variant
-    /// (of the first thread count).
+    /// Write an SVG chart here: ms per image and GFLOP/s against batch size, per variant.
     #[arg(long)]
     pub svg: Option<PathBuf>,
 }

@@ -1,13 +1,12 @@
 //! The `eval` command: top-1 / top-5 accuracy and latency of every variant on a labelled folder.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::chart::{self, Point};
@@ -173,26 +172,13 @@ fn eval_all(
         .collect()
 }
 
-/// A progress bar of `len` steps on stderr when it is a terminal; hidden otherwise (logs and
-/// CI output stay clean).
-pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
-}
-
 /// The `eval` command: prints a table, and writes JSON and SVG when asked.
 pub fn run(pool: &ModelPool, args: &crate::config::EvalArgs) -> Result<EvalReport> {
     let (images, decoding) = load_images(&args.data, args.limit)?;
     let decode_ms = decoding.as_secs_f64() * 1000.0 / images.len() as f64;
     println!("decoded {} images: {decode_ms:.3} ms/img", images.len());
     let batch = args.batch as usize;
-    let progress = progress_bar(
+    let progress = crate::progress::bar(
         (images.len() * pool.variants().len()) as u64,
         "{elapsed_precise} [{bar:40}] {pos}/{len} images x variants, {eta} left",
     );
@@ -201,7 +187,7 @@ pub fn run(pool: &ModelPool, args: &crate::config::EvalArgs) -> Result<EvalRepor
         "variant", "top-1", "top-5", "published", "ms/img", "img/s", "prep ms"
     );
     let results = eval_all(pool, &images, batch, args.jobs as usize, &progress)?;
-    progress.finish_and_clear();
+    drop(progress);
     for r in &results {
         println!(
             "{:<24} {:>6.2}% {:>6.2}% {:>10} {:>9.3} {:>8.1} {:>8.3}",

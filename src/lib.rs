@@ -7,7 +7,7 @@
 //!   that runs it, the [`engine::pool::ModelPool`] of variants and the tract reference.
 //! - [`kernels`]: the compute kernels behind a dispatch table chosen once at start.
 //! - [`verify`], [`eval`], [`bench`], [`classify`]: the cross-check, accuracy, speed and
-//!   classification commands; [`chart`], [`npy`] their outputs.
+//!   classification commands; [`chart`], [`npy`] their outputs, [`progress`] their bars.
 //! - Serving: [`api`] (HTTP and gRPC, our API and the Open Inference Protocol of [`oip`]) hands
 //!   requests to the [`service`], which admits them, picks the
 //!   variant ([`router`]), decodes on the blocking pool, queues images in the [`batcher`] and
@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod npy;
 pub mod oip;
 pub mod pipeline;
+pub mod progress;
 pub mod router;
 pub mod serve;
 pub mod service;

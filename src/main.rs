@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use mobilenet_serve::batcher::BatchPolicy;
 use mobilenet_serve::client;
-use mobilenet_serve::config::ServeArgs;
+use mobilenet_serve::config::{ClassifyArgs, ServeArgs};
 use mobilenet_serve::config::{Cli, Command, GlobalOptions};
 use mobilenet_serve::engine::catalog::format_alpha;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
@@ -45,28 +45,8 @@ fn load(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result<ModelPo
 
 fn serve(global: &GlobalOptions, args: ServeArgs) -> Result<(), Error> {
     let pool = load(global, args.variants.clone())?;
-    let engine_threads = match args.engine_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let config = ServiceConfig {
-        batch: BatchPolicy {
-            max_batch: args.max_batch_size as usize,
-            max_delay: Duration::from_micros(args.max_batch_delay_us),
-        },
-        max_queue: args.max_queue as usize,
-        max_concurrent_requests: args.max_concurrent_requests as usize,
-        request_timeout: Duration::from_millis(args.request_timeout_ms),
-        max_request_timeout: Duration::from_secs(600),
-        max_images_per_request: args.max_images_per_request as usize,
-        decode_limits: DecodeLimits {
-            max_bytes: args.max_body_bytes as usize,
-            max_pixels: args.max_pixels,
-        },
-        default_model: args.default_model.clone(),
-        engine_threads,
-        eval_results: args.eval_results.clone(),
-    };
+    let config = service_config(&args);
+    let engine_threads = config.engine_threads;
     tracing::info!(variants = pool.variants().len(), engine_threads, "starting");
     let service = Service::new(pool, config, true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -82,23 +62,45 @@ fn serve(global: &GlobalOptions, args: ServeArgs) -> Result<(), Error> {
     ))
 }
 
-/// The service settings of in-process `classify`: the server's defaults.
-fn local_config() -> ServiceConfig {
+/// The service settings of `serve`'s arguments.
+fn service_config(args: &ServeArgs) -> ServiceConfig {
     ServiceConfig {
         batch: BatchPolicy {
-            max_batch: 8,
-            max_delay: Duration::from_micros(2000),
+            max_batch: args.max_batch_size as usize,
+            max_delay: Duration::from_micros(args.max_batch_delay_us),
         },
-        max_queue: 64,
-        max_concurrent_requests: 16,
-        request_timeout: Duration::from_secs(60),
+        max_queue: args.max_queue as usize,
+        max_concurrent_requests: args.max_concurrent_requests as usize,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
         max_request_timeout: Duration::from_secs(600),
-        max_images_per_request: 32,
-        decode_limits: DecodeLimits::default(),
-        default_model: None,
-        engine_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        eval_results: None,
+        max_images_per_request: args.max_images_per_request as usize,
+        decode_limits: DecodeLimits {
+            max_bytes: args.max_body_bytes as usize,
+            max_pixels: args.max_pixels,
+        },
+        default_model: args.default_model.clone(),
+        engine_threads: match args.engine_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
+        eval_results: args.eval_results.clone(),
     }
+}
+
+/// The service settings of in-process `classify`: those `serve` would run with here (its
+/// defaults and environment), with `classify`'s deadline.
+fn local_config(args: &ClassifyArgs) -> Result<ServiceConfig, Error> {
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    let defaults = Defaults::try_parse_from(["serve"])
+        .map_err(|e| Error::Config(format!("the serve settings of the environment: {e}")))?;
+    let mut config = service_config(&defaults.serve);
+    config.request_timeout = Duration::from_millis(args.timeout_ms);
+    config.max_request_timeout = config.max_request_timeout.max(config.request_timeout);
+    Ok(config)
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
@@ -162,7 +164,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     // Only the chosen variant is loaded when the choice is a name.
                     let variants = args.model.clone().map(|m| vec![m]);
                     let pool = load(&cli.global, variants)?;
-                    classify::run_local(pool, local_config(), &args)?
+                    classify::run_local(pool, local_config(&args)?, &args)?
                 }
             };
             if args.json {
@@ -177,11 +179,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             })
         }
         Command::Healthcheck(args) => {
-            let status = client::probe(&args.url, Duration::from_millis(args.timeout_ms))?;
+            let url = args.url();
+            let status = client::probe(&url, Duration::from_millis(args.timeout_ms))?;
             if (200..300).contains(&status) {
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("{}: HTTP {status}", args.url);
+                eprintln!("{url}: HTTP {status}");
                 Ok(ExitCode::FAILURE)
             }
         }

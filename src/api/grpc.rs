@@ -368,6 +368,10 @@ pub async fn serve(
         .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
     tracing::info!(%addr, "gRPC listening");
     tonic::transport::Server::builder()
+        // HTTP/2 connections live long: without an age limit, pods added by an autoscaler
+        // would get no traffic from clients already connected. Calls in flight get a grace.
+        .max_connection_age(Duration::from_secs(300))
+        .max_connection_age_grace(Duration::from_secs(30))
         .add_service(health)
         .add_service(reflection)
         .add_service(classifier)

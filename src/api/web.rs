@@ -1,7 +1,9 @@
 //! The web page at `GET /`: plain HTML, CSS and JavaScript compiled into the binary, so that it
 //! works offline with no build step and no CDN.
 
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS,
+};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -27,11 +29,19 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         )
 }
 
-/// The files change only with the binary: revalidating costs little and never shows a stale
-/// page after an upgrade.
+/// The files are small and change with the binary: never cached, so an upgrade never shows a
+/// stale page. The page loads only its own files and shows only local previews (`blob:`).
 fn page(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
-        [(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")],
+        [
+            (CONTENT_TYPE, content_type),
+            (CACHE_CONTROL, "no-cache"),
+            (
+                CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'",
+            ),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         body,
     )
 }

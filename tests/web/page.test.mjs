@@ -40,8 +40,9 @@ try {
     expectedVariants, { timeout: 30000 });
   check(true, `chart shows ${expectedVariants} variants`);
   check(await page.locator("#chart circle").count() === Number(expectedVariants), "one dot per variant");
-  const front = await page.locator("#chart polyline.front").getAttribute("points");
-  check(front && front.trim().split(/\s+/).length >= 2, `Pareto front drawn (${front.trim().split(/\s+/).length} variants on it)`);
+  const front = (await page.locator("#chart polyline.front").getAttribute("points")) || "";
+  const onFront = front.trim() ? front.trim().split(/\s+/).length : 0;
+  check(onFront >= 2, `Pareto front drawn (${onFront} variants on it)`);
 
   await page.setInputFiles("#file", image);
   check(await page.locator("#preview").isVisible(), "preview shown");

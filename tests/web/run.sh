@@ -15,6 +15,7 @@ if ! command -v chromium >/dev/null; then
   $sudo apt-get update -q >/dev/null
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
 fi
+command -v npm >/dev/null || { echo "Node.js and npm are needed (the machine image has them)"; exit 1; }
 (cd tests/web && npm ci --no-audit --no-fund --silent)
 cargo build --release --locked --quiet
 read -r port grpc_port < <(python3 -c 'import socket
@@ -25,11 +26,20 @@ print(*[x.getsockname()[1] for x in s])')
   --grpc-port "$grpc_port" >"$shots/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
+ready=
 for _ in $(seq 1 300); do
-  python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null && break
-  kill -0 "$server" 2>/dev/null || { tail -20 "$shots/server.log"; exit 1; }
+  if python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null; then
+    ready=yes
+    break
+  fi
+  kill -0 "$server" 2>/dev/null || break
   sleep 0.2
 done
+if [ -z "$ready" ]; then
+  tail -20 "$shots/server.log"
+  echo "the server never became ready"
+  exit 1
+fi
 image=$data/$(awk -F'\t' '!/^#/ {print $1; exit}' "$data/labels.tsv")
 variants=$(ls "$models"/*.onnx >/dev/null && python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$models/manifest.json")
 node tests/web/page.test.mjs "http://127.0.0.1:$port" "$image" "$shots" "$variants"

@@ -204,9 +204,10 @@ async function classify() {
       headers: { "content-type": state.file.type || "application/octet-stream" },
       body: state.file,
     });
-    const body = await r.json();
-    if (!r.ok) {
-      setStatus(body.error ? body.error.message : `error ${r.status}`, true);
+    // Our errors are JSON; a proxy's may not be.
+    const body = await r.json().catch(() => null);
+    if (!r.ok || body === null) {
+      setStatus(body && body.error ? body.error.message : `error ${r.status}`, true);
       return;
     }
     showAnswer(body);
