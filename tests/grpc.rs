@@ -332,10 +332,16 @@ async fn grpc_timeouts_are_capped_or_refused_as_deadlines() {
     let mut req = tonic::Request::new(request(img.clone()));
     req.set_timeout(Duration::from_secs(3600));
     assert!(c.classify(req).await.is_ok());
-    // Run out already: DEADLINE_EXCEEDED, not INVALID_ARGUMENT.
+    // Run out already: DEADLINE_EXCEEDED, not INVALID_ARGUMENT. Tonic's own timer may answer
+    // first (CANCELLED) while the message is still arriving: either is the client's deadline.
     let mut req = tonic::Request::new(request(img));
     req.metadata_mut()
         .insert("grpc-timeout", "0m".parse().unwrap());
     let err = c.classify(req).await.unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{:?}: {}",
+        err.code(),
+        err.message()
+    );
 }

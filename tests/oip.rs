@@ -745,10 +745,16 @@ async fn grpc_answers_like_rest_and_maps_errors_to_codes() {
     extra.raw_input_contents.push(vec![1]);
     let mut big_k = request.clone();
     big_k.outputs = vec![classify(0)];
-    let mut expired = tonic::Request::new(request.clone());
-    expired
-        .metadata_mut()
-        .insert("grpc-timeout", "0n".parse().unwrap());
+    // A deadline that passes while the images are decoded (1 us). Not a zero grpc-timeout:
+    // tonic's own timer may answer that one (CANCELLED) while the message is still arriving.
+    let mut short = request.clone();
+    short.parameters.insert(
+        "timeout".into(),
+        pb::InferParameter {
+            parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(1)),
+        },
+    );
+    let expired = tonic::Request::new(short);
     for (what, req, code) in [
         (
             "unknown model",
