@@ -7,6 +7,7 @@
 #   (promtool check metrics). Installs its tools: PyPI in a venv under target/, Debian packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. .ci/server.sh
 k8s_version=${KUBERNETES_VERSION:-1.33.0}
 target=${CARGO_TARGET_DIR:-target}
 work=$(realpath -m "$target/deploy-check")
@@ -72,24 +73,12 @@ promtool check rules "$work/dashboard-rules.yml"
 
 echo "-- promtool check metrics on a real scrape"
 cargo build --release --locked --quiet
-read -r port grpc_port < <("$py" -c 'import socket
-s=[socket.socket() for _ in range(2)]
-[x.bind(("127.0.0.1", 0)) for x in s]
-print(*[x.getsockname()[1] for x in s])')
+read -r port grpc_port < <(free_ports)
 "$target/release/mobilenet-serve" --models "${MODELS_DIR:-../shared/models}" serve --host 127.0.0.1 \
   --http-port "$port" --grpc-port "$grpc_port" --variants mobilenet_v1_0.25_128 >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
-ready=
-for _ in $(seq 1 300); do
-  if "$py" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null; then
-    ready=yes
-    break
-  fi
-  kill -0 "$server" 2>/dev/null || break
-  sleep 0.2
-done
-if [ -z "$ready" ]; then
+if ! wait_ready "http://127.0.0.1:$port/readyz" "$server" 300; then
   tail -20 "$work/server.log"
   echo "the server never became ready"
   exit 1

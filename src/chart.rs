@@ -48,18 +48,7 @@ pub fn accuracy_vs_latency(title: &str, points: &[Point]) -> String {
     );
     let px = |ms: f64| LEFT + (ms.log10() - lx0) / (lx1 - lx0) * (W - LEFT - RIGHT);
     let py = |t: f64| H - BOTTOM - (t - y0) / (y1 - y0) * (H - TOP - BOTTOM);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="28" text-anchor="middle" font-size="16">{}</text>"#,
-        W / 2.0,
-        escape(title)
-    );
+    let mut s = open_svg(W, title);
     // Grid and ticks.
     for &v in &ticks {
         let x = px(v);
@@ -129,6 +118,23 @@ pub fn accuracy_vs_latency(title: &str, points: &[Point]) -> String {
     s
 }
 
+/// The start of an SVG document `width` x [`H`] on white, with `title` centred on top.
+fn open_svg(width: f64, title: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" viewBox="0 0 {width} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="28" text-anchor="middle" font-size="16">{}</text>"#,
+        width / 2.0,
+        escape(title)
+    );
+    s
+}
+
 /// One variant's measurements over batch sizes, for [`speed_vs_batch`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
@@ -149,18 +155,7 @@ pub fn speed_vs_batch(title: &str, series: &[Series]) -> String {
     const PW: f64 = 440.0;
     const GAP: f64 = 40.0;
     let width = LEFT + 2.0 * PW + GAP + RIGHT + 150.0;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" viewBox="0 0 {width} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="28" text-anchor="middle" font-size="16">{}</text>"#,
-        width / 2.0,
-        escape(title)
-    );
+    let mut s = open_svg(width, title);
     let all: Vec<&(usize, f64, f64)> = series.iter().flat_map(|x| &x.points).collect();
     let batches = log_ticks(
         all.iter().map(|p| p.0 as f64).fold(f64::INFINITY, f64::min),

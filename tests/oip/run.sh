@@ -6,6 +6,7 @@
 #   LOAD_SECONDS  seconds per load level (default 4)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. .ci/server.sh
 models=${MODELS_DIR:-../shared/models}
 data=$(realpath "${DATASET_DIR:-../shared/imagenet/val1300}")
 seconds=${LOAD_SECONDS:-4}
@@ -48,27 +49,15 @@ trap on_exit EXIT
 # a server that cannot bind is started again on new ports.
 ready=
 for attempt in 1 2 3; do
-  read -r http_port grpc_port < <("$py" - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-PY
-)
+  read -r http_port grpc_port < <(free_ports)
   "$bin" --models "$models" serve --host 127.0.0.1 --http-port "$http_port" \
     --grpc-port "$grpc_port" --variants "$variants" >"$work/server.log" 2>&1 &
   server=$!
   echo "server pid $server on http :$http_port grpc :$grpc_port (attempt $attempt)"
-  for _ in $(seq 1 600); do
-    if "$py" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$http_port/v2/health/ready', timeout=1)" 2>/dev/null; then
-      ready=yes
-      break
-    fi
-    kill -0 "$server" 2>/dev/null || break
-    sleep 0.2
-  done
-  [ -n "$ready" ] && break
+  if wait_ready "http://127.0.0.1:$http_port/v2/health/ready" "$server" 600; then
+    ready=yes
+    break
+  fi
   stop_server
   grep -qi "address.*in use" "$work/server.log" || break
 done

@@ -4,6 +4,7 @@
 # Screenshots go to $CARGO_TARGET_DIR/web (default target/web). CI runs it (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. .ci/server.sh
 models=${MODELS_DIR:-../shared/models}
 data=$(realpath "${DATASET_DIR:-../shared/imagenet/val1300}")
 target=${CARGO_TARGET_DIR:-target}
@@ -18,24 +19,12 @@ fi
 command -v npm >/dev/null || { echo "Node.js and npm are needed (the machine image has them)"; exit 1; }
 (cd tests/web && npm ci --no-audit --no-fund --silent)
 cargo build --release --locked --quiet
-read -r port grpc_port < <(python3 -c 'import socket
-s=[socket.socket() for _ in range(2)]
-[x.bind(("127.0.0.1", 0)) for x in s]
-print(*[x.getsockname()[1] for x in s])')
+read -r port grpc_port < <(free_ports)
 "$target/release/mobilenet-serve" --models "$models" serve --host 127.0.0.1 --http-port "$port" \
   --grpc-port "$grpc_port" >"$shots/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
-ready=
-for _ in $(seq 1 300); do
-  if python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null; then
-    ready=yes
-    break
-  fi
-  kill -0 "$server" 2>/dev/null || break
-  sleep 0.2
-done
-if [ -z "$ready" ]; then
+if ! wait_ready "http://127.0.0.1:$port/readyz" "$server" 300; then
   tail -20 "$shots/server.log"
   echo "the server never became ready"
   exit 1
