@@ -75,6 +75,8 @@ pub enum Command {
     /// GET a running server's probe; exit 0 on a 2xx answer, 1 otherwise (for container
     /// HEALTHCHECKs on images without curl).
     Healthcheck(HealthcheckArgs),
+    /// Print the HTTP API's OpenAPI 3.1 description (what `GET /openapi.json` serves).
+    Openapi,
 }
 
 /// Arguments of `classify`.

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Commands whose output is the answer itself log only warnings unless asked.
     let level = match cli.command {
-        Command::Classify(_) | Command::Healthcheck(_) => "warn",
+        Command::Classify(_) | Command::Healthcheck(_) | Command::Openapi => "warn",
         _ => "info",
     };
     telemetry::init(cli.global.log_format, level);
@@ -187,6 +187,10 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 eprintln!("{url}: HTTP {status}");
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Command::Openapi => {
+            println!("{}", mobilenet_serve::api::openapi::document());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Preprocess(args) => {
             let n = eval::dump_inputs(&args)?;

@@ -145,18 +145,23 @@ pub struct InferResponse {
 }
 
 /// One predicted class.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"index": 207, "label": "golden retriever", "score": 0.91}))]
 pub struct Prediction {
     /// ImageNet class index (0..999).
+    #[schema(maximum = 999)]
     pub index: usize,
     /// Its human-readable name.
     pub label: String,
     /// Softmax probability.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub score: f32,
 }
 
 /// Where a request's time went, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct Timings {
     /// Decoding every image.
     pub decode: f64,
@@ -200,20 +205,21 @@ pub struct ClassifyResponse {
 }
 
 /// A variant's accuracy and where the figure comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Accuracy {
     /// Top-1 in percent.
     pub top1: Option<f64>,
     /// Top-5 in percent.
     pub top5: Option<f64>,
     /// `measured` (this project's `eval`), `published` (the manifest), or `unknown`.
+    #[schema(value_type = String, example = "measured")]
     pub source: &'static str,
     /// Images the measurement used.
     pub images: Option<usize>,
 }
 
 /// Live latency in `/v1/models`, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LatencyInfo {
     /// Median per-image latency (queue + inference) in this process.
     pub p50: Option<f64>,
@@ -226,9 +232,10 @@ pub struct LatencyInfo {
 }
 
 /// What `/v1/models` says about one variant.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
     /// Variant name.
+    #[schema(example = "mobilenet_v1_0.5_160")]
     pub name: String,
     /// Width multiplier.
     pub alpha: f32,

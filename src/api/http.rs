@@ -9,10 +9,12 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, RawQuery, Re
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::body::{check_declared_length, read_body, within};
 use crate::error::Error;
@@ -29,30 +31,44 @@ const DEFAULT_TOP_K: usize = 5;
 pub fn app(service: Arc<Service>) -> Router {
     // Multipart bodies obey axum's body limit (2 MB unless set): make it ours.
     let body_limit = DefaultBodyLimit::max(service.config().decode_limits.max_bytes);
-    Router::new()
-        .route("/classify", post(classify))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{name}", get(get_model))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(super::oip_http::routes())
-        .merge(super::web::routes())
+    let (routes, _) = super::openapi::router().split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
         .with_state(service)
 }
 
+/// This API's own routes (`/classify`, `/v1/models`, health, metrics), each with its OpenAPI
+/// description.
+pub(crate) fn routes() -> OpenApiRouter<Arc<Service>> {
+    OpenApiRouter::new()
+        .routes(routes!(classify))
+        .routes(routes!(list_models))
+        .routes(routes!(get_model))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
 /// `{"error": {"code", "message"}}`.
-#[derive(Debug, Serialize)]
-struct ErrorBody {
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "bad_request",
+    "message": "bad request: top_k must be between 1 and 1000, got 0"}}))]
+pub(crate) struct ErrorBody {
     error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize)]
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
 struct ErrorDetail {
+    /// Stable machine-readable code: bad_request, undecodable_image, unknown_model, not_found,
+    /// method_not_allowed, request_timeout, too_large, unsupported_media_type,
+    /// unsupported_image_format, target_unreachable, queue_full, overloaded, unavailable,
+    /// deadline_exceeded or internal.
+    #[schema(value_type = String)]
     code: &'static str,
+    /// For people: what was wrong and, where it helps, how to fix it.
     message: String,
 }
 
@@ -85,18 +101,46 @@ pub(crate) fn error_response(error: &Error, body: impl Serialize) -> Response {
     response
 }
 
-/// The query string of `POST /classify`.
-#[derive(Debug, Default, Deserialize)]
+/// The query string of `POST /classify`. The variant is chosen one way at most: by `model`, by
+/// `alpha` with `resolution`, or by a target (`max_latency_ms` and/or `min_top1`); with none of
+/// them the default variant answers.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ClassifyQuery {
+    /// A variant by name (see `GET /v1/models`).
+    #[param(example = "mobilenet_v1_0.5_160")]
     model: Option<String>,
+    /// Width multiplier of the variant (0.25, 0.5, 0.75 or 1.0), with `resolution`.
+    #[param(example = 0.5)]
     alpha: Option<f32>,
+    /// Input resolution of the variant (128, 160, 192 or 224), with `alpha`.
+    #[param(example = 160)]
     resolution: Option<usize>,
+    /// Latency budget in milliseconds: the most accurate variant predicted to answer within it.
+    #[param(exclusive_minimum = 0.0, example = 20.0)]
     max_latency_ms: Option<f64>,
+    /// Accuracy floor: the fastest variant whose ImageNet top-1 (percent) is at least this.
+    #[param(minimum = 0.0, maximum = 100.0, example = 60.0)]
     min_top1: Option<f64>,
+    /// Predictions per image (default 5).
+    #[param(minimum = 1, maximum = 1000, example = 5)]
     top_k: Option<usize>,
+    /// Deadline of the whole request in milliseconds (default and bound set by the server);
+    /// past it the answer is 504.
+    #[param(minimum = 1, example = 2000)]
     timeout_ms: Option<u64>,
-    fallback: Option<String>,
+    /// With a target that no variant meets: answer with the fastest instead of 422.
+    #[param(inline)]
+    fallback: Option<Fallback>,
+}
+
+/// What to do when no variant meets the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum Fallback {
+    /// Answer with the fastest variant (`target_met` is then false).
+    Fastest,
 }
 
 impl ClassifyQuery {
@@ -106,15 +150,7 @@ impl ClassifyQuery {
     }
 
     fn selection(&self) -> Result<Selection, Error> {
-        let fallback_fastest = match self.fallback.as_deref() {
-            None => false,
-            Some("fastest") => true,
-            Some(other) => {
-                return Err(Error::BadRequest(format!(
-                    "unknown fallback `{other}` (the only one is `fastest`)"
-                )))
-            }
-        };
+        let fallback_fastest = self.fallback == Some(Fallback::Fastest);
         SelectionParams {
             model: self.model.clone(),
             alpha: self.alpha,
@@ -127,31 +163,110 @@ impl ClassifyQuery {
     }
 }
 
-/// JSON request bodies: one image or several, base64-encoded.
-#[derive(Debug, Deserialize)]
+/// JSON request bodies: exactly one of `image` and `images`, base64-encoded (a `data:` URL
+/// prefix and line breaks are accepted).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"image": TINY_PNG_BASE64}))]
 struct JsonImages {
+    /// One image: the answer holds one list of predictions.
     image: Option<String>,
+    /// Several images: the answer holds one list of predictions per image, in order.
     images: Option<Vec<String>>,
 }
 
+/// A 1x1 PNG, the smallest image the examples can carry.
+const TINY_PNG_BASE64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+
+/// An encoded image (JPEG, PNG, WebP, GIF or BMP) as the whole request body.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // describes a body the handler reads as bytes
+struct ImageBytes(Vec<u8>);
+
+/// A form with one or more image files; every file is classified, in order.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes a body the handler reads field by field
+struct ImageForm {
+    /// An image file (any field name is accepted; repeat it for several images).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
 /// Predictions of one image, or of each image when the request carried several.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 enum PredictionLists {
+    /// The top-k of the one image, best first.
     One(Vec<Prediction>),
+    /// The top-k of each image, in request order.
     Many(Vec<Vec<Prediction>>),
 }
 
-#[derive(Debug, Serialize)]
+/// The answer of `POST /classify`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "model": "mobilenet_v1_0.5_160",
+    "predictions": [{"index": 207, "label": "golden retriever", "score": 0.91},
+                    {"index": 208, "label": "Labrador retriever", "score": 0.05}],
+    "target_met": true,
+    "timings_ms": {"decode": 1.2, "preprocess": 0.8, "queue": 0.4, "inference": 6.1,
+                   "postprocess": 0.1, "total": 8.9}
+}))]
 struct ClassifyBody {
+    /// The variant that answered.
     model: String,
+    /// Best first.
     predictions: PredictionLists,
+    /// Whether the variant met the latency/accuracy target (only when one was given).
     #[serde(skip_serializing_if = "Option::is_none")]
     target_met: Option<bool>,
+    /// Where the time went.
     timings_ms: Timings,
 }
 
+/// Classifies one or more images with the variant the query selects.
+#[utoipa::path(
+    post,
+    path = "/classify",
+    tag = "classify",
+    params(ClassifyQuery),
+    request_body(
+        description = "The image as the whole body (its image/* type or \
+            application/octet-stream), a multipart form of image files, or JSON with base64.",
+        content(
+            (ImageBytes = "image/jpeg"),
+            (ImageBytes = "image/png"),
+            (ImageBytes = "image/webp"),
+            (ImageBytes = "image/gif"),
+            (ImageBytes = "image/bmp"),
+            (ImageBytes = "application/octet-stream"),
+            (ImageForm = "multipart/form-data"),
+            (JsonImages = "application/json"),
+        )
+    ),
+    responses(
+        (status = 200, description = "The top-k of each image", body = ClassifyBody,
+            headers(("server-timing" = String,
+                description = "The same timings in W3C Server-Timing form"))),
+        (status = 400, description = "Bad query, body or image", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
+        (status = 413, description = "Body, image or image count over the limits",
+            body = ErrorBody),
+        (status = 415, description = "Media type or image format not accepted",
+            body = ErrorBody),
+        (status = 422, description = "No variant meets the target (and no fallback)",
+            body = ErrorBody),
+        (status = 429, description = "Overloaded: retry later", body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "A fault of the server", body = ErrorBody),
+        (status = 503, description = "Warming up or draining", body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait"))),
+        (status = 504, description = "The deadline passed", body = ErrorBody),
+    )
+)]
 async fn classify(
     State(service): State<Arc<Service>>,
     RawQuery(query): RawQuery,
@@ -328,17 +443,30 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> Error {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// Every loaded variant.
+#[derive(Debug, Serialize, ToSchema)]
 struct ModelList {
+    /// In catalogue order.
     models: Vec<ModelInfo>,
 }
 
+/// Every variant with its cost, accuracy and live latency.
+#[utoipa::path(get, path = "/v1/models", tag = "models",
+    responses((status = 200, description = "Every loaded variant", body = ModelList)))]
 async fn list_models(State(service): State<Arc<Service>>) -> Json<ModelList> {
     Json(ModelList {
         models: service.models(),
     })
 }
 
+/// One variant.
+#[utoipa::path(get, path = "/v1/models/{name}", tag = "models",
+    params(("name" = String, Path, description = "Variant name",
+        example = "mobilenet_v1_0.5_160")),
+    responses(
+        (status = 200, description = "The variant", body = ModelInfo),
+        (status = 404, description = "No such variant", body = ErrorBody),
+    ))]
 async fn get_model(
     State(service): State<Arc<Service>>,
     Path(name): Path<String>,
@@ -346,15 +474,28 @@ async fn get_model(
     service.model(&name).map(Json)
 }
 
-#[derive(Debug, Serialize)]
+/// A health answer.
+#[derive(Debug, Serialize, ToSchema)]
 struct Status {
+    /// `ok` (alive) or `ready`.
+    #[schema(value_type = String, example = "ok")]
     status: &'static str,
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = Status)))]
 async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
+/// Readiness: warmed up and not draining.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Status),
+        (status = 503, description = "Warming up or draining", body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait"))),
+    ))]
 async fn readyz(State(service): State<Arc<Service>>) -> Result<Json<Status>, Error> {
     if service.is_draining() {
         Err(Error::Unavailable("draining".into()))
@@ -365,6 +506,10 @@ async fn readyz(State(service): State<Arc<Service>>) -> Result<Json<Status>, Err
     }
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Every metric", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 async fn metrics(State(service): State<Arc<Service>>) -> Response {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
@@ -381,8 +526,8 @@ async fn not_found(uri: Uri) -> Response {
         ));
     }
     Error::NotFound(
-        "no such route; see / (the web page), /v1/models, /classify, /v2 (Open Inference \
-         Protocol), /healthz, /readyz, /metrics"
+        "no such route; see /docs or /openapi.json (every route), / (the web page), \
+         /v1/models, /classify, /v2 (Open Inference Protocol), /healthz, /readyz, /metrics"
             .into(),
     )
     .into_response()

@@ -6,4 +6,5 @@ pub mod grpc;
 pub mod http;
 pub mod oip_grpc;
 pub mod oip_http;
+pub mod openapi;
 pub mod web;

@@ -10,11 +10,13 @@ use axum::extract::{Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Json;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::body::{check_declared_length, read_body, within};
 use super::http::error_response;
@@ -31,24 +33,49 @@ const PARSE_INLINE_BYTES: usize = 64 << 10;
 /// The binary extension's header: the length of the JSON part of the body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-/// The `/v2` routes, to merge into the HTTP application.
-pub fn routes() -> Router<Arc<Service>> {
-    Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(model_metadata_v),
-        )
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready_v),
-        )
-        .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
+/// The `/v2` routes with their OpenAPI descriptions, to merge into the HTTP application.
+pub fn routes() -> OpenApiRouter<Arc<Service>> {
+    OpenApiRouter::new()
+        .routes(routes!(server_metadata))
+        .routes(routes!(live))
+        .routes(routes!(ready))
+        .routes(routes!(model_metadata))
+        .routes(routes!(model_metadata_v))
+        .routes(routes!(model_ready))
+        .routes(routes!(model_ready_v))
+        .routes(routes!(infer))
+        .routes(routes!(infer_v))
+}
+
+/// The protocol's error body.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": "bad request: invalid inference request JSON: EOF while parsing"}))]
+struct OipErrorBody {
+    /// What was wrong.
+    error: String,
+}
+
+/// `GET /v2/health/live`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Liveness {
+    /// Always true: the server answers.
+    live: bool,
+}
+
+/// `GET /v2/health/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Readiness {
+    /// Warmed up and not draining.
+    ready: bool,
+}
+
+/// `GET /v2/models/{name}/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+struct ModelReadiness {
+    /// The model asked about.
+    name: String,
+    /// Whether it takes requests now.
+    ready: bool,
 }
 
 /// An [`Error`] in the protocol's body format.
@@ -69,7 +96,12 @@ impl IntoResponse for OipError {
 
 /// The response to `e` in the protocol's format: `{"error": "<message>"}`.
 pub fn error(e: Error) -> Response {
-    error_response(&e, json!({ "error": e.to_string() }))
+    error_response(
+        &e,
+        OipErrorBody {
+            error: e.to_string(),
+        },
+    )
 }
 
 /// Whether `path` belongs to the protocol (whose errors have its own format).
@@ -77,24 +109,47 @@ pub fn is_oip_path(path: &str) -> bool {
     path == "/v2" || path.starts_with("/v2/")
 }
 
+/// The server's name, version and protocol extensions.
+#[utoipa::path(get, path = "/v2", tag = "open inference protocol",
+    responses((status = 200, description = "Server metadata", body = oip::ServerMetadata)))]
 async fn server_metadata() -> Json<oip::ServerMetadata> {
     Json(oip::server_metadata())
 }
 
-async fn live() -> Json<Value> {
-    Json(json!({ "live": true }))
+/// Liveness.
+#[utoipa::path(get, path = "/v2/health/live", tag = "open inference protocol",
+    responses((status = 200, description = "Alive", body = Liveness)))]
+async fn live() -> Json<Liveness> {
+    Json(Liveness { live: true })
 }
 
+/// Readiness of the server.
+#[utoipa::path(get, path = "/v2/health/ready", tag = "open inference protocol",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Warming up or draining", body = Readiness),
+    ))]
 async fn ready(State(service): State<Arc<Service>>) -> Response {
     let ready = service.is_ready();
-    let status = if ready {
+    (readiness_status(ready), Json(Readiness { ready })).into_response()
+}
+
+fn readiness_status(ready: bool) -> StatusCode {
+    if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(json!({ "ready": ready }))).into_response()
+    }
 }
 
+/// A model's inputs and outputs.
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "open inference protocol",
+    params(("name" = String, Path, description = "Variant name",
+        example = "mobilenet_v1_0.5_160")),
+    responses(
+        (status = 200, description = "Model metadata", body = oip::ModelMetadata),
+        (status = 404, description = "No such model", body = OipErrorBody),
+    ))]
 async fn model_metadata(
     State(service): State<Arc<Service>>,
     Path(name): Path<String>,
@@ -102,6 +157,17 @@ async fn model_metadata(
     Ok(Json(oip::model_metadata(&service, &name, "")?))
 }
 
+/// A model's inputs and outputs at a version (only `1` exists).
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}",
+    tag = "open inference protocol",
+    params(
+        ("name" = String, Path, description = "Variant name", example = "mobilenet_v1_0.5_160"),
+        ("version" = String, Path, description = "Model version", example = "1"),
+    ),
+    responses(
+        (status = 200, description = "Model metadata", body = oip::ModelMetadata),
+        (status = 404, description = "No such model or version", body = OipErrorBody),
+    ))]
 async fn model_metadata_v(
     State(service): State<Arc<Service>>,
     Path((name, version)): Path<(String, String)>,
@@ -109,6 +175,15 @@ async fn model_metadata_v(
     Ok(Json(oip::model_metadata(&service, &name, &version)?))
 }
 
+/// Whether a model takes requests.
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "open inference protocol",
+    params(("name" = String, Path, description = "Variant name",
+        example = "mobilenet_v1_0.5_160")),
+    responses(
+        (status = 200, description = "Ready", body = ModelReadiness),
+        (status = 404, description = "No such model", body = OipErrorBody),
+        (status = 503, description = "Not ready", body = ModelReadiness),
+    ))]
 async fn model_ready(
     State(service): State<Arc<Service>>,
     Path(name): Path<String>,
@@ -116,6 +191,18 @@ async fn model_ready(
     ready_answer(&service, &name, "")
 }
 
+/// Whether a model takes requests, at a version (only `1` exists).
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready",
+    tag = "open inference protocol",
+    params(
+        ("name" = String, Path, description = "Variant name", example = "mobilenet_v1_0.5_160"),
+        ("version" = String, Path, description = "Model version", example = "1"),
+    ),
+    responses(
+        (status = 200, description = "Ready", body = ModelReadiness),
+        (status = 404, description = "No such model or version", body = OipErrorBody),
+        (status = 503, description = "Not ready", body = ModelReadiness),
+    ))]
 async fn model_ready_v(
     State(service): State<Arc<Service>>,
     Path((name, version)): Path<(String, String)>,
@@ -125,14 +212,51 @@ async fn model_ready_v(
 
 fn ready_answer(service: &Service, name: &str, version: &str) -> Result<Response, OipError> {
     let ready = oip::model_ready(service, name, version)?;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let body = ModelReadiness {
+        name: name.to_string(),
+        ready,
     };
-    Ok((status, Json(json!({ "name": name, "ready": ready }))).into_response())
+    Ok((readiness_status(ready), Json(body)).into_response())
 }
 
+/// Runs a model on FP32 tensors (`input`) or encoded images (`image`).
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "open inference protocol",
+    params(
+        ("name" = String, Path, description = "Variant name", example = "mobilenet_v1_0.5_160"),
+        ("inference-header-content-length" = Option<u64>, Header,
+            description = "Binary extension: the length of the JSON part of the body"),
+    ),
+    request_body(
+        description = "JSON, or with the binary tensor data extension the JSON part \
+            (its length in Inference-Header-Content-Length) followed by the inputs' raw bytes.",
+        content(
+            (RestRequest = "application/json"),
+            (RestRequest = "application/octet-stream"),
+        )
+    ),
+    responses(
+        (status = 200, description = "The outputs; with binary outputs the body is the JSON \
+            part followed by their raw bytes", content(
+                (RestResponse = "application/json"),
+                (RestResponse = "application/octet-stream"),
+            ),
+            headers(
+                ("inference-header-content-length" = u64,
+                    description = "Length of the JSON part, when binary outputs follow it"),
+                ("server-timing" = String, description = "Where the time went"),
+            )),
+        (status = 400, description = "Malformed request or tensor", body = OipErrorBody),
+        (status = 404, description = "No such model or version", body = OipErrorBody),
+        (status = 408, description = "The body arrived too slowly", body = OipErrorBody),
+        (status = 413, description = "Body or tensor over the limits", body = OipErrorBody),
+        (status = 415, description = "Image format not accepted", body = OipErrorBody),
+        (status = 429, description = "Overloaded: retry later", body = OipErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "A fault of the server", body = OipErrorBody),
+        (status = 503, description = "Warming up or draining", body = OipErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait"))),
+        (status = 504, description = "The deadline passed", body = OipErrorBody),
+    ))]
 async fn infer(
     State(service): State<Arc<Service>>,
     Path(name): Path<String>,
@@ -141,6 +265,46 @@ async fn infer(
     run_infer(service, name, String::new(), request).await
 }
 
+/// Runs a model at a version (only `1` exists).
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer",
+    tag = "open inference protocol",
+    params(
+        ("name" = String, Path, description = "Variant name", example = "mobilenet_v1_0.5_160"),
+        ("version" = String, Path, description = "Model version", example = "1"),
+        ("inference-header-content-length" = Option<u64>, Header,
+            description = "Binary extension: the length of the JSON part of the body"),
+    ),
+    request_body(
+        description = "JSON, or with the binary tensor data extension the JSON part \
+            (its length in Inference-Header-Content-Length) followed by the inputs' raw bytes.",
+        content(
+            (RestRequest = "application/json"),
+            (RestRequest = "application/octet-stream"),
+        )
+    ),
+    responses(
+        (status = 200, description = "The outputs; with binary outputs the body is the JSON \
+            part followed by their raw bytes", content(
+                (RestResponse = "application/json"),
+                (RestResponse = "application/octet-stream"),
+            ),
+            headers(
+                ("inference-header-content-length" = u64,
+                    description = "Length of the JSON part, when binary outputs follow it"),
+                ("server-timing" = String, description = "Where the time went"),
+            )),
+        (status = 400, description = "Malformed request or tensor", body = OipErrorBody),
+        (status = 404, description = "No such model or version", body = OipErrorBody),
+        (status = 408, description = "The body arrived too slowly", body = OipErrorBody),
+        (status = 413, description = "Body or tensor over the limits", body = OipErrorBody),
+        (status = 415, description = "Image format not accepted", body = OipErrorBody),
+        (status = 429, description = "Overloaded: retry later", body = OipErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "A fault of the server", body = OipErrorBody),
+        (status = 503, description = "Warming up or draining", body = OipErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait"))),
+        (status = 504, description = "The deadline passed", body = OipErrorBody),
+    ))]
 async fn infer_v(
     State(service): State<Arc<Service>>,
     Path((name, version)): Path<(String, String)>,
@@ -163,6 +327,14 @@ async fn run_infer(
     let limit = service.config().decode_limits.max_bytes;
     let limits = ElementLimits::of(&service);
     let label = service.metrics_label(&model).to_string();
+    // An unknown model or version is refused before its body is read.
+    let known = service
+        .variant(&model)
+        .and_then(|_| oip::check_version(&model, &version));
+    if let Err(e) = known {
+        service.record_outcome(&label, PROTOCOL, Err(&e));
+        return error(e);
+    }
     let parsed = within(service.config().request_timeout, async {
         check_declared_length(request.headers(), limit)?;
         let header_len = json_length(request.headers())?;
@@ -209,35 +381,105 @@ fn json_length(headers: &HeaderMap) -> Result<Option<usize>, Error> {
 }
 
 /// The JSON part of an inference request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "42",
+    "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                "parameters": {"binary_data_size": 4321}}],
+    "outputs": [{"name": "probs", "parameters": {"classification": 5}}],
+    "parameters": {"timeout": 2000000}
+}))]
 struct RestRequest {
+    /// Echoed in the response.
     id: Option<String>,
     /// Some clients repeat the model's name in the body; it must agree with the path.
     model_name: Option<String>,
+    /// Must agree with the path's version, when both are given.
     model_version: Option<String>,
+    /// `timeout` (microseconds) and `binary_data_output` (boolean).
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
+    /// One input: `input` (FP32 [N,3,R,R], normalised NCHW) or `image` (BYTES [N] or [N,1],
+    /// encoded images).
     inputs: Vec<RestInput>,
+    /// The outputs wanted (`logits`, `probs`); all of them when empty.
     #[serde(default)]
     outputs: Vec<RestOutput>,
 }
 
-#[derive(Debug, Deserialize)]
+/// An input tensor.
+#[derive(Debug, Deserialize, ToSchema)]
 struct RestInput {
+    /// `input` or `image`.
     name: String,
+    /// Dimensions, batch first.
     shape: Vec<i64>,
+    /// `FP32` for `input`, `BYTES` for `image`.
     datatype: String,
+    /// `binary_data_size`: the element bytes follow the JSON part.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
+    /// The elements, flat or nested in row-major order; absent with `binary_data_size`.
     /// Left unparsed until the shape is checked (see [`json::flatten`]).
+    #[schema(value_type = Option<Vec<Value>>)]
     data: Option<Box<RawValue>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A requested output.
+#[derive(Debug, Deserialize, ToSchema)]
 struct RestOutput {
+    /// `logits` or `probs`.
     name: String,
+    /// `binary_data` (boolean) and `classification` (the top k as "score:index:label").
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
+}
+
+/// An inference response's JSON part.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "model_name": "mobilenet_v1_0.5_160", "model_version": "1", "id": "42",
+    "outputs": [{"name": "probs", "datatype": "BYTES", "shape": [1, 2],
+                 "data": ["0.912:207:golden retriever", "0.051:208:Labrador retriever"]}]
+}))]
+struct RestResponse {
+    /// The model that answered.
+    model_name: String,
+    /// Its version.
+    model_version: String,
+    /// The request's id, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// In the order asked.
+    outputs: Vec<RestOutputTensor>,
+}
+
+/// An output tensor: its elements in `data`, or in the binary part (`parameters`).
+#[derive(Debug, Serialize, ToSchema)]
+struct RestOutputTensor {
+    /// `logits` or `probs`.
+    name: String,
+    /// `FP32`, or `BYTES` for classification strings.
+    #[schema(value_type = String)]
+    datatype: &'static str,
+    /// Dimensions, batch first.
+    shape: Vec<i64>,
+    /// The elements, flat in row-major order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<OutputData>,
+    /// `binary_data_size` when the elements are in the binary part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryDataSize>,
+}
+
+/// Where an output's elements are.
+#[derive(Debug, Serialize, ToSchema)]
+struct BinaryDataSize {
+    /// Their byte count in the binary part.
+    binary_data_size: usize,
 }
 
 /// A parsed request, with what the response needs from it.
@@ -410,38 +652,40 @@ fn integer(params: &Map<String, Value>, key: &str) -> Result<Option<i64>, Error>
 /// binary outputs in order and the header giving the JSON part's length.
 fn infer_response(answer: oip::Response, id: Option<String>, binary: &BinaryOutputs) -> Response {
     let mut tail: Vec<u8> = Vec::new();
-    let outputs: Vec<Value> = answer
+    let outputs = answer
         .outputs
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, out)| {
-            let mut o = json!({
-                "name": out.name,
-                "datatype": out.data.datatype(),
-                "shape": out.shape,
-            });
+            let mut tensor = RestOutputTensor {
+                name: out.name,
+                datatype: out.data.datatype(),
+                shape: out.shape,
+                data: None,
+                parameters: None,
+            };
             if binary.for_output(i) {
                 let raw = out.data.to_raw();
-                o["parameters"] = json!({ "binary_data_size": raw.len() });
+                tensor.parameters = Some(BinaryDataSize {
+                    binary_data_size: raw.len(),
+                });
                 tail.extend_from_slice(&raw);
             } else {
-                o["data"] = match &out.data {
-                    OutputData::Fp32(v) => json!(v),
-                    OutputData::Bytes(v) => json!(v),
-                };
+                tensor.data = Some(out.data);
             }
-            o
+            tensor
         })
         .collect();
-    let mut head = json!({
-        "model_name": answer.model,
-        "model_version": answer.version,
-        "outputs": outputs,
-    });
-    if let Some(id) = id {
-        head["id"] = Value::String(id);
-    }
-    let head = head.to_string().into_bytes();
+    let head = RestResponse {
+        model_name: answer.model,
+        model_version: answer.version,
+        id,
+        outputs,
+    };
+    let head = match serde_json::to_vec(&head) {
+        Ok(h) => h,
+        Err(e) => return error(Error::Internal(format!("response JSON: {e}"))),
+    };
     let timing = super::http::server_timing(&answer.timings);
     let mut response = if tail.is_empty() {
         ([(CONTENT_TYPE, "application/json")], head).into_response()
@@ -463,6 +707,8 @@ fn infer_response(answer: oip::Response, id: Option<String>, binary: &BinaryOutp
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use serde_json::json;
 
     use super::*;
 

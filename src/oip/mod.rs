@@ -40,7 +40,7 @@ pub const CLASSIFICATION: &str = "classification";
 pub const TIMEOUT: &str = "timeout";
 
 /// One tensor's description in metadata.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TensorMetadata {
     /// Tensor name.
     pub name: String,
@@ -51,7 +51,7 @@ pub struct TensorMetadata {
 }
 
 /// What `GET /v2/models/{name}` and `ModelMetadata` return.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelMetadata {
     /// Model name.
     pub name: String,
@@ -66,7 +66,7 @@ pub struct ModelMetadata {
 }
 
 /// What `GET /v2` and `ServerMetadata` return.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ServerMetadata {
     /// Server name.
     pub name: String,
@@ -186,8 +186,9 @@ pub struct Request {
     pub timeout: Option<Duration>,
 }
 
-/// An output tensor's elements.
-#[derive(Debug, Clone, PartialEq)]
+/// An output tensor's elements (in JSON, a flat array of numbers or of strings).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
 pub enum OutputData {
     /// FP32 elements, row-major.
     Fp32(Vec<f32>),

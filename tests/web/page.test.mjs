@@ -1,7 +1,8 @@
 // The web page in a real browser (Debian's headless Chromium through playwright-core): upload a
 // real image, choose a variant with the keyboard, classify, and check that the top-1 label is
 // the one the API gives for the same image and variant, that the chart shows every variant with
-// a Pareto front, that nothing overflows a phone-sized screen, and that the console stays clean.
+// a Pareto front, that nothing overflows a phone-sized screen, that the API reference at /docs
+// renders every operation of /openapi.json, and that the console stays clean.
 // Usage: node page.test.mjs BASE_URL IMAGE SCREENSHOT_DIR [VARIANTS]
 import { chromium } from "playwright-core";
 import { readFile } from "node:fs/promises";
@@ -67,8 +68,28 @@ try {
   check(overflow <= 0, `no horizontal overflow at 390 px (${overflow} px)`);
   const phone = path.join(shots, "page-phone.png");
   await page.screenshot({ path: phone, fullPage: true });
+
+  // The API reference renders every operation of the OpenAPI document, offline.
+  const doc = await (await fetch(`${base}/openapi.json`)).json();
+  const described = Object.values(doc.paths).reduce((n, item) => n + Object.keys(item).length, 0);
+  const docs = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  docs.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  docs.on("pageerror", (e) => errors.push(String(e)));
+  await docs.goto(base + "/docs");
+  await docs.waitForFunction(() => document.querySelector("#api")?.dataset.operations);
+  const rendered = Number(await docs.locator("#api").getAttribute("data-operations"));
+  check(rendered === described && described > 0, `/docs renders ${rendered} of ${described} operations`);
+  check(await docs.locator("#op-post--classify").isVisible(), "/docs describes POST /classify");
+  check(await docs.locator("#toc a", { hasText: "POST /v2/models/{name}/infer" }).count() === 1,
+    "/docs lists the OIP infer operation");
+  const docsShot = path.join(shots, "docs-desktop.png");
+  await docs.screenshot({ path: docsShot });
+  await docs.setViewportSize({ width: 390, height: 844 });
+  const docsOverflow = await docs.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(docsOverflow <= 0, `/docs: no horizontal overflow at 390 px (${docsOverflow} px)`);
+
   check(errors.length === 0, `no console errors${errors.length ? ": " + errors.join(" | ") : ""}`);
-  console.log(`screenshots: ${desktop} ${phone}`);
+  console.log(`screenshots: ${desktop} ${phone} ${docsShot}`);
 } finally {
   await browser.close();
 }
