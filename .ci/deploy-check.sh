@@ -73,16 +73,10 @@ promtool check rules "$work/dashboard-rules.yml"
 
 echo "-- promtool check metrics on a real scrape"
 cargo build --release --locked --quiet
-read -r port grpc_port < <(free_ports)
-"$target/release/mobilenet-serve" --models "${MODELS_DIR:-../shared/models}" serve --host 127.0.0.1 \
-  --http-port "$port" --grpc-port "$grpc_port" --variants mobilenet_v1_0.25_128 >"$work/server.log" 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null || true' EXIT
-if ! wait_ready "http://127.0.0.1:$port/readyz" "$server" 300; then
-  tail -20 "$work/server.log"
-  echo "the server never became ready"
-  exit 1
-fi
+trap stop_server EXIT
+start_server "$work/server.log" "$target/release/mobilenet-serve" \
+  --models "${MODELS_DIR:-../shared/models}" serve --variants mobilenet_v1_0.25_128
+port=$http_port
 # One request, so that the per-request series exist too.
 "$py" - "$port" "${DATASET_DIR:-../shared/imagenet/val1300}" <<'PY'
 import glob, os, sys, urllib.request

@@ -1,5 +1,6 @@
 # Sourced by the scripts that start `mobilenet-serve serve` for a check (.ci/deploy-check.sh,
-# tests/oip/run.sh, tests/web/run.sh): free ports, and waiting for readiness.
+# tests/oip/run.sh, tests/web/run.sh, tests/schemathesis/run.sh): free ports, waiting for
+# readiness, and starting a server.
 
 # Prints two free loopback ports (HTTP and gRPC). They are released before the server binds
 # them, so another process may take one in between; callers that care retry.
@@ -22,4 +23,38 @@ wait_ready() {
     sleep 0.2
   done
   return 1
+}
+
+# start_server LOG COMMAND...: runs COMMAND (`mobilenet-serve ... serve ...`) with free loopback
+# ports appended, logging to LOG, and waits until it is ready. Sets server (its pid), http_port
+# and grpc_port. A free port may be taken between picking and binding it, so a server that
+# cannot bind is started again on new ports. Fails when the server never becomes ready.
+start_server() {
+  local log=$1
+  shift
+  for attempt in 1 2 3; do
+    read -r http_port grpc_port < <(free_ports)
+    "$@" --host 127.0.0.1 --http-port "$http_port" --grpc-port "$grpc_port" >"$log" 2>&1 &
+    server=$!
+    echo "server pid $server on http :$http_port grpc :$grpc_port (attempt $attempt)"
+    if wait_ready "http://127.0.0.1:$http_port/readyz" "$server" 600; then
+      return 0
+    fi
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    server=
+    grep -qi "address.*in use" "$log" || break
+  done
+  echo "the server never became ready; last lines of $log:"
+  tail -20 "$log"
+  return 1
+}
+
+# stop_server: stops the server start_server started, if it runs.
+stop_server() {
+  if [ -n "${server:-}" ]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    server=
+  fi
 }

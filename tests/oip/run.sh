@@ -28,13 +28,6 @@ for size in 224 160 128; do
   "$bin" preprocess --data "$data" --size "$size" --limit "$images" --out "$work/inputs_$size.npy" >/dev/null
 done
 
-server=
-stop_server() {
-  if [ -n "$server" ]; then
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-  fi
-}
 on_exit() {
   status=$?
   stop_server
@@ -45,26 +38,7 @@ on_exit() {
 }
 trap on_exit EXIT
 
-# Free ports are picked, then bound by the server: another process may take one in between, so
-# a server that cannot bind is started again on new ports.
-ready=
-for attempt in 1 2 3; do
-  read -r http_port grpc_port < <(free_ports)
-  "$bin" --models "$models" serve --host 127.0.0.1 --http-port "$http_port" \
-    --grpc-port "$grpc_port" --variants "$variants" >"$work/server.log" 2>&1 &
-  server=$!
-  echo "server pid $server on http :$http_port grpc :$grpc_port (attempt $attempt)"
-  if wait_ready "http://127.0.0.1:$http_port/v2/health/ready" "$server" 600; then
-    ready=yes
-    break
-  fi
-  stop_server
-  grep -qi "address.*in use" "$work/server.log" || break
-done
-if [ -z "$ready" ]; then
-  echo "the server never became ready"
-  exit 1
-fi
+start_server "$work/server.log" "$bin" --models "$models" serve --variants "$variants"
 
 common=(--http "127.0.0.1:$http_port" --grpc "127.0.0.1:$grpc_port" --data "$data"
   --tensors "$work" --variants "$variants" --images "$images")

@@ -19,16 +19,9 @@ fi
 command -v npm >/dev/null || { echo "Node.js and npm are needed (the machine image has them)"; exit 1; }
 (cd tests/web && npm ci --no-audit --no-fund --silent)
 cargo build --release --locked --quiet
-read -r port grpc_port < <(free_ports)
-"$target/release/mobilenet-serve" --models "$models" serve --host 127.0.0.1 --http-port "$port" \
-  --grpc-port "$grpc_port" >"$shots/server.log" 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null || true' EXIT
-if ! wait_ready "http://127.0.0.1:$port/readyz" "$server" 300; then
-  tail -20 "$shots/server.log"
-  echo "the server never became ready"
-  exit 1
-fi
+trap stop_server EXIT
+start_server "$shots/server.log" "$target/release/mobilenet-serve" --models "$models" serve
+port=$http_port
 image=$data/$(awk -F'\t' '!/^#/ {print $1; exit}' "$data/labels.tsv")
 variants=$(ls "$models"/*.onnx >/dev/null && python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$models/manifest.json")
 node tests/web/page.test.mjs "http://127.0.0.1:$port" "$image" "$shots" "$variants"

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Schemathesis (PyPI, in its own venv) attacks the HTTP API from our own /openapi.json: every
+# operation, in every phase (the document's examples, boundary values, random and invalid data,
+# stateful sequences), with every check but one. It must find no 5xx, no status, content type,
+# header or body that the document does not describe, no invalid request accepted; then the
+# server must still be ready and exit 0 on SIGTERM. CI runs it (.ci/run).
+#   SCHEMATHESIS_EXAMPLES  examples per operation and phase (default 100)
+#   SCHEMATHESIS_SEED      the run's seed (default fixed, so CI replays the same cases)
+#
+# Left out: positive_data_acceptance, which expects every request that fits the schema to get a
+# 2xx. A schema cannot say "these bytes decode as an image" or "model, alpha and a target do not
+# go together", so random bytes and contradictory queries fit it and are rightly refused (400).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. .ci/server.sh
+models=${MODELS_DIR:-../shared/models}
+examples=${SCHEMATHESIS_EXAMPLES:-100}
+seed=${SCHEMATHESIS_SEED:-20261130}
+target=${CARGO_TARGET_DIR:-target}
+work=$(realpath -m "$target/schemathesis")
+mkdir -p "$work"
+py=$work/venv/bin/python
+# A venv left half-made (no pip) is made again.
+if ! "$py" -m pip --version >/dev/null 2>&1; then
+  rm -rf "$work/venv"
+  python3 -m venv "$work/venv"
+fi
+"$py" -m pip install --quiet --disable-pip-version-check -r tests/schemathesis/requirements.txt
+cargo build --release --locked --quiet
+bin=$(realpath "$target/release/mobilenet-serve")
+
+on_exit() {
+  status=$?
+  stop_server
+  if [ "$status" -ne 0 ] && [ -f "$work/server.log" ]; then
+    echo "--- last lines of $work/server.log"
+    tail -40 "$work/server.log"
+  fi
+}
+trap on_exit EXIT
+
+# Two variants: the names in the document's examples, and a quick start.
+start_server "$work/server.log" "$bin" --models "$models" serve \
+  --variants mobilenet_v1_0.25_128,mobilenet_v1_0.5_160
+# Its example database and reports stay under target/.
+(cd "$work" && "$work/venv/bin/schemathesis" run "http://127.0.0.1:$http_port/openapi.json" \
+  --checks all --exclude-checks positive_data_acceptance \
+  --max-examples "$examples" --seed "$seed" --workers 2 --request-timeout 30 \
+  --report junit --report-dir "$work/report")
+
+kill -0 "$server" || { echo "the server died during the run"; exit 1; }
+wait_ready "http://127.0.0.1:$http_port/readyz" "$server" 50 ||
+  { echo "the server is not ready after the run"; exit 1; }
+kill -TERM "$server"
+status=0
+wait "$server" || status=$?
+server=
+if [ "$status" -ne 0 ]; then
+  echo "the server exited with status $status after SIGTERM"
+  exit 1
+fi
+echo "schemathesis passed; the server is still ready and exited 0 on SIGTERM"
