@@ -155,6 +155,11 @@ pub struct ServeArgs {
     /// Comma-separated variant names to load (default: every variant of the models directory).
     #[arg(long, env = "VARIANTS", value_delimiter = ',')]
     pub variants: Option<Vec<String>>,
+    /// Refuse to start unless every variant loads. Without it, a missing, corrupt or tampered
+    /// model file (sha256 not the expected one) fails only its variants, which /readyz and
+    /// /v1/models list as unavailable.
+    #[arg(long, env = "REQUIRE_ALL_MODELS")]
+    pub require_all_models: bool,
     /// The variant answering requests that select none (default: the most accurate).
     #[arg(long, env = "DEFAULT_MODEL")]
     pub default_model: Option<String>,

@@ -30,6 +30,14 @@ pub enum Error {
         /// Comma-separated list of valid names.
         known: String,
     },
+    /// A variant of the catalogue that failed to load (missing, corrupt or tampered file).
+    #[error("model `{name}` is not served: it failed to load: {reason}")]
+    ModelUnavailable {
+        /// The name asked for.
+        name: String,
+        /// Why it failed to load.
+        reason: String,
+    },
     /// An input tensor whose shape or values do not fit the model, or malformed tensor data.
     #[error("bad input: {0}")]
     BadInput(String),
@@ -133,6 +141,7 @@ impl Error {
             Error::BadRequest(_) | Error::BadInput(_) => (400, "bad_request", None),
             Error::Undecodable(_) => (400, "undecodable_image", None),
             Error::UnknownModel { .. } => (404, "unknown_model", None),
+            Error::ModelUnavailable { .. } => (404, "model_unavailable", None),
             Error::NotFound(_) => (404, "not_found", None),
             Error::MethodNotAllowed(_) => (405, "method_not_allowed", None),
             Error::RequestTimeout(_) => (408, "request_timeout", None),

@@ -32,19 +32,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result<ModelPool, Error> {
+fn load_options(
+    global: &GlobalOptions,
+    variants: Option<Vec<String>>,
+) -> Result<LoadOptions, Error> {
     let kernels = KernelSet::select(global.kernels).map_err(Error::Catalog)?;
     tracing::info!(tier = %kernels.tier, "kernels selected");
-    let opts = LoadOptions {
+    Ok(LoadOptions {
         variants,
         resolution: global.resolution,
         kernels,
-    };
-    ModelPool::load(&global.models_dir, &opts)
+    })
+}
+
+/// Every variant asked for, or an error.
+fn load(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result<ModelPool, Error> {
+    ModelPool::load(&global.models_dir, &load_options(global, variants)?)
 }
 
 fn serve(global: &GlobalOptions, args: ServeArgs) -> Result<(), Error> {
-    let pool = load(global, args.variants.clone())?;
+    let opts = load_options(global, args.variants.clone())?;
+    let pool = if args.require_all_models {
+        ModelPool::load(&global.models_dir, &opts)?
+    } else {
+        ModelPool::load_available(&global.models_dir, &opts)?
+    };
+    for u in pool.unavailable() {
+        tracing::error!(variant = %u.name, file = %u.file.display(), error = %u.error,
+            "variant not served: it failed to load");
+    }
+    let unverified: Vec<&str> = pool
+        .variants()
+        .iter()
+        .filter(|v| !v.verified)
+        .map(|v| v.spec.name.as_str())
+        .collect();
+    if !unverified.is_empty() {
+        tracing::warn!(variants = %unverified.join(","),
+            "no expected sha256 (manifest or SHA256SUMS): model files not verified");
+    }
     let config = service_config(&args);
     let engine_threads = config.engine_threads;
     tracing::info!(variants = pool.variants().len(), engine_threads, "starting");

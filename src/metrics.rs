@@ -30,6 +30,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// 1 while the service takes requests (warmed up, not draining), else 0.
     pub ready: IntGauge,
+    /// Variants of the catalogue that failed to load (missing, corrupt or tampered file).
+    pub models_unavailable: IntGauge,
     /// Top-1 accuracy in percent, by variant and source (`measured` or `published`).
     pub top1: GaugeVec,
     /// Top-5 accuracy in percent, by variant and source.
@@ -107,6 +109,10 @@ impl Metrics {
                 "ready",
                 "1 while the service takes requests (warmed up, not draining), else 0.",
             ))?,
+            models_unavailable: IntGauge::with_opts(opts(
+                "models_unavailable",
+                "Variants of the catalogue not served because their file failed to load.",
+            ))?,
             top1: GaugeVec::new(
                 opts("top1_accuracy", "ImageNet top-1 accuracy in percent."),
                 &["variant", "source"],
@@ -137,6 +143,8 @@ impl Metrics {
         m.registry.register(Box::new(m.dropped.clone()))?;
         m.registry.register(Box::new(m.in_flight.clone()))?;
         m.registry.register(Box::new(m.ready.clone()))?;
+        m.registry
+            .register(Box::new(m.models_unavailable.clone()))?;
         m.registry.register(Box::new(m.top1.clone()))?;
         m.registry.register(Box::new(m.top5.clone()))?;
         m.registry.register(Box::new(m.mult_adds.clone()))?;

@@ -13,7 +13,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::batcher::{BatchPolicy, Batcher, Incoming, Job, JobOutput};
-use crate::engine::pool::{ModelPool, Variant};
+use crate::engine::pool::{ModelPool, Unavailable, Variant};
 use crate::engine::worker::{EngineContext, EngineThreads};
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
@@ -259,6 +259,10 @@ pub struct ModelInfo {
     pub dominated: bool,
     /// Answers requests that select no variant.
     pub default: bool,
+    /// The sha256 of its ONNX file, as loaded.
+    pub sha256: String,
+    /// Whether that digest matched an expected one (the manifest's or `SHA256SUMS`).
+    pub verified: bool,
 }
 
 /// The running service: the variants, their queues and engine threads, and the metrics.
@@ -357,6 +361,9 @@ impl Service {
     }
 
     fn publish_static_metrics(&self) {
+        self.metrics
+            .models_unavailable
+            .set(self.unavailable().len() as i64);
         for (i, v) in self.variants.iter().enumerate() {
             let name = v.spec.name.as_str();
             let (mult_adds, params) = self.costs[i];
@@ -503,6 +510,8 @@ impl Service {
                     queue_depth: queued[i],
                     dominated: dominated[i],
                     default: i == self.default_index,
+                    sha256: v.sha256.clone(),
+                    verified: v.verified,
                 }
             })
             .collect()
@@ -510,13 +519,13 @@ impl Service {
 
     /// One variant, as `/v1/models/{name}` shows it.
     pub fn model(&self, name: &str) -> Result<ModelInfo> {
-        self.models()
-            .into_iter()
-            .find(|m| m.name == name)
-            .ok_or_else(|| Error::UnknownModel {
-                name: name.to_string(),
-                known: self.pool.names().join(", "),
-            })
+        let index = self.index_of(name)?;
+        Ok(self.models().swap_remove(index))
+    }
+
+    /// The variants of the catalogue that failed to load, and why.
+    pub fn unavailable(&self) -> &[Unavailable] {
+        self.pool.unavailable()
     }
 
     /// What the router sees: each variant's accuracy and predicted latency (one batch plus the
@@ -675,6 +684,10 @@ impl Service {
                 "warming up: latency targets are served once every variant is measured".into(),
             ));
         }
+        if let Selection::Name(name) = &request.selection {
+            // A name the catalogue has but that failed to load says why.
+            self.index_of(name)?;
+        }
         let choice = router::choose(
             &request.selection,
             &self.candidates(started, &self.batcher.queued_all()),
@@ -786,13 +799,19 @@ impl Service {
     }
 
     fn index_of(&self, name: &str) -> Result<usize> {
-        self.variants
-            .iter()
-            .position(|v| v.spec.name == name)
-            .ok_or_else(|| Error::UnknownModel {
+        if let Some(i) = self.variants.iter().position(|v| v.spec.name == name) {
+            return Ok(i);
+        }
+        match self.unavailable().iter().find(|u| u.name == name) {
+            Some(u) => Err(Error::ModelUnavailable {
+                name: name.to_string(),
+                reason: u.error.clone(),
+            }),
+            None => Err(Error::UnknownModel {
                 name: name.to_string(),
                 known: self.pool.names().join(", "),
-            })
+            }),
+        }
     }
 
     /// The loaded variant called `name`.

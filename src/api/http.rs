@@ -17,6 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::body::{check_declared_length, read_body, within};
+use crate::engine::pool::Unavailable;
 use crate::error::Error;
 use crate::metrics::NO_VARIANT;
 use crate::router::{Selection, SelectionParams};
@@ -62,7 +63,8 @@ pub(crate) struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
 struct ErrorDetail {
-    /// Stable machine-readable code: bad_request, undecodable_image, unknown_model, not_found,
+    /// Stable machine-readable code: bad_request, undecodable_image, unknown_model,
+    /// model_unavailable, not_found,
     /// method_not_allowed, request_timeout, too_large, unsupported_media_type,
     /// unsupported_image_format, target_unreachable, queue_full, overloaded, unavailable,
     /// deadline_exceeded or internal.
@@ -446,8 +448,10 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> Error {
 /// Every loaded variant.
 #[derive(Debug, Serialize, ToSchema)]
 struct ModelList {
-    /// In catalogue order.
+    /// The variants served, in catalogue order.
     models: Vec<ModelInfo>,
+    /// The variants of the catalogue that failed to load, and why.
+    unavailable: Vec<Unavailable>,
 }
 
 /// Every variant with its cost, accuracy and live latency.
@@ -456,6 +460,7 @@ struct ModelList {
 async fn list_models(State(service): State<Arc<Service>>) -> Json<ModelList> {
     Json(ModelList {
         models: service.models(),
+        unavailable: service.unavailable().to_vec(),
     })
 }
 
@@ -465,7 +470,7 @@ async fn list_models(State(service): State<Arc<Service>>) -> Json<ModelList> {
         example = "mobilenet_v1_0.5_160")),
     responses(
         (status = 200, description = "The variant", body = ModelInfo),
-        (status = 404, description = "No such variant", body = ErrorBody),
+        (status = 404, description = "No such variant, or it failed to load", body = ErrorBody),
     ))]
 async fn get_model(
     State(service): State<Arc<Service>>,
@@ -480,16 +485,23 @@ struct Status {
     /// `ok` (alive) or `ready`.
     #[schema(value_type = String, example = "ok")]
     status: &'static str,
+    /// Variants that failed to load (the others are served).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unavailable: Vec<Unavailable>,
 }
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, description = "Alive", body = Status)))]
 async fn healthz() -> Json<Status> {
-    Json(Status { status: "ok" })
+    Json(Status {
+        status: "ok",
+        unavailable: Vec::new(),
+    })
 }
 
-/// Readiness: warmed up and not draining.
+/// Readiness: warmed up and not draining. Variants that failed to load do not make it fail
+/// (the others are served); it lists them.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Status),
@@ -500,7 +512,10 @@ async fn readyz(State(service): State<Arc<Service>>) -> Result<Json<Status>, Err
     if service.is_draining() {
         Err(Error::Unavailable("draining".into()))
     } else if service.is_ready() {
-        Ok(Json(Status { status: "ready" }))
+        Ok(Json(Status {
+            status: "ready",
+            unavailable: service.unavailable().to_vec(),
+        }))
     } else {
         Err(Error::Unavailable("warming up".into()))
     }

@@ -1,6 +1,7 @@
 //! Which variants a models directory offers: read from its `manifest.json`, or derived from the
 //! ONNX graphs themselves when there is no manifest.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,8 @@ use crate::pipeline::preprocess::Normalization;
 pub const MANIFEST: &str = "manifest.json";
 /// File name of the class names (one per line, class 0 first) inside a models directory.
 pub const CLASS_NAMES: &str = "imagenet_classes.txt";
+/// File name of the expected ONNX digests (`sha256sum` output) inside a models directory.
+pub const CHECKSUMS: &str = "SHA256SUMS";
 
 /// Everything known about one servable variant before its weights are loaded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,6 +45,8 @@ pub struct VariantSpec {
     pub published_top1: Option<f32>,
     /// Published ImageNet top-5 (%).
     pub published_top5: Option<f32>,
+    /// The expected sha256 of `file` (lowercase hex), when the manifest gives it.
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +70,8 @@ struct ManifestEntry {
     published_top1: Option<f32>,
     #[serde(default)]
     published_top5: Option<f32>,
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +120,12 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Vec<VariantSpec>>> {
                 e.name, e.num_classes, e.label_offset
             )));
         }
+        let sha256 = e
+            .sha256
+            .as_deref()
+            .map(parse_digest)
+            .transpose()
+            .map_err(|why| Error::Catalog(format!("{}: sha256: {why}", e.name)))?;
         specs.push(VariantSpec {
             name: e.name,
             alpha: e.alpha,
@@ -131,9 +144,45 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Vec<VariantSpec>>> {
             weights: e.weights,
             published_top1: e.published_top1,
             published_top5: e.published_top5,
+            sha256,
         });
     }
     Ok(Some(specs))
+}
+
+/// A sha256 in hex, lowercased.
+fn parse_digest(hex: &str) -> std::result::Result<String, String> {
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex.to_ascii_lowercase())
+    } else {
+        Err(format!("`{hex}` is not 64 hex digits"))
+    }
+}
+
+/// Reads `dir/SHA256SUMS` (lines of `<hex>  <file>`, as `sha256sum` writes them): the expected
+/// digest of each file named. Empty when there is none.
+pub fn read_checksums(dir: &Path) -> Result<HashMap<PathBuf, String>> {
+    let path = dir.join(CHECKSUMS);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut sums = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: String| Error::Catalog(format!("{}:{}: {why}", path.display(), i + 1));
+        let (hex, file) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| bad("expected `<sha256>  <file>`".into()))?;
+        // `sha256sum` marks binary mode with `*` before the name.
+        let file = file.trim_start().trim_start_matches('*');
+        sums.insert(PathBuf::from(file), parse_digest(hex).map_err(bad)?);
+    }
+    Ok(sums)
 }
 
 /// The TF-slim name of a variant: `mobilenet_v1_1.0_224`, `mobilenet_v1_0.25_128`, ...
@@ -195,6 +244,7 @@ pub fn derive_spec(file: &Path, plan: &Plan, resolution: Option<usize>) -> Resul
         weights: None,
         published_top1: None,
         published_top5: None,
+        sha256: None,
     })
 }
 

@@ -2,8 +2,12 @@
 //! once, however many resolutions it serves.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::catalog::{self, VariantSpec};
 use super::import;
@@ -29,6 +33,22 @@ pub struct Variant {
     pub spec: VariantSpec,
     /// The network; variants of the same file share it.
     pub model: Arc<Model>,
+    /// The sha256 of its ONNX file, as loaded.
+    pub sha256: String,
+    /// Whether that digest was checked against an expected one (manifest or `SHA256SUMS`).
+    pub verified: bool,
+}
+
+/// A variant of the catalogue that could not be loaded, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Unavailable {
+    /// Variant name.
+    pub name: String,
+    /// Its ONNX file, relative to the models directory.
+    #[schema(value_type = String)]
+    pub file: PathBuf,
+    /// What went wrong.
+    pub error: String,
 }
 
 impl Variant {
@@ -43,52 +63,114 @@ impl Variant {
 pub struct ModelPool {
     dir: PathBuf,
     variants: Vec<Variant>,
+    unavailable: Vec<Unavailable>,
     class_names: Vec<String>,
 }
 
+/// A loaded ONNX file.
+struct Loaded {
+    model: Arc<Model>,
+    sha256: String,
+    verified: bool,
+}
+
 impl ModelPool {
-    /// Loads the variants of `dir` (from its manifest, or derived from each ONNX file).
+    /// Loads the variants of `dir` (from its manifest, or derived from each ONNX file); any
+    /// variant that cannot be loaded is an error.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        Self::load_inner(dir, opts, true)
+    }
+
+    /// Loads what can be loaded of `dir`: a missing, corrupt or tampered file (its sha256
+    /// differs from the expected one) fails only its variants, listed in
+    /// [`ModelPool::unavailable`]. Fails when no variant loads.
+    pub fn load_available(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        Self::load_inner(dir, opts, false)
+    }
+
+    fn load_inner(dir: &Path, opts: &LoadOptions, strict: bool) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Catalog(format!(
                 "models directory `{}` does not exist (run models/link-zoo.sh, or pass --models DIR)",
                 dir.display()
             )));
         }
-        let specs = match catalog::read_manifest(dir)? {
-            Some(specs) => specs,
-            None => derive_specs(dir, opts.resolution)?,
+        let (specs, mut unavailable) = match catalog::read_manifest(dir)? {
+            Some(specs) => (specs, Vec::new()),
+            None => derive_specs(dir, opts.resolution, strict)?,
         };
         let specs = select(specs, opts.variants.as_deref())?;
-        if specs.is_empty() {
+        if let Some(wanted) = &opts.variants {
+            unavailable.retain(|u| wanted.contains(&u.name));
+        }
+        if specs.is_empty() && unavailable.is_empty() {
             return Err(Error::Catalog(format!(
                 "no variants in `{}`: it needs ONNX files (run models/link-zoo.sh)",
                 dir.display()
             )));
         }
-        let mut models: HashMap<PathBuf, Arc<Model>> = HashMap::new();
+        let checksums = catalog::read_checksums(dir)?;
+        let mut files: HashMap<PathBuf, std::result::Result<Arc<Loaded>, String>> = HashMap::new();
         let mut variants = Vec::with_capacity(specs.len());
         for spec in specs {
-            let model = match models.get(&spec.file) {
-                Some(m) => m.clone(),
+            let loaded = match files.get(&spec.file) {
+                Some(l) => l.clone(),
                 None => {
-                    let path = dir.join(&spec.file);
-                    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-                    let plan = import::import_bytes(&bytes)
-                        .map_err(|e| Error::Catalog(format!("{}: {e}", path.display())))?;
-                    let m = Arc::new(Model::new(plan, opts.kernels));
-                    models.insert(spec.file.clone(), m.clone());
-                    m
+                    let expected = expected_digest(&spec, &checksums);
+                    let l = expected
+                        .and_then(|e| load_file(dir, &spec.file, e.as_deref(), opts))
+                        .map(Arc::new);
+                    let l = match l {
+                        Err(e) if strict => return Err(e),
+                        l => l.map_err(|e| e.to_string()),
+                    };
+                    files.insert(spec.file.clone(), l.clone());
+                    l
                 }
             };
-            check_consistent(&spec, &model)?;
-            variants.push(Variant { spec, model });
+            let checked = loaded.and_then(|l| {
+                check_consistent(&spec, &l.model)
+                    .map(|()| l)
+                    .map_err(|e| e.to_string())
+            });
+            match checked {
+                Ok(l) => variants.push(Variant {
+                    spec,
+                    model: l.model.clone(),
+                    sha256: l.sha256.clone(),
+                    verified: l.verified,
+                }),
+                Err(error) if strict => return Err(Error::Catalog(error)),
+                Err(error) => unavailable.push(Unavailable {
+                    name: spec.name,
+                    file: spec.file,
+                    error,
+                }),
+            }
+        }
+        if variants.is_empty() {
+            let why: Vec<String> = unavailable
+                .iter()
+                .map(|u| format!("{}: {}", u.name, u.error))
+                .collect();
+            return Err(Error::Catalog(format!(
+                "no variant of `{}` could be loaded: {}",
+                dir.display(),
+                why.join("; ")
+            )));
         }
         Ok(ModelPool {
             dir: dir.to_path_buf(),
             variants,
+            unavailable,
             class_names: catalog::class_names(dir)?,
         })
+    }
+
+    /// The variants of the catalogue that could not be loaded (only with
+    /// [`ModelPool::load_available`]).
+    pub fn unavailable(&self) -> &[Unavailable] {
+        &self.unavailable
     }
 
     /// The directory the pool was loaded from.
@@ -135,13 +217,33 @@ impl ModelPool {
     }
 }
 
-fn derive_specs(dir: &Path, resolution: Option<usize>) -> Result<Vec<VariantSpec>> {
+/// The specs of a manifest-less directory, from each ONNX file's graph. Unless `strict`, a file
+/// that cannot be read or imported is listed as unavailable under its file stem.
+fn derive_specs(
+    dir: &Path,
+    resolution: Option<usize>,
+    strict: bool,
+) -> Result<(Vec<VariantSpec>, Vec<Unavailable>)> {
     let mut specs: Vec<VariantSpec> = Vec::new();
+    let mut unavailable = Vec::new();
     for file in catalog::onnx_files(dir)? {
-        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-        let plan = import::import_bytes(&bytes)
-            .map_err(|e| Error::Catalog(format!("{}: {e}", file.display())))?;
-        let mut spec = catalog::derive_spec(&file, &plan, resolution)?;
+        let derived = std::fs::read(&file)
+            .map_err(|e| Error::io(&file, e))
+            .and_then(|bytes| import_guarded(&file, &bytes))
+            .and_then(|plan| catalog::derive_spec(&file, &plan, resolution));
+        let mut spec = match derived {
+            Ok(spec) => spec,
+            Err(e) if strict => return Err(e),
+            Err(e) => {
+                let stem = file.file_stem().unwrap_or_default();
+                unavailable.push(Unavailable {
+                    name: stem.to_string_lossy().into_owned(),
+                    file: file.file_name().map(PathBuf::from).unwrap_or_default(),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
         if specs.iter().any(|s| s.name == spec.name) {
             // Two files describe the same cell: keep both, told apart by their file names.
             spec.name = file
@@ -151,7 +253,63 @@ fn derive_specs(dir: &Path, resolution: Option<usize>) -> Result<Vec<VariantSpec
         }
         specs.push(spec);
     }
-    Ok(specs)
+    Ok((specs, unavailable))
+}
+
+/// The digest `spec`'s file must have: from the manifest, else from `SHA256SUMS`; the two must
+/// agree when both give one.
+fn expected_digest(
+    spec: &VariantSpec,
+    checksums: &HashMap<PathBuf, String>,
+) -> Result<Option<String>> {
+    match (&spec.sha256, checksums.get(&spec.file)) {
+        (Some(a), Some(b)) if a != b => Err(Error::Catalog(format!(
+            "{}: the manifest's sha256 {a} and {}'s {b} disagree",
+            spec.file.display(),
+            catalog::CHECKSUMS
+        ))),
+        (Some(a), _) => Ok(Some(a.clone())),
+        (None, b) => Ok(b.cloned()),
+    }
+}
+
+/// Reads, checks and imports one ONNX file.
+fn load_file(
+    dir: &Path,
+    file: &Path,
+    expected: Option<&str>,
+    opts: &LoadOptions,
+) -> Result<Loaded> {
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    if let Some(expected) = expected {
+        if sha256 != expected {
+            return Err(Error::Catalog(format!(
+                "{}: sha256 is {sha256}, expected {expected}: the file is corrupt, truncated or \
+                 not the one the catalogue describes",
+                path.display()
+            )));
+        }
+    }
+    let plan = import_guarded(&path, &bytes)?;
+    Ok(Loaded {
+        model: Arc::new(Model::new(plan, opts.kernels)),
+        sha256,
+        verified: expected.is_some(),
+    })
+}
+
+/// Imports `bytes`; a panic in the importer (a bug that a malformed file found) fails this file
+/// only, not the process.
+fn import_guarded(path: &Path, bytes: &[u8]) -> Result<super::plan::Plan> {
+    catch_unwind(AssertUnwindSafe(|| import::import_bytes(bytes)))
+        .unwrap_or_else(|_| Err(Error::MalformedModel("the importer panicked".into())))
+        .map_err(|e| Error::Catalog(format!("{}: {e}", path.display())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn select(specs: Vec<VariantSpec>, wanted: Option<&[String]>) -> Result<Vec<VariantSpec>> {
