@@ -17,6 +17,9 @@
 //!   [`client`] the HTTP client of
 //!   `healthcheck` and `classify --url`.
 
+// No panic reachable from input: outside tests, fallible steps are handled, not unwrapped.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod api;
 pub mod batcher;
 pub mod bench;

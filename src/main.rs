@@ -1,5 +1,7 @@
 //! The `mobilenet-serve` binary: parse the command line, set up logging, run the command.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

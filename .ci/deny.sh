@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Dependency policy (.ci/deny.toml) with cargo-deny: licences, banned and duplicate crates,
+# sources (crates.io only). Needs only `cargo metadata`, not a build.
+# The advisories check is off by default: it clones github.com/rustsec/advisory-db, and GitHub
+# is unreachable from our CI machines. Where GitHub is reachable, run it as well with
+#   DENY_ADVISORIES=1 .ci/deny.sh
+# The pinned cargo-deny is built once (a few minutes) into target/tools and reused after.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+version=0.20.2
+tools=$(realpath -m "${CARGO_TARGET_DIR:-target}/tools")
+
+if [ "$("$tools/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $version" ]; then
+  # Built in cargo's own temporary directory: its 300 MB of artefacts are not worth keeping.
+  env -u CARGO_TARGET_DIR cargo install --locked --quiet cargo-deny --version "$version" --root "$tools"
+fi
+
+checks=(licenses bans sources)
+[ "${DENY_ADVISORIES:-}" = 1 ] && checks+=(advisories)
+# cargo-deny's global options (--locked, --manifest-path, --config) go before `check`.
+PATH="$tools/bin:$PATH" cargo deny --locked --manifest-path Cargo.toml --config .ci/deny.toml \
+  check "${checks[@]}"
