@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::api::auth::ApiKey;
 use crate::kernels::TierChoice;
 
 /// MobileNet v1 classification with our own CPU engine, cross-checked against tract.
@@ -160,6 +161,15 @@ pub struct ServeArgs {
     /// /v1/models list as unavailable.
     #[arg(long, env = "REQUIRE_ALL_MODELS")]
     pub require_all_models: bool,
+    /// Require `Authorization: Bearer <key>` on inference and model routes (HTTP and gRPC);
+    /// at least 16 visible ASCII characters. Prefer the environment variable to the flag, which
+    /// other users of the machine can read from the process list.
+    #[arg(long, env = "API_KEY", hide_env_values = true, value_parser = parse_api_key)]
+    pub api_key: Option<ApiKey>,
+    /// With --api-key, health, readiness and metrics need the key too (probes and scrapers must
+    /// then send it).
+    #[arg(long, env = "AUTH_HEALTH")]
+    pub auth_health: bool,
     /// The variant answering requests that select none (default: the most accurate).
     #[arg(long, env = "DEFAULT_MODEL")]
     pub default_model: Option<String>,
@@ -294,4 +304,8 @@ pub struct BenchArgs {
     /// Write an SVG chart here: ms per image and GFLOP/s against batch size, per variant.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+}
+
+fn parse_api_key(s: &str) -> Result<ApiKey, String> {
+    ApiKey::new(s).map_err(|e| e.to_string())
 }

@@ -86,6 +86,9 @@ pub enum Error {
         /// Suggested wait before retrying, in seconds.
         retry_after_s: u64,
     },
+    /// The request lacks the API key, or carries a wrong one.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
     /// The service is shutting down or not ready yet.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -151,6 +154,7 @@ impl Error {
             Error::TargetUnreachable(_) => (422, "target_unreachable", None),
             Error::QueueFull { retry_after_s, .. } => (429, "queue_full", Some(*retry_after_s)),
             Error::Overloaded { retry_after_s, .. } => (429, "overloaded", Some(*retry_after_s)),
+            Error::Unauthorized(_) => (401, "unauthorized", None),
             Error::Unavailable(_) => (503, "unavailable", Some(1)),
             Error::DeadlineExceeded(_) => (504, "deadline_exceeded", None),
             Error::Unsupported { .. }

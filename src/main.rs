@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::batcher::BatchPolicy;
 use mobilenet_serve::client;
 use mobilenet_serve::config::{ClassifyArgs, ServeArgs};
@@ -112,6 +113,10 @@ fn service_config(args: &ServeArgs) -> ServiceConfig {
             n => n,
         },
         eval_results: args.eval_results.clone(),
+        auth: Auth {
+            key: args.api_key.clone(),
+            protect_health: args.auth_health,
+        },
     }
 }
 

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
+use crate::api::auth::Auth;
 use crate::batcher::{BatchPolicy, Batcher, Incoming, Job, JobOutput};
 use crate::engine::pool::{ModelPool, Unavailable, Variant};
 use crate::engine::worker::{EngineContext, EngineThreads};
@@ -52,6 +53,8 @@ pub struct ServiceConfig {
     pub engine_threads: usize,
     /// Accuracy results to read (default: `eval.json` in the models directory, when present).
     pub eval_results: Option<PathBuf>,
+    /// Who needs the API key (nobody without one).
+    pub auth: Auth,
 }
 
 impl ServiceConfig {

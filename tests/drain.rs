@@ -32,6 +32,7 @@ fn config() -> ServiceConfig {
         default_model: None,
         engine_threads: 2,
         eval_results: None,
+        auth: Default::default(),
     }
 }
 

@@ -12,9 +12,11 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::auth::Access;
 use crate::error::{Error, Result};
 use crate::metrics::NO_VARIANT;
 use crate::router::SelectionParams;
@@ -45,6 +47,7 @@ pub fn status(error: Error) -> Status {
     let kind = error.kind();
     let code = match kind.status {
         400 | 413 | 415 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
         404 => Code::NotFound,
         405 => Code::Unimplemented,
         422 => Code::FailedPrecondition,
@@ -367,15 +370,25 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
     tracing::info!(%addr, "gRPC listening");
+    let auth = service.config().auth.clone();
     tonic::transport::Server::builder()
         // HTTP/2 connections live long: without an age limit, pods added by an autoscaler
         // would get no traffic from clients already connected. Calls in flight get a grace.
         .max_connection_age(Duration::from_secs(300))
         .max_connection_age_grace(Duration::from_secs(30))
-        .add_service(health)
+        .add_service(InterceptedService::new(
+            health,
+            auth.interceptor(Access::Health),
+        ))
         .add_service(reflection)
-        .add_service(classifier)
-        .add_service(inference)
+        .add_service(InterceptedService::new(
+            classifier,
+            auth.interceptor(Access::Protected),
+        ))
+        .add_service(InterceptedService::new(
+            inference,
+            auth.interceptor(Access::Protected),
+        ))
         .serve_with_incoming_shutdown(
             // No Nagle delay on small replies (see the HTTP server).
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -37,6 +37,11 @@ pub fn app(service: Arc<Service>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
+        // Outermost: a request without the key costs nothing else.
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            super::auth::require_key,
+        ))
         .with_state(service)
 }
 

@@ -1,6 +1,7 @@
 //! Protocol front ends over the [`crate::service::Service`]: HTTP (axum) and gRPC (tonic), each
 //! with our own API and the Open Inference Protocol.
 
+pub mod auth;
 pub mod body;
 pub mod grpc;
 pub mod http;

@@ -6,10 +6,14 @@ use std::sync::{Arc, OnceLock};
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
-use utoipa::OpenApi;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{OpenApi, PartialSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::{access, Access};
 use crate::service::Service;
 
 /// The document's frame: title, description, tags. The paths come from the routes.
@@ -44,12 +48,65 @@ pub fn router() -> OpenApiRouter<Arc<Service>> {
         .routes(routes!(openapi_json))
 }
 
+/// Name of the bearer-token security scheme.
+const API_KEY_SCHEME: &str = "api_key";
+
+/// Describes the optional API key where [`access`] says the middleware asks for it: the scheme,
+/// each operation's (optional) requirement, and its 401 answer. Health routes list it too,
+/// since `--auth-health` protects them.
+fn describe_auth(api: &mut utoipa::openapi::OpenApi) {
+    let components = api.components.get_or_insert_with(Default::default);
+    let mut scheme = Http::new(HttpAuthScheme::Bearer);
+    scheme.description = Some(
+        "Only when the server runs with --api-key (API_KEY): `Authorization: Bearer <key>`.".into(),
+    );
+    components.add_security_scheme(API_KEY_SCHEME, SecurityScheme::Http(scheme));
+    for (path, item) in api.paths.paths.iter_mut() {
+        if access(path) == Access::Public {
+            continue;
+        }
+        let error_schema = if super::oip_http::is_oip_path(path) {
+            "OipErrorBody"
+        } else {
+            "ErrorBody"
+        };
+        let unauthorized = ResponseBuilder::new()
+            .description("The server needs an API key and the request has none, or a wrong one")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(error_schema)))
+                    .build(),
+            )
+            .header(
+                "www-authenticate",
+                HeaderBuilder::new()
+                    .schema(Some(String::schema()))
+                    .description(Some("`Bearer`"))
+                    .build(),
+            )
+            .build();
+        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            // `{}` first: the key is optional, as the server may run without one.
+            operation.security = Some(vec![
+                SecurityRequirement::default(),
+                SecurityRequirement::new(API_KEY_SCHEME, Vec::<String>::new()),
+            ]);
+            operation
+                .responses
+                .responses
+                .insert("401".into(), unauthorized.clone().into());
+        }
+    }
+}
+
 /// The description as pretty JSON, built once.
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
         let mut api = router().into_openapi();
         api.info.version = env!("CARGO_PKG_VERSION").to_string();
+        describe_auth(&mut api);
         // Built from our own types only: serialising it cannot fail.
         api.to_pretty_json()
             .unwrap_or_else(|e| format!("{{\"error\": \"OpenAPI document: {e}\"}}"))

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod onnx_builder;
+pub mod openapi;
 pub mod serving;
 
 use std::path::PathBuf;

@@ -50,6 +50,7 @@ pub fn config() -> ServiceConfig {
         default_model: None,
         engine_threads: 2,
         eval_results: None,
+        auth: Default::default(),
     }
 }
 

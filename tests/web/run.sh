@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The web page in Debian's headless Chromium, driven by playwright-core from the npm registry,
-# against `mobilenet-serve serve` with every variant. Installs Chromium when missing.
+# against `mobilenet-serve serve` with every variant, then against one that needs an API key.
+# Installs Chromium when missing.
 # Screenshots go to $CARGO_TARGET_DIR/web (default target/web). CI runs it (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,3 +26,10 @@ port=$http_port
 image=$data/$(awk -F'\t' '!/^#/ {print $1; exit}' "$data/labels.tsv")
 variants=$(ls "$models"/*.onnx >/dev/null && python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$models/manifest.json")
 node tests/web/page.test.mjs "http://127.0.0.1:$port" "$image" "$shots" "$variants"
+
+# The same page against a server that needs an API key.
+stop_server
+key=web-test-key-$RANDOM$RANDOM
+API_KEY=$key start_server "$shots/server-auth.log" "$target/release/mobilenet-serve" \
+  --models "$models" serve --variants mobilenet_v1_0.25_128,mobilenet_v1_0.5_160
+node tests/web/auth.test.mjs "http://127.0.0.1:$http_port" "$key" 2

@@ -23,6 +23,26 @@ function latency(m) {
 const fmtMs = (ms) => (ms < 10 ? ms.toFixed(2) : ms.toFixed(1)) + " ms";
 const alphaText = (a) => (Number.isInteger(a) ? a.toFixed(1) : String(a));
 
+/** The API key the user gave (kept for this tab only), as request headers. */
+function authHeaders() {
+  const key = sessionStorage.getItem("apiKey");
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
+/** A 401 means the server runs with --api-key: ask for it. */
+function askForKey() {
+  byId("key-form").hidden = false;
+  byId("api-key").focus();
+}
+
+byId("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem("apiKey", byId("api-key").value);
+  byId("key-form").hidden = true;
+  setStatus("");
+  loadModels();
+});
+
 function setStatus(text, isError) {
   const s = byId("status");
   s.textContent = text;
@@ -31,7 +51,11 @@ function setStatus(text, isError) {
 
 async function loadModels() {
   try {
-    const r = await fetch("/v1/models");
+    const r = await fetch("/v1/models", { headers: authHeaders() });
+    if (r.status === 401) {
+      askForKey();
+      throw new Error("the API key is missing or wrong");
+    }
     if (!r.ok) throw new Error(`/v1/models answered ${r.status}`);
     state.models = (await r.json()).models;
     if (!state.selected) {
@@ -201,11 +225,12 @@ async function classify() {
   try {
     const r = await fetch(`/classify?${query()}`, {
       method: "POST",
-      headers: { "content-type": state.file.type || "application/octet-stream" },
+      headers: { "content-type": state.file.type || "application/octet-stream", ...authHeaders() },
       body: state.file,
     });
     // Our errors are JSON; a proxy's may not be.
     const body = await r.json().catch(() => null);
+    if (r.status === 401) askForKey();
     if (!r.ok || body === null) {
       setStatus(body && body.error ? body.error.message : `error ${r.status}`, true);
       return;
