@@ -63,6 +63,11 @@ impl SelectionParams {
         if self.fallback_fastest && !target {
             return bad("the fastest fallback only goes with a target");
         }
+        if let Some(a) = self.alpha {
+            if !(a.is_finite() && a > 0.0) {
+                return bad("alpha must be a positive number");
+            }
+        }
         if let Some(m) = self.max_latency_ms {
             if !(m.is_finite() && m > 0.0) {
                 return bad("max_latency_ms must be a positive number");

@@ -18,9 +18,12 @@ async fn status(
 ) -> StatusCode {
     let request = Request::post(uri)
         .header(header::CONTENT_TYPE, "image/jpeg")
+        .header("x-request-id", "trace-me-7")
         .body(Body::from(body))
         .unwrap();
-    app(s.clone()).oneshot(request).await.unwrap().status()
+    let response = app(s.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-me-7");
+    response.status()
 }
 
 /// Log output captured in memory.
@@ -63,7 +66,10 @@ async fn each_request_is_traced_with_its_variant_batches_and_stage_times() {
         StatusCode::BAD_REQUEST
     );
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let span = format!("request{{protocol=\"http\" variant=\"{SMALL}\" batches=[");
+    let span = format!(
+        "req{{request_id=\"trace-me-7\" protocol=\"http\" path=\"/classify\"}}:\
+         request{{protocol=\"http\" variant=\"{SMALL}\" batches=["
+    );
     let answered = text
         .lines()
         .find(|l| l.contains(&span) && l.contains("answered status=200"))
@@ -72,8 +78,9 @@ async fn each_request_is_traced_with_its_variant_batches_and_stage_times() {
         assert!(answered.contains(stage), "{answered}");
     }
     assert!(
-        text.lines()
-            .any(|l| l.contains("not answered status=400") && l.contains("cannot decode")),
+        text.lines().any(|l| l.contains("not answered status=400")
+            && l.contains("cannot decode")
+            && l.contains("request_id=\"trace-me-7\"")),
         "{text}"
     );
 }

@@ -372,6 +372,7 @@ pub async fn serve(
     tracing::info!(%addr, "gRPC listening");
     let auth = service.config().auth.clone();
     tonic::transport::Server::builder()
+        .trace_fn(super::request_id::grpc_span)
         // HTTP/2 connections live long: without an age limit, pods added by an autoscaler
         // would get no traffic from clients already connected. Calls in flight get a grace.
         .max_connection_age(Duration::from_secs(300))

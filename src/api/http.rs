@@ -37,11 +37,13 @@ pub fn app(service: Arc<Service>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
-        // Outermost: a request without the key costs nothing else.
+        // A request without the key costs nothing else.
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
             super::auth::require_key,
         ))
+        // Outermost, so that even a refusal is logged under its request id.
+        .layer(axum::middleware::from_fn(super::request_id::propagate))
         .with_state(service)
 }
 

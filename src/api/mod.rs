@@ -8,4 +8,5 @@ pub mod http;
 pub mod oip_grpc;
 pub mod oip_http;
 pub mod openapi;
+pub mod request_id;
 pub mod web;

@@ -7,8 +7,9 @@ use std::sync::{Arc, OnceLock};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
 use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{OpenApi, PartialSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -100,6 +101,41 @@ fn describe_auth(api: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// Describes the request id every operation takes and every answer echoes
+/// ([`super::request_id`]).
+fn describe_request_id(api: &mut utoipa::openapi::OpenApi) {
+    let name = super::request_id::HEADER;
+    let parameter = ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Your id for this request (visible ASCII, at most 128 bytes), logged with every \
+             line of it; one is made when absent",
+        ))
+        .schema(Some(String::schema()))
+        .build();
+    let header = HeaderBuilder::new()
+        .schema(Some(String::schema()))
+        .description(Some(
+            "The request's id: the client's, or the one made for it",
+        ))
+        .build();
+    for item in api.paths.paths.values_mut() {
+        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            operation
+                .parameters
+                .get_or_insert_with(Vec::new)
+                .push(parameter.clone().into());
+            for response in operation.responses.responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response.headers.insert(name.into(), header.clone().into());
+                }
+            }
+        }
+    }
+}
+
 /// The description as pretty JSON, built once.
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
@@ -107,6 +143,7 @@ pub fn document() -> &'static str {
         let mut api = router().into_openapi();
         api.info.version = env!("CARGO_PKG_VERSION").to_string();
         describe_auth(&mut api);
+        describe_request_id(&mut api);
         // Built from our own types only: serialising it cannot fail.
         api.to_pretty_json()
             .unwrap_or_else(|e| format!("{{\"error\": \"OpenAPI document: {e}\"}}"))
