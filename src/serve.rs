@@ -1,12 +1,14 @@
 //! The `serve` command: load, start the engine threads, listen, warm up, and drain on shutdown.
 
 use std::future::Future;
-use std::future::IntoFuture;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -72,28 +74,10 @@ pub async fn serve_until(
     let signalled = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    // Responses are written whole: Nagle's algorithm would only hold their last segment back
-    // until the client's delayed ACK (tens of milliseconds).
-    let http_listener = listeners.http.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let http = axum::serve(http_listener, app(service.clone()))
-        .with_graceful_shutdown(signalled(stopping.clone()))
-        .into_future();
+    let http = serve_http(listeners.http, app(service.clone()), stopping.clone());
     let grpc = grpc::serve(service.clone(), listeners.grpc, stopping.clone());
     // The first server to fail stops the other: a half-up service must not look healthy.
-    let both = async {
-        tokio::try_join!(
-            async {
-                http.await
-                    .map_err(|e| Error::Internal(format!("HTTP server: {e}")))
-            },
-            grpc
-        )
-        .map(|_| ())
-    };
+    let both = async { tokio::try_join!(http, grpc).map(|_| ()) };
     let deadline = async move {
         signalled(stopping).await;
         tokio::time::sleep(drain_timeout).await;
@@ -108,6 +92,84 @@ pub async fn serve_until(
         .map_err(|e| Error::Internal(format!("stopping the engine: {e}")))?;
     tracing::info!("drained: bye");
     Ok(())
+}
+
+/// Longest a client may take to send a request's head; the body then has the request timeout.
+/// Without it, connections that never finish their headers (slowloris) are held forever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` over HTTP/1.1 and HTTP/2 (prior knowledge) until `stopping`, then stops
+/// accepting (new connections are refused) and lets each connection finish its requests.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|s| *s) => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it was accepted: the
+                // listener itself is fine; a pause keeps a persistent error from spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Responses are written whole: Nagle's algorithm would only hold their last segment
+        // back until the client's delayed ACK (tens of milliseconds).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let builder = builder.clone();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            if !protocol_known(&tcp).await {
+                return;
+            }
+            let connection =
+                builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Waits (at most [`HEADER_READ_TIMEOUT`]) until the client has sent enough to tell HTTP/1 from
+/// HTTP/2's preface, which hyper's version detection would otherwise wait for forever; false
+/// when it never does or hangs up.
+async fn protocol_known(tcp: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let wait = async {
+        let mut buf = [0u8; PREFACE.len()];
+        loop {
+            match tcp.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                // A prefix of the preface so far: wait for more.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(HEADER_READ_TIMEOUT, wait)
+        .await
+        .unwrap_or(false)
 }
 
 /// Binds the ports and serves until SIGTERM or ctrl-c.

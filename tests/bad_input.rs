@@ -536,6 +536,36 @@ async fn every_bad_input_gets_its_answer_in_bounded_time() {
     assert_eq!(exchange(addr, &head, &jpeg).await.0, 200);
 }
 
+/// Connections that never finish their request head are closed after the server's header
+/// timeout (10 s), whatever they stall on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_heads_are_closed() {
+    let (addr, _stop) = start().await;
+    let stall = |first: &'static [u8]| async move {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(first).await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut rest))
+            .await
+            .is_ok();
+        (closed, started.elapsed())
+    };
+    let (silent, partial, preface) = tokio::join!(
+        stall(b""),
+        stall(b"POST /classify HTTP/1.1\r\nHost: t\r\n"),
+        stall(b"PRI * HTTP/2.0\r\n"),
+    );
+    for (what, (closed, took)) in [
+        ("no byte at all", silent),
+        ("half a request head", partial),
+        ("half the HTTP/2 preface", preface),
+    ] {
+        assert!(closed, "{what}: still open after {took:?}");
+        assert!(took >= Duration::from_secs(9), "{what}: closed too early ({took:?})");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_lying_bodies_are_cut_off() {
     let (addr, _stop) = start().await;
