@@ -78,8 +78,14 @@ fn serve(global: &GlobalOptions, args: ServeArgs) -> Result<(), Error> {
     let engine_threads = config.engine_threads;
     tracing::info!(variants = pool.variants().len(), engine_threads, "starting");
     let service = Service::new(pool, config, true)?;
+    // Decoding runs on the blocking pool. Tokio would grow it to 512 threads under overload,
+    // each decoding into its own buffers on the same cores; a few threads keep the work and
+    // the memory bounded (requests beyond them wait as encoded bytes, already bounded by the
+    // in-flight limit).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads((2 * cores).max(4))
         .build()
         .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(serve::run(

@@ -562,7 +562,10 @@ async fn stalled_request_heads_are_closed() {
         ("half the HTTP/2 preface", preface),
     ] {
         assert!(closed, "{what}: still open after {took:?}");
-        assert!(took >= Duration::from_secs(9), "{what}: closed too early ({took:?})");
+        assert!(
+            took >= Duration::from_secs(9),
+            "{what}: closed too early ({took:?})"
+        );
     }
 }
 
