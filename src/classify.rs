@@ -169,6 +169,7 @@ pub fn run_remote(base: &str, args: &ClassifyArgs) -> Result<Vec<Result<FileAnsw
                 Some("application/octet-stream"),
                 &bytes,
                 timeout,
+                args.api_key.as_deref(),
             )?;
             if reply.status != 200 {
                 let message = serde_json::from_slice::<serde_json::Value>(&reply.body)
@@ -256,6 +257,7 @@ mod tests {
             url: None,
             json: false,
             timeout_ms: 1000,
+            api_key: None,
         }
     }
 

@@ -62,6 +62,7 @@ pub fn request(
     content_type: Option<&str>,
     body: &[u8],
     timeout: Duration,
+    api_key: Option<&str>,
 ) -> Result<Reply> {
     let target = parse_url(url)?;
     let deadline = Instant::now() + timeout;
@@ -75,6 +76,9 @@ pub fn request(
     );
     if let Some(t) = content_type {
         head.push_str(&format!("Content-Type: {t}\r\n"));
+    }
+    if let Some(key) = api_key {
+        head.push_str(&format!("Authorization: Bearer {}\r\n", key.trim_end()));
     }
     head.push_str("\r\n");
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -135,9 +139,9 @@ fn read_until_close(stream: &mut TcpStream, deadline: Instant) -> std::io::Resul
     }
 }
 
-/// GETs `url` and returns its HTTP status code.
-pub fn probe(url: &str, timeout: Duration) -> Result<u16> {
-    request("GET", url, None, &[], timeout).map(|r| r.status)
+/// GETs `url` (with the API key when given) and returns its HTTP status code.
+pub fn probe(url: &str, timeout: Duration, api_key: Option<&str>) -> Result<u16> {
+    request("GET", url, None, &[], timeout, api_key).map(|r| r.status)
 }
 
 /// Splits a raw response into status and body, decoding a chunked body.
@@ -248,16 +252,16 @@ mod tests {
     fn probes_report_the_servers_status_or_fail() {
         let t = Duration::from_secs(5);
         let ok = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-        assert_eq!(probe(&ok, t).unwrap(), 200);
+        assert_eq!(probe(&ok, t, None).unwrap(), 200);
         let down = serve_once(b"HTTP/1.1 503 Service Unavailable\r\n\r\n");
-        assert_eq!(probe(&down, t).unwrap(), 503);
+        assert_eq!(probe(&down, t, None).unwrap(), 503);
         let silent = serve_once(b"");
-        assert!(probe(&silent, t).is_err());
+        assert!(probe(&silent, t, None).is_err());
         // Nothing listens there any more.
         let closed = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}/", l.local_addr().unwrap())
         };
-        assert!(probe(&closed, t).is_err());
+        assert!(probe(&closed, t, None).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mobilenet_serve::api::auth::Auth;
+use mobilenet_serve::api::auth::{ApiKey, Auth};
 use mobilenet_serve::batcher::BatchPolicy;
 use mobilenet_serve::client;
 use mobilenet_serve::config::{ClassifyArgs, ServeArgs};
@@ -54,6 +54,8 @@ fn load(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result<ModelPo
 }
 
 fn serve(global: &GlobalOptions, args: ServeArgs) -> Result<(), Error> {
+    // Validated here, not by clap, whose errors would print the rejected value: the secret.
+    let key = args.api_key.as_deref().map(ApiKey::new).transpose()?;
     let opts = load_options(global, args.variants.clone())?;
     let pool = if args.require_all_models {
         ModelPool::load(&global.models_dir, &opts)?
@@ -74,7 +76,8 @@ fn serve(global: &GlobalOptions, args: ServeArgs) -> Result<(), Error> {
         tracing::warn!(variants = %unverified.join(","),
             "no expected sha256 (manifest or SHA256SUMS): model files not verified");
     }
-    let config = service_config(&args);
+    let mut config = service_config(&args);
+    config.auth.key = key;
     let engine_threads = config.engine_threads;
     tracing::info!(variants = pool.variants().len(), engine_threads, "starting");
     let service = Service::new(pool, config, true)?;
@@ -120,7 +123,7 @@ fn service_config(args: &ServeArgs) -> ServiceConfig {
         },
         eval_results: args.eval_results.clone(),
         auth: Auth {
-            key: args.api_key.clone(),
+            key: None,
             protect_health: args.auth_health,
         },
     }
@@ -219,7 +222,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Healthcheck(args) => {
             let url = args.url();
-            let status = client::probe(&url, Duration::from_millis(args.timeout_ms))?;
+            let status = client::probe(
+                &url,
+                Duration::from_millis(args.timeout_ms),
+                args.api_key.as_deref(),
+            )?;
             if (200..300).contains(&status) {
                 Ok(ExitCode::SUCCESS)
             } else {

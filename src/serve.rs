@@ -110,7 +110,13 @@ async fn serve_http(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2 has no head timeout: pings find peers that stopped answering (and would
+    // otherwise also hold up a graceful shutdown, which waits for a ping's ack).
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {

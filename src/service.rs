@@ -305,7 +305,14 @@ impl Service {
                 v.model.plan().params() as u64,
             ));
         }
+        let failed = |name: &String| pool.unavailable().iter().any(|u| &u.name == name);
         let default_index = match &config.default_model {
+            Some(name) if failed(name) => {
+                // Serving the rest is the point of loading what loads.
+                tracing::warn!(variant = %name,
+                    "the default model failed to load: the most accurate of the rest answers");
+                most_accurate(&accuracy, &costs)
+            }
             Some(name) => {
                 names
                     .iter()

@@ -182,6 +182,14 @@ fn without_a_manifest_a_broken_file_is_listed_by_its_name() {
     assert_eq!(pool.variants().len(), 1);
     assert_eq!(pool.unavailable()[0].name, "broken");
     assert!(ModelPool::load(dir.path(), &options).is_err());
+    // Asking for the broken one by name lists it as unavailable, as without the filter.
+    let named = LoadOptions {
+        variants: Some(vec!["broken".into(), pool.variants()[0].spec.name.clone()]),
+        ..options.clone()
+    };
+    let pool = ModelPool::load_available(dir.path(), &named).unwrap();
+    assert_eq!(pool.variants().len(), 1);
+    assert_eq!(pool.unavailable()[0].name, "broken");
     // Nothing loadable at all is an error, not an empty service.
     std::fs::remove_file(dir.path().join("good.onnx")).unwrap();
     let e = ModelPool::load_available(dir.path(), &options).unwrap_err();
@@ -209,9 +217,13 @@ async fn the_service_starts_with_the_rest_and_says_what_is_missing() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|u| u["name"].as_str().unwrap())
+        .map(|u| u.as_str().unwrap())
         .collect();
     assert_eq!(listed, [TAMPERED, TRUNCATED, MISSING]);
+    assert!(
+        !ready.to_string().contains("sha256"),
+        "/readyz gives names only"
+    );
 
     let (_, models) = get(&s, "/v1/models").await;
     assert_eq!(models["models"].as_array().unwrap().len(), 1);

@@ -25,8 +25,11 @@ pub struct ApiKey {
 
 impl ApiKey {
     /// A key as given on the command line: visible ASCII, no spaces, at least 16 characters
-    /// (a shorter one is guessable).
+    /// (a shorter one is guessable); a final line break is dropped. The error never contains
+    /// the key.
     pub fn new(key: &str) -> Result<Self> {
+        // A key read from a file (a Kubernetes Secret made --from-file) often ends in a newline.
+        let key = key.trim_end_matches(['\r', '\n']);
         if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Error::Config(
                 "the API key must be at least 16 visible ASCII characters, without spaces".into(),
@@ -80,8 +83,9 @@ pub enum Access {
 /// protected.
 pub fn access(path: &str) -> Access {
     match path {
-        "/" | "/docs" | "/openapi.json" => Access::Public,
-        p if p.starts_with("/static/") => Access::Public,
+        // Exact paths, no prefixes: nothing else can be made to look public.
+        "/" | "/docs" | "/openapi.json" | "/static/app.js" | "/static/docs.js"
+        | "/static/style.css" => Access::Public,
         "/healthz" | "/readyz" | "/metrics" | "/v2" | "/v2/health/live" | "/v2/health/ready" => {
             Access::Health
         }
@@ -215,6 +219,14 @@ mod tests {
     fn weak_keys_are_refused_and_keys_never_print() {
         assert!(ApiKey::new("short").is_err());
         assert!(ApiKey::new("has a space in the middle").is_err());
+        let e = ApiKey::new("a-secret-with\ta-tab-inside")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("secret"), "{e}");
+        assert_eq!(
+            ApiKey::new(&format!("{KEY}\n")).unwrap(),
+            ApiKey::new(KEY).unwrap()
+        );
         let key = ApiKey::new(KEY).unwrap();
         assert!(!format!("{key:?}").contains("horse"));
     }
@@ -223,6 +235,7 @@ mod tests {
     fn routes_fall_in_their_class() {
         assert_eq!(access("/"), Access::Public);
         assert_eq!(access("/static/app.js"), Access::Public);
+        assert_eq!(access("/static/../classify"), Access::Protected);
         assert_eq!(access("/openapi.json"), Access::Public);
         assert_eq!(access("/metrics"), Access::Health);
         assert_eq!(access("/v2/health/ready"), Access::Health);

@@ -70,8 +70,8 @@ pub(crate) struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
 struct ErrorDetail {
-    /// Stable machine-readable code: bad_request, undecodable_image, unknown_model,
-    /// model_unavailable, not_found,
+    /// Stable machine-readable code: bad_request, unauthorized, undecodable_image,
+    /// unknown_model, model_unavailable, not_found,
     /// method_not_allowed, request_timeout, too_large, unsupported_media_type,
     /// unsupported_image_format, target_unreachable, queue_full, overloaded, unavailable,
     /// deadline_exceeded or internal.
@@ -492,9 +492,10 @@ struct Status {
     /// `ok` (alive) or `ready`.
     #[schema(value_type = String, example = "ok")]
     status: &'static str,
-    /// Variants that failed to load (the others are served).
+    /// Names of the variants that failed to load (the others are served); `/v1/models` says
+    /// why. Only names: health routes may be open when the rest needs the API key.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    unavailable: Vec<Unavailable>,
+    unavailable: Vec<String>,
 }
 
 /// Liveness: the process answers.
@@ -521,7 +522,11 @@ async fn readyz(State(service): State<Arc<Service>>) -> Result<Json<Status>, Err
     } else if service.is_ready() {
         Ok(Json(Status {
             status: "ready",
-            unavailable: service.unavailable().to_vec(),
+            unavailable: service
+                .unavailable()
+                .iter()
+                .map(|u| u.name.clone())
+                .collect(),
         }))
     } else {
         Err(Error::Unavailable("warming up".into()))

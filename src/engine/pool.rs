@@ -99,7 +99,14 @@ impl ModelPool {
             Some(specs) => (specs, Vec::new()),
             None => derive_specs(dir, opts.resolution, strict)?,
         };
-        let specs = select(specs, opts.variants.as_deref())?;
+        // A wanted variant whose file already failed stays listed as unavailable.
+        let wanted: Option<Vec<String>> = opts.variants.as_ref().map(|w| {
+            w.iter()
+                .filter(|name| !unavailable.iter().any(|u| &u.name == *name))
+                .cloned()
+                .collect()
+        });
+        let specs = select(specs, wanted.as_deref())?;
         if let Some(wanted) = &opts.variants {
             unavailable.retain(|u| wanted.contains(&u.name));
         }

@@ -3,7 +3,8 @@ rate, one connection per request, against a running `mobilenet-serve serve`, sam
 server's RSS from /proc. A measurement, not a test: it prints figures and writes JSON.
 
   overload: measure capacity closed-loop, offer 5x that rate, then check that the service
-            recovers at once (every request answered 200 at capacity/2 right after).
+            recovers at once (every request of 2 clients in the next 3 s answered 200; exit 1
+            otherwise).
   soak:     offer a fraction of capacity (default 70 %) for a long time, RSS every 10 s; report
             the drift.
 
@@ -149,6 +150,12 @@ async def main():
         rss = [r for _, r in samples]
         print(f"RSS during overload: start {rss[0]:.0f} MiB, max {max(rss):.0f} MiB, "
               f"end {rss[-1]:.0f} MiB")
+        failed = [s for s, _ in after if s != 200]
+        if failed:
+            print(f"NOT RECOVERED: {len(failed)} of {len(after)} requests after the overload "
+                  f"were not answered 200")
+            raise SystemExit(1)
+        print(f"recovered: all {len(after)} requests right after the overload answered 200")
     else:
         factor = args.factor or 0.7
         seconds = args.seconds or 600.0
