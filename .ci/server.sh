@@ -1,6 +1,6 @@
 # Sourced by the scripts that start `mobilenet-serve serve` for a check (.ci/deploy-check.sh,
 # tests/oip/run.sh, tests/web/run.sh, tests/schemathesis/run.sh): free ports, waiting for
-# readiness, and starting a server.
+# readiness, starting a server, and the Python venv of a third-party client.
 
 # Prints two free loopback ports (HTTP and gRPC). They are released before the server binds
 # them, so another process may take one in between; callers that care retry.
@@ -48,6 +48,18 @@ start_server() {
   echo "the server never became ready; last lines of $log:"
   tail -20 "$log"
   return 1
+}
+
+# venv_python DIR REQUIREMENTS: makes (or reuses) a venv in DIR with REQUIREMENTS installed and
+# prints its python. A venv left half-made (no pip) is made again.
+venv_python() {
+  local dir=$1 requirements=$2
+  if ! "$dir/bin/python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+  fi
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements" >&2
+  echo "$dir/bin/python"
 }
 
 # stop_server: stops the server start_server started, if it runs.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::openapi::{conforms, document, operations, send};
-use common::serving::{config, grpc_channel, jpegs, pool, start_grpc, SMALL};
+use common::serving::{config, grpc_channel, jpegs, pool, serve_http, start_grpc, SMALL};
 
 use std::sync::Arc;
 
@@ -214,20 +214,7 @@ async fn grpc_services_ask_for_the_key_in_metadata() {
 async fn the_cli_sends_the_key_from_the_environment() {
     let s = secured(true);
     s.warm_up().await.unwrap();
-    let listeners = mobilenet_serve::serve::Listeners {
-        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
-    let addr = listeners.http.local_addr().unwrap();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(mobilenet_serve::serve::serve_until(
-        s,
-        listeners,
-        async move {
-            let _ = stopped.await;
-        },
-        std::time::Duration::from_secs(5),
-    ));
+    let (addr, _stop) = serve_http(s).await;
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("x.jpg");
     std::fs::write(&image, jpegs(1).remove(0)).unwrap();

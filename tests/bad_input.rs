@@ -8,7 +8,8 @@
 
 mod common;
 
-use common::serving::{config, jpegs, pool, SMALL};
+use common::images::png_claiming;
+use common::serving::{config, jpegs, pool, serve_http, SMALL};
 
 use std::io::Cursor;
 use std::net::SocketAddr;
@@ -16,11 +17,10 @@ use std::time::{Duration, Instant};
 
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{DynamicImage, Frame, ImageBuffer, ImageFormat, Luma, Rgb, RgbImage, Rgba, RgbaImage};
-use mobilenet_serve::serve::{serve_until, Listeners};
 use mobilenet_serve::service::Service;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Longest any answer may take; the slow-body case waits for the request timeout below.
 const BOUND: Duration = Duration::from_secs(10);
@@ -66,32 +66,6 @@ fn pattern(w: u32, h: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
         Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, 99])
     })
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// A valid 1x1 PNG whose header claims `w x h`.
-fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-    let mut png = encode(&DynamicImage::ImageRgb8(pattern(1, 1)), ImageFormat::Png);
-    // IHDR data starts at byte 16 (8 signature + 4 length + 4 type); its CRC follows 13 bytes.
-    png[16..20].copy_from_slice(&w.to_be_bytes());
-    png[20..24].copy_from_slice(&h.to_be_bytes());
-    let crc = crc32(&png[12..29]);
-    png[29..33].copy_from_slice(&crc.to_be_bytes());
-    png
 }
 
 fn animated_gif() -> Vec<u8> {
@@ -358,7 +332,7 @@ fn corpus() -> Vec<Case> {
             undecodable,
         ),
     ];
-    for query in [
+    for (query, expect) in [
         "top_k=-1",
         "top_k=NaN",
         "top_k=1e30",
@@ -376,30 +350,20 @@ fn corpus() -> Vec<Case> {
         "fallback=slowest",
         "model=x&alpha=0.5&resolution=128",
         "unknown=1",
-    ] {
+    ]
+    .map(|q| (q, Error(400, "bad_request")))
+    .into_iter()
+    .chain(
+        [
+            "model=no_such_model",
+            "model=%FF%FE",
+            "alpha=0.3&resolution=128",
+        ]
+        .map(|q| (q, Error(404, "unknown_model"))),
+    ) {
         cases.push(Case {
             query: query.into(),
-            ..case(
-                format!("query {query}"),
-                "image/jpeg",
-                jpeg.clone(),
-                Error(400, "bad_request"),
-            )
-        });
-    }
-    for query in [
-        "model=no_such_model",
-        "model=%FF%FE",
-        "alpha=0.3&resolution=128",
-    ] {
-        cases.push(Case {
-            query: query.into(),
-            ..case(
-                format!("query {query}"),
-                "image/jpeg",
-                jpeg.clone(),
-                Error(404, "unknown_model"),
-            )
+            ..case(format!("query {query}"), "image/jpeg", jpeg.clone(), expect)
         });
     }
     // Truncations at 24 points of a JPEG and of a PNG.
@@ -466,21 +430,7 @@ async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     c.decode_limits.max_bytes = 1 << 20;
     let service = Service::new(pool(), c, true).unwrap();
     service.warm_up().await.unwrap();
-    let listeners = Listeners {
-        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
-    let addr = listeners.http.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_until(
-        service,
-        listeners,
-        async move {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(5),
-    ));
-    (addr, stop)
+    serve_http(service).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,16 @@
 //! Decoding and preprocessing: every format, orientation, limits and broken input; the resize
 //! compared pixel for pixel with Pillow.
 
+mod common;
+
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
 use mobilenet_serve::pipeline::preprocess::{preprocess, Normalization};
 use mobilenet_serve::Error;
+
+use common::images::png_claiming;
 
 fn pattern(w: u32, h: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
@@ -173,32 +177,6 @@ fn exif_orientation_is_applied() {
     assert_eq!(rotated.dimensions(), (20, 40));
     assert!(rotated.get_pixel(10, 5)[0] < 60, "top should be dark");
     assert!(rotated.get_pixel(10, 35)[0] > 200, "bottom should be light");
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// A PNG whose header claims `w x h` (its data is a 1x1 image): a decompression bomb's header.
-fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-    let mut png = encode(&DynamicImage::ImageRgb8(pattern(1, 1)), ImageFormat::Png);
-    // IHDR data starts at 16 (8 signature + 4 length + 4 type); CRC covers type + data.
-    png[16..20].copy_from_slice(&w.to_be_bytes());
-    png[20..24].copy_from_slice(&h.to_be_bytes());
-    let crc = crc32(&png[12..29]);
-    png[29..33].copy_from_slice(&crc.to_be_bytes());
-    png
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: where the zoo is, and a small ONNX graph builder.
 #![allow(dead_code)]
 
+pub mod images;
 pub mod onnx_builder;
 pub mod openapi;
 pub mod serving;

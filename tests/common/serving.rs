@@ -17,6 +17,7 @@ use mobilenet_serve::kernels::{KernelSet, TierChoice};
 use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
 use mobilenet_serve::pipeline::postprocess::argmax;
 use mobilenet_serve::pipeline::preprocess::preprocess;
+use mobilenet_serve::serve::{serve_until, Listeners};
 use mobilenet_serve::service::{Service, ServiceConfig};
 
 /// The cheapest variant.
@@ -110,6 +111,26 @@ pub fn predicted_fastest(s: &Service) -> String {
         })
         .unwrap()
         .name
+}
+
+/// The whole server (HTTP and gRPC, as `serve` runs them) over `service` on free ports; the
+/// HTTP address, and the sender that starts its drain (when sent or dropped).
+pub async fn serve_http(service: Arc<Service>) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listeners = Listeners {
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let addr = listeners.http.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_until(
+        service,
+        listeners,
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    (addr, stop)
 }
 
 /// A gRPC server over `service` on a free port; it drains when the returned sender sends true

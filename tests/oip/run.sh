@@ -15,13 +15,7 @@ target=${CARGO_TARGET_DIR:-target}
 work=$(realpath -m "$target/oip-acceptance")
 images=8
 mkdir -p "$work"
-py=$work/venv/bin/python
-# A venv left half-made (no pip) is made again.
-if ! "$py" -m pip --version >/dev/null 2>&1; then
-  rm -rf "$work/venv"
-  python3 -m venv "$work/venv"
-fi
-"$py" -m pip install --quiet --disable-pip-version-check -r tests/oip/requirements.txt
+py=$(venv_python "$work/venv" tests/oip/requirements.txt)
 cargo build --release --locked --quiet
 bin=$target/release/mobilenet-serve
 for size in 224 160 128; do

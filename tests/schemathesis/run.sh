@@ -20,13 +20,7 @@ seed=${SCHEMATHESIS_SEED:-20261130}
 target=${CARGO_TARGET_DIR:-target}
 work=$(realpath -m "$target/schemathesis")
 mkdir -p "$work"
-py=$work/venv/bin/python
-# A venv left half-made (no pip) is made again.
-if ! "$py" -m pip --version >/dev/null 2>&1; then
-  rm -rf "$work/venv"
-  python3 -m venv "$work/venv"
-fi
-"$py" -m pip install --quiet --disable-pip-version-check -r tests/schemathesis/requirements.txt
+venv_python "$work/venv" tests/schemathesis/requirements.txt >/dev/null
 cargo build --release --locked --quiet
 bin=$(realpath "$target/release/mobilenet-serve")
 

@@ -2,23 +2,14 @@
 // the variants with it. The console may show the first 401 (the browser logs refused fetches),
 // nothing else.
 // Usage: node auth.test.mjs BASE_URL KEY VARIANTS
-import { chromium } from "playwright-core";
+import { check, finish, launch } from "./harness.mjs";
 
 const [base, key, expectedVariants] = process.argv.slice(2);
-const failures = [];
-const check = (ok, what) => {
-  console.log(`  ${ok ? "ok  " : "FAIL"} ${what}`);
-  if (!ok) failures.push(what);
-};
 
 const anonymous = await fetch(`${base}/v1/models`);
 check(anonymous.status === 401, `/v1/models without the key: ${anonymous.status}`);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const errors = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
@@ -42,8 +33,4 @@ try {
 } finally {
   await browser.close();
 }
-if (failures.length) {
-  console.error(`${failures.length} check(s) failed`);
-  process.exit(1);
-}
-console.log("page with an API key: all checks passed");
+finish("page with an API key: all checks passed");

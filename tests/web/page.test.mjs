@@ -4,18 +4,13 @@
 // a Pareto front, that nothing overflows a phone-sized screen, that the API reference at /docs
 // renders every operation of /openapi.json, and that the console stays clean.
 // Usage: node page.test.mjs BASE_URL IMAGE SCREENSHOT_DIR [VARIANTS]
-import { chromium } from "playwright-core";
+import { check, finish, launch } from "./harness.mjs";
 import { readFile } from "node:fs/promises";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 
 const [base, image, shots, expectedVariants = "16"] = process.argv.slice(2);
 const variant = "mobilenet_v1_0.5_160";
-const failures = [];
-const check = (ok, what) => {
-  console.log(`  ${ok ? "ok  " : "FAIL"} ${what}`);
-  if (!ok) failures.push(what);
-};
 
 // What the API says, for the same image and variant.
 const api = await fetch(`${base}/classify?model=${variant}&top_k=5`, {
@@ -25,12 +20,7 @@ const api = await fetch(`${base}/classify?model=${variant}&top_k=5`, {
 });
 const expected = (await api.json()).predictions[0].label;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  // Without these, Chromium keeps calling hosts this closed network refuses.
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const errors = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
@@ -93,8 +83,4 @@ try {
 } finally {
   await browser.close();
 }
-if (failures.length) {
-  console.error(`${failures.length} check(s) failed`);
-  process.exit(1);
-}
-console.log("page: all checks passed");
+finish("page: all checks passed");
