@@ -14,6 +14,7 @@
 //!   awaits the engine threads ([`engine::worker`]); [`latency`] keeps what the router predicts
 //!   from, [`metrics`] what Prometheus scrapes; [`serve`] and [`shutdown`] run and drain it.
 //! - [`config`], [`telemetry`], [`error`]: command line, logging, the one error type;
+//!   [`fuzzing`] the bodies of the fuzz targets;
 //!   [`client`] the HTTP client of
 //!   `healthcheck` and `classify --url`.
 
@@ -31,6 +32,7 @@ pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod fuzzing;
 pub mod kernels;
 pub mod latency;
 pub mod metrics;

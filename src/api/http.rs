@@ -288,7 +288,11 @@ async fn classify(
     };
     let parsed = within(
         service.config().request_timeout,
-        parse_classify(&service, query.as_deref(), request),
+        parse_classify(
+            service.config().decode_limits.max_bytes,
+            query.as_deref(),
+            request,
+        ),
     )
     .await;
     let (request, several) = match parsed {
@@ -334,17 +338,16 @@ pub(crate) fn server_timing(t: &Timings) -> String {
         .join(", ")
 }
 
-/// Reads the query and the body. Returns the request and whether it was a multi-image form
-/// (several images, `images` in JSON, or several multipart files), which answers with one
-/// prediction list per image.
-async fn parse_classify(
-    service: &Service,
+/// Reads the query and the body (at most `limit` bytes per image). Returns the request and
+/// whether it was a multi-image form (several images, `images` in JSON, or several multipart
+/// files), which answers with one prediction list per image.
+pub(crate) async fn parse_classify(
+    limit: usize,
     query: Option<&str>,
     request: Request,
 ) -> Result<(ClassifyRequest, bool), Error> {
     let query = ClassifyQuery::parse(query)?;
     let selection = query.selection()?;
-    let limit = service.config().decode_limits.max_bytes;
     check_declared_length(request.headers(), limit)?;
     let mime = media_type(request.headers());
     let (images, several) = match mime.as_str() {

@@ -56,7 +56,7 @@ fn int_param(params: &HashMap<String, pb::InferParameter>, key: &str) -> Result<
 }
 
 /// Translates a protobuf request; `deadline` is the client's grpc-timeout, if any.
-fn to_request(
+pub(crate) fn to_request(
     msg: pb::ModelInferRequest,
     deadline: Option<Duration>,
     longest: Duration,

@@ -484,8 +484,8 @@ struct BinaryDataSize {
 
 /// A parsed request, with what the response needs from it.
 #[derive(Debug)]
-struct Parsed {
-    request: oip::Request,
+pub(crate) struct Parsed {
+    pub(crate) request: oip::Request,
     id: Option<String>,
     /// Per output (in the order of the response), whether it goes in the binary part.
     binary: BinaryOutputs,
@@ -506,7 +506,9 @@ impl BinaryOutputs {
     }
 }
 
-fn parse_request(
+/// Parses an infer body: the JSON request, then the binary part (after `header_len` bytes) cut
+/// into the inputs that declare a `binary_data_size`.
+pub(crate) fn parse_request(
     model: String,
     version: String,
     body: &Bytes,

@@ -1,0 +1,5 @@
+#![no_main]
+// Body and contract: mobilenet_serve::fuzzing::classify_body.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _accepted = mobilenet_serve::fuzzing::classify_body(data);
+});
