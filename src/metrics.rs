@@ -28,6 +28,9 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// Requests being handled now.
     pub in_flight: IntGauge,
+    /// Requests given a slot, by protocol: once drained, each also has its line in
+    /// `requests_total`, which is how a lost request would show.
+    pub admitted: IntCounterVec,
     /// 1 while the service takes requests (warmed up, not draining), else 0.
     pub ready: IntGauge,
     /// Variants of the catalogue that failed to load (missing, corrupt or tampered file).
@@ -105,6 +108,13 @@ impl Metrics {
                 &["variant", "reason"],
             )?,
             in_flight: IntGauge::with_opts(opts("in_flight_requests", "Requests being handled."))?,
+            admitted: IntCounterVec::new(
+                opts(
+                    "admitted_requests_total",
+                    "Requests admitted (given one of the concurrency slots), by protocol.",
+                ),
+                &["protocol"],
+            )?,
             ready: IntGauge::with_opts(opts(
                 "ready",
                 "1 while the service takes requests (warmed up, not draining), else 0.",
@@ -142,6 +152,7 @@ impl Metrics {
         m.registry.register(Box::new(m.rejected.clone()))?;
         m.registry.register(Box::new(m.dropped.clone()))?;
         m.registry.register(Box::new(m.in_flight.clone()))?;
+        m.registry.register(Box::new(m.admitted.clone()))?;
         m.registry.register(Box::new(m.ready.clone()))?;
         m.registry
             .register(Box::new(m.models_unavailable.clone()))?;
@@ -178,6 +189,17 @@ impl Metrics {
         self.requests
             .with_label_values(&[variant, protocol, &status.to_string()])
             .inc();
+    }
+
+    /// Requests admitted since start, every protocol.
+    pub fn admitted_total(&self) -> u64 {
+        use prometheus::core::Collector as _;
+        self.admitted
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().value() as u64)
+            .sum()
     }
 
     /// Counts one refused or timed-out request.

@@ -90,7 +90,14 @@ pub async fn serve_until(
     tokio::task::spawn_blocking(move || engine.stop_engine())
         .await
         .map_err(|e| Error::Internal(format!("stopping the engine: {e}")))?;
-    tracing::info!("drained: bye");
+    // What a drain test compares with the answers its clients received; requests still in
+    // flight here (after a drain timeout) are the ones lost.
+    let metrics = service.metrics();
+    tracing::info!(
+        admitted = metrics.admitted_total(),
+        in_flight = metrics.in_flight.get(),
+        "drained: bye"
+    );
     Ok(())
 }
 

@@ -595,6 +595,7 @@ impl Service {
         match permit {
             Ok(permit) => {
                 self.metrics.in_flight.inc();
+                self.metrics.admitted.with_label_values(&[protocol]).inc();
                 Ok(Admission {
                     slot: Arc::new(Slot {
                         _permit: permit,

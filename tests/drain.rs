@@ -286,3 +286,138 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
     // Nothing answers any more: the probe fails (with an error, not a hang).
     assert_eq!(probe("/healthz").code(), Some(1));
 }
+
+/// One request of the load: whether it was sent after the signal, what came back and when.
+type Outcome = (bool, std::io::Result<(u16, String)>, Instant);
+
+/// SIGTERM to the binary while an open-loop load beyond its capacity keeps arriving. The
+/// server's own count of admitted requests, logged as it exits, must equal the answers the
+/// clients received (200, or 429 from a full queue): a request admitted and then dropped, cut
+/// off by the exit, or answered into a closed connection would break the equality. Requests
+/// sent after the signal may only be refused (503 or a closed connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_open_loop_load_loses_no_admitted_request() {
+    let drain_timeout = std::env::var("DRAIN_TEST_TIMEOUT_S").unwrap_or_else(|_| "30".into());
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = ServerProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mobilenet-serve"))
+            .args(["--models", common::zoo_dir().to_str().unwrap(), "serve"])
+            .args(["--host", "127.0.0.1", "--http-port", &port.to_string()])
+            .args(["--grpc-port", &free_port().to_string()])
+            .args([
+                "--variants",
+                "mobilenet_v1_1.0_224",
+                "--engine-threads",
+                "1",
+            ])
+            .args(["--max-queue", "32", "--max-concurrent-requests", "1024"])
+            .args(["--drain-timeout-s", &drain_timeout])
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let started = Instant::now();
+    while !matches!(http(addr, "GET", "/readyz", b"").await, Ok((200, _))) {
+        assert!(child.0.try_wait().unwrap().is_none(), "exited early");
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = common::imagenet_dir();
+    let labels = std::fs::read_to_string(dir.join("labels.tsv")).unwrap();
+    let file = labels.lines().find(|l| !l.starts_with('#')).unwrap();
+    let jpeg = std::fs::read(dir.join(file.split('\t').next().unwrap())).unwrap();
+
+    // One engine thread runs 1.0_224 at well under 200 images/s: offered 250/s, the queue is
+    // full when the signal comes, 1.2 s in; the load goes on for 0.8 s after it.
+    let mut clients: Vec<tokio::task::JoinHandle<Outcome>> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(4));
+    let load_started = Instant::now();
+    let mut signalled = false;
+    let mut signal_at = None;
+    while load_started.elapsed() < Duration::from_millis(2000) {
+        tick.tick().await;
+        if !signalled && load_started.elapsed() > Duration::from_millis(1200) {
+            let term = std::process::Command::new("kill")
+                .args(["-TERM", &child.0.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(term.success());
+            signalled = true;
+            signal_at = Some(Instant::now());
+        }
+        let jpeg = jpeg.clone();
+        clients.push(tokio::spawn(async move {
+            let answer = http(addr, "POST", "/classify", &jpeg).await;
+            (signalled, answer, Instant::now())
+        }));
+    }
+
+    let signal_at = signal_at.unwrap();
+    let mut by_status: Vec<(u16, usize)> = Vec::new();
+    let (mut answered, mut answered_after, mut closed) = (0u64, 0, 0);
+    for client in clients {
+        let (after, answer, received) = client.await.unwrap();
+        match answer {
+            Ok((status, body)) => {
+                match by_status.iter_mut().find(|(s, _)| *s == status) {
+                    Some((_, n)) => *n += 1,
+                    None => by_status.push((status, 1)),
+                }
+                match status {
+                    200 | 429 => {
+                        answered += 1;
+                        answered_after += usize::from(received > signal_at);
+                    }
+                    503 => assert!(after, "503 before the signal: {body}"),
+                    other => panic!("unexpected {other}: {body}"),
+                }
+            }
+            Err(e) => {
+                assert!(after, "a request failed before the signal: {e}");
+                closed += 1;
+            }
+        }
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    let bye = logged
+        .lines()
+        .find(|l| l.contains("drained: bye"))
+        .unwrap_or_else(|| panic!("no final line in the log:\n{logged}"));
+    let field = |name: &str| -> u64 {
+        bye.split_once(&format!("\"{name}\":"))
+            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {bye:?}"))
+    };
+    let (admitted, in_flight) = (field("admitted"), field("in_flight"));
+    by_status.sort();
+    eprintln!(
+        "clients got {by_status:?} ({answered_after} of the answers after the signal) and \
+         {closed} closed connections; the server admitted {admitted}, {in_flight} in flight \
+         at exit"
+    );
+    assert!(status.success(), "{status}");
+    assert!(
+        answered_after > 0,
+        "no request was in flight at the signal: not under load"
+    );
+    assert!(
+        by_status.iter().any(|(s, _)| *s == 429),
+        "never over capacity"
+    );
+    assert_eq!(in_flight, 0, "requests in flight at exit");
+    assert_eq!(admitted, answered, "admitted requests without an answer");
+}
