@@ -31,13 +31,25 @@ impl Workspace {
     }
 
     /// A workspace whose two buffers hold `len` values each, so that runs needing at most that
-    /// ([`Model::activation_len`]) never allocate, the first one included.
+    /// ([`Model::activation_len`]) never allocate, the first one included. Their memory is
+    /// made resident now (see [`resident_vec`]).
     pub fn with_capacity(len: usize) -> Self {
         Workspace {
-            front: Vec::with_capacity(len),
-            back: Vec::with_capacity(len),
+            front: resident_vec(len),
+            back: resident_vec(len),
         }
     }
+}
+
+/// An empty vector with room for `len` values whose pages are already resident. Reserved but
+/// untouched memory only becomes resident when a batch first reaches it: a soak at 70 % load
+/// saw RSS step up by 103 MiB after nine minutes, at the first full batch. Written once here,
+/// the process holds from the start what its largest batch needs, and a later rise is a leak.
+pub fn resident_vec(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    v.resize(len, 0.0);
+    v.clear();
+    v
 }
 
 impl Model {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::model::Workspace;
+use super::model::{resident_vec, Workspace};
 use super::pool::Variant;
 use crate::batcher::{Batch, Batcher, JobOutput};
 use crate::error::{Error, Result};
@@ -55,8 +55,8 @@ impl EngineThreads {
                 .spawn(move || {
                     let mut buffers = Buffers {
                         workspace: Workspace::with_capacity(activations),
-                        input: Vec::with_capacity(inputs),
-                        output: Vec::with_capacity(outputs),
+                        input: resident_vec(inputs),
+                        output: resident_vec(outputs),
                     };
                     while let Some(batch) = ctx.batcher.next_batch() {
                         run_batch(&ctx, &mut buffers, batch);
