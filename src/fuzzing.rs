@@ -43,10 +43,11 @@ const LIMITS: DecodeLimits = DecodeLimits {
     max_pixels: 4_000_000,
 };
 
-/// As many images per request, and as large an input, as the default configuration allows.
+/// As many images per request (32), each as large as the largest variant's input, as the
+/// default configuration allows.
 const ELEMENTS: ElementLimits = ElementLimits {
-    fp32: 16 * 3 * 224 * 224,
-    bytes: 16,
+    fp32: 32 * 3 * 224 * 224,
+    bytes: 32,
 };
 
 /// Decodes the bytes as an image and preprocesses it at one of the four resolutions (chosen by
@@ -67,8 +68,10 @@ pub fn decode_and_preprocess(data: &[u8]) -> bool {
     let tensor = preprocess(&img, rho, Normalization::default())
         .unwrap_or_else(|e| panic!("a decoded image failed to preprocess: {e}"));
     assert_eq!(tensor.len(), rho * rho * 3, "wrong tensor size");
+    // One ulp of slack: 255 / 127.5 - 1 is exactly 1 only as long as it is not computed fused.
+    let bound = 1.0 + f32::EPSILON;
     assert!(
-        tensor.iter().all(|v| (-1.0..=1.0).contains(v)),
+        tensor.iter().all(|v| v.abs() <= bound),
         "a value outside [-1, 1]"
     );
     true

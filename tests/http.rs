@@ -748,3 +748,48 @@ async fn the_web_page_and_its_assets_are_served_from_the_binary() {
         assert!(!text.contains("https://"), "{path} refers to another host");
     }
 }
+
+/// The engine threads run [`ENGINE_NICENESS`] nicer than the rest of the process, so that
+/// refusals and probes do not wait behind a batch for a core.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_threads_run_nicer_than_the_threads_that_answer() {
+    use mobilenet_serve::engine::worker::ENGINE_NICENESS;
+    use std::time::Duration;
+    // Field 19 of /proc/.../stat, counted after the parenthesised name (which may hold spaces).
+    let nice = |stat: &str| -> i32 {
+        let after_name = stat.rsplit_once(')').unwrap().1;
+        after_name
+            .split_whitespace()
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let base = nice(&std::fs::read_to_string("/proc/self/stat").unwrap());
+    let _service = service(config(), true);
+    let started = std::time::Instant::now();
+    loop {
+        let mut engine = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+                continue;
+            };
+            if comm.starts_with("engine-") {
+                if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
+                    engine.push(nice(&stat));
+                }
+            }
+        }
+        let expected = (base + ENGINE_NICENESS).min(19);
+        if !engine.is_empty() && engine.iter().all(|n| *n == expected) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "engine threads at nice {engine:?}, the process at {base}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -398,6 +398,9 @@ async fn read_json(body: Body, limit: usize) -> Result<(Vec<Bytes>, bool), Error
     })?;
     let (encoded, several) = match (parsed.image, parsed.images) {
         (Some(one), None) => (vec![one], false),
+        (None, Some(many)) if many.is_empty() => {
+            return Err(Error::BadRequest("`images` is an empty list".into()))
+        }
         (None, Some(many)) => (many, true),
         _ => {
             return Err(Error::BadRequest(

@@ -47,7 +47,9 @@ impl Workspace {
 /// the process holds from the start what its largest batch needs, and a later rise is a leak.
 pub fn resident_vec(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
-    v.resize(len, 0.0);
+    // Not zeros: an allocation filled with zeros may be turned into calloc, whose fresh pages
+    // stay untouched. The values are never read (the length goes back to 0).
+    v.resize(len, 1.0);
     v.clear();
     v
 }

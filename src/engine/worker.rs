@@ -27,6 +27,29 @@ pub struct EngineContext {
     pub metrics: Arc<Metrics>,
 }
 
+/// How much nicer than the rest of the process the engine threads run. The threads that accept
+/// connections, refuse with 429/503 and answer health probes must not wait for a core behind a
+/// batch. Measured on 2 cores at 5x capacity (tests/load/pressure.sh overload, with curl probes
+/// beside it), engine at nice 0 then 10: 429s in 5.4 then 2.9 ms at p50, 13.8 then 7.8 ms at
+/// p99, and as many requests classified. Where nothing else runs, the engine still gets every
+/// idle cycle.
+pub const ENGINE_NICENESS: i32 = 10;
+
+/// Lowers the calling engine thread's priority by [`ENGINE_NICENESS`] (Linux: the nice value is
+/// per thread). A failure only costs latency under load, so it is logged, not fatal.
+fn yield_to_io_threads() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        // `None` is the calling thread on Linux; the nice value ends at 19.
+        let result = getpriority_process(None)
+            .and_then(|now| setpriority_process(None, (now + ENGINE_NICENESS).min(19)));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot lower the engine thread's priority");
+        }
+    }
+}
+
 /// The running engine threads.
 #[derive(Debug)]
 pub struct EngineThreads {
@@ -53,6 +76,7 @@ impl EngineThreads {
             let handle = std::thread::Builder::new()
                 .name(format!("engine-{i}"))
                 .spawn(move || {
+                    yield_to_io_threads();
                     let mut buffers = Buffers {
                         workspace: Workspace::with_capacity(activations),
                         input: resident_vec(inputs),

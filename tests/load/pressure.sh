@@ -4,6 +4,8 @@
 #   tests/load/pressure.sh overload            # 5x capacity for 20 s, then recovery
 #   tests/load/pressure.sh soak --seconds 600  # 70 % of capacity for 10 minutes, RSS every 10 s
 # MODEL (default mobilenet_v1_1.0_224), MODELS_DIR, DATASET_DIR; extra arguments go to the driver.
+# CLIENT_NICE (e.g. -10, as root) runs the driver ahead of the server's engine threads, so that
+# on a small machine its latencies are the server's, not the driver's waits for a core.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .ci/server.sh
@@ -19,7 +21,7 @@ trap stop_server EXIT
 start_server "$out/pressure-server.log" "${CARGO_TARGET_DIR:-target}/release/mobilenet-serve" \
   --models "$models" serve --variants "$model"
 image=$data/$(awk -F'\t' '!/^#/ {print $1; exit}' "$data/labels.tsv")
-python3 tests/load/pressure.py "$mode" --url "http://127.0.0.1:$http_port" --pid "$server" \
+nice -n "${CLIENT_NICE:-0}" python3 tests/load/pressure.py "$mode" --url "http://127.0.0.1:$http_port" --pid "$server" \
   --image "$image" --model "$model" --json "$out/$mode.json" "$@"
 kill -TERM "$server"
 status=0
