@@ -292,13 +292,13 @@ type Outcome = (std::io::Result<(u16, String)>, Instant);
 
 /// SIGTERM to the binary while an open-loop load beyond its capacity keeps arriving. The
 /// server's own count of admitted requests, logged as it exits, must equal the answers the
-/// clients received (200, or 429 from a full queue): a request admitted and then dropped, cut
+/// clients received (200, 429 from a full queue, or 504): a request admitted and then dropped, cut
 /// off by the exit, or answered into a closed connection would break the equality. Requests
 /// not yet admitted at the signal may only be refused (503 or a closed connection), and no
 /// refusal may come before the signal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_open_loop_load_loses_no_admitted_request() {
-    let drain_timeout = std::env::var("DRAIN_TEST_TIMEOUT_S").unwrap_or_else(|_| "30".into());
+    let drain_timeout = std::env::var("DRAIN_TEST_TIMEOUT_S").unwrap_or_else(|_| "60".into());
     let port = free_port();
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = ServerProcess(
@@ -314,6 +314,9 @@ async fn sigterm_under_open_loop_load_loses_no_admitted_request() {
             ])
             .args(["--max-queue", "32", "--max-concurrent-requests", "1024"])
             .args(["--drain-timeout-s", &drain_timeout])
+            // The engine runs nicer than everything else here: on a busy machine the queue may
+            // take longer than the default 10 s, and that is not what this test is about.
+            .args(["--request-timeout-ms", "120000"])
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -370,9 +373,10 @@ async fn sigterm_under_open_loop_load_loses_no_admitted_request() {
                     None => by_status.push((status, 1)),
                 }
                 match status {
-                    // With 1024 slots, a 429 can only be a full queue, after admission.
-                    200 | 429 => {
-                        assert!(status == 200 || body.contains("queue_full"), "{body}");
+                    // With 1024 slots, a 429 can only be a full queue, after admission; a 504
+                    // was admitted too, and answered.
+                    200 | 429 | 504 => {
+                        assert!(status != 429 || body.contains("queue_full"), "{body}");
                         answered += 1;
                         answered_after += usize::from(after);
                     }
