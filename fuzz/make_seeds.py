@@ -1,4 +1,5 @@
-"""Writes the starting inputs of each fuzz target into fuzz/regressions/<target>/seed-*.
+"""Writes the starting inputs of each fuzz target into fuzz/regressions/<target>/seed-*
+(the import target's two mini models into the ignored fuzz/corpus/import/).
 
 Run once when a target or its input format changes (needs Pillow, numpy and onnx from PyPI):
     python3 fuzz/make_seeds.py
@@ -247,8 +248,11 @@ def main():
         write("oip_rest", name, data)
     for name, data in oip_grpc_requests(imgs).items():
         write("oip_grpc", name, data)
-    write("import", "nchw-opset13.onnx", mini_mobilenet(False, 13))
-    write("import", "nhwc-opset9.onnx", mini_mobilenet(True, 9))
+    # Models are data, not committed: they go to the local, ignored corpus directory.
+    corpus = OUT.parent / "corpus" / "import"
+    corpus.mkdir(parents=True, exist_ok=True)
+    (corpus / "seed-nchw-opset13.onnx").write_bytes(mini_mobilenet(False, 13))
+    (corpus / "seed-nhwc-opset9.onnx").write_bytes(mini_mobilenet(True, 9))
     for d in sorted(OUT.iterdir()):
         print(d.name, len(list(d.iterdir())), "files")
 
