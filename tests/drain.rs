@@ -171,6 +171,20 @@ fn free_port() -> u16 {
 /// outlives the test nor holds the test's output open.
 struct ServerProcess(std::process::Child);
 
+impl ServerProcess {
+    /// Waits for the process to exit, failing the test after `limit`.
+    async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "no exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
@@ -271,17 +285,7 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
         .status()
         .unwrap();
     assert!(term.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = child.exit_within(Duration::from_secs(30)).await;
     assert!(status.success(), "{status}");
     // Nothing answers any more: the probe fails (with an error, not a hang).
     assert_eq!(probe("/healthz").code(), Some(1));
@@ -390,14 +394,7 @@ async fn sigterm_under_open_loop_load_loses_no_admitted_request() {
             }
         }
     }
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = child.exit_within(Duration::from_secs(60)).await;
     let logged = std::fs::read_to_string(log.path()).unwrap();
     let bye = logged
         .lines()
