@@ -11,6 +11,7 @@ use crate::engine::model::Workspace;
 use crate::engine::plan::{ConvKind, Layer};
 use crate::engine::pool::{ModelPool, Variant};
 use crate::engine::reference::{ProtoCache, TractReference};
+use crate::engine::team::Team;
 use crate::error::{Error, Result};
 use crate::kernels::KernelSet;
 use crate::verify::random_inputs;
@@ -22,17 +23,20 @@ pub struct BenchResult {
     pub name: String,
     /// Images per engine call.
     pub batch: usize,
-    /// Threads running batches at once, each on its own images (the service's engine threads).
+    /// Compute threads each batch is split across.
     pub threads: usize,
+    /// Batches in flight at once, sharing those threads (the service's engine threads).
+    pub streams: usize,
     /// Median milliseconds per image.
     pub median_ms: f64,
     /// 90th percentile milliseconds per image.
     pub p90_ms: f64,
-    /// Images per second: at the median with one thread, over the wall time with several.
+    /// Images per second: at the median with one stream, over the wall time with several.
     pub images_per_second: f64,
     /// Achieved GFLOP/s (2 x mult-adds per image) at that throughput.
     pub gflops: f64,
-    /// `gflops` as a percentage of the measured FMA peak of the cores used.
+    /// `gflops` as a percentage of the measured FMA peak of the cores used (the compute threads,
+    /// or the streams when each runs on its own thread).
     pub peak_percent: Option<f64>,
     /// tract's median ms per image on the same file (batch 1 only).
     pub tract_median_ms: Option<f64>,
@@ -69,9 +73,10 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
         None => println!("kernels {tier}; no SIMD tier to measure the FMA peak with"),
     }
     println!(
-        "{:<24} {:>5} {:>9} {:>9} {:>9} {:>8} {:>6} {:>9} {:>7}",
+        "{:<24} {:>5} {:>3} {:>9} {:>9} {:>9} {:>8} {:>6} {:>9} {:>7}",
         "variant",
         "batch",
+        "thr",
         "median ms",
         "p90 ms",
         "img/s",
@@ -82,30 +87,42 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
     );
     let mut protos = ProtoCache::default();
     let mut results = Vec::new();
+    let teams = args
+        .threads
+        .iter()
+        .map(|&t| Team::new(t.into(), "bench", || {}))
+        .collect::<Result<Vec<_>>>()?;
+    let streams = usize::from(args.streams).max(1);
     let progress = crate::progress::bar(
-        (pool.variants().len() * args.batch.len()) as u64,
+        (pool.variants().len() * args.batch.len() * teams.len()) as u64,
         "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
     );
     for v in pool.variants() {
-        for &batch in &args.batch {
-            progress.set_message(format!("{} batch {batch}", v.spec.name));
+        for (team, &batch) in teams
+            .iter()
+            .flat_map(|t| args.batch.iter().map(move |b| (t, b)))
+        {
+            let threads = team.threads();
+            progress.set_message(format!("{} batch {batch} threads {threads}", v.spec.name));
             let tract = if args.tract && batch == 1 {
                 Some(TractReference::for_variant(protos.get(pool, v)?, v)?)
             } else {
                 None
             };
-            let threads = args.threads.max(1);
-            let r = if threads == 1 {
-                bench_variant(v, batch.max(1), args.iters as usize, tract.as_ref(), peak)?
+            let batch = batch.max(1);
+            let iters = args.iters as usize;
+            let r = if streams == 1 {
+                bench_variant(v, team, batch, iters, tract.as_ref(), peak)?
             } else {
-                bench_threads(v, batch.max(1), args.iters as usize, threads, peak)?
+                bench_streams(v, team, batch, iters, streams, peak)?
             };
             // Printed above the bar, not through it.
             progress.suspend(|| {
                 println!(
-                    "{:<24} {:>5} {:>9.3} {:>9.3} {:>9.1} {:>8.1} {:>6} {:>9} {:>7}",
+                    "{:<24} {:>5} {:>3} {:>9.3} {:>9.3} {:>9.1} {:>8.1} {:>6} {:>9} {:>7}",
                     r.name,
                     r.batch,
+                    r.threads,
                     r.median_ms,
                     r.p90_ms,
                     r.images_per_second,
@@ -125,7 +142,9 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
             results.push(r);
         }
         if args.layers {
-            progress.suspend(|| print_layers(v))?;
+            for team in &teams {
+                progress.suspend(|| print_layers(v, team))?;
+            }
         }
     }
     drop(progress);
@@ -168,9 +187,11 @@ fn speed_series(results: &[BenchResult]) -> Vec<crate::chart::Series> {
     series
 }
 
-/// Times `iters` runs of `batch` random images (ours and, when given, tract alternately).
+/// Times `iters` runs of `batch` random images split across `team` (ours and, when given, tract
+/// alternately).
 fn bench_variant(
     v: &Variant,
+    team: &Team,
     batch: usize,
     iters: usize,
     tract: Option<&TractReference>,
@@ -180,14 +201,16 @@ fn bench_variant(
     let input: Vec<f32> = random_inputs(batch, v.input_len(), 7).concat();
     let mut ws = Workspace::new();
     let mut out = Vec::new();
-    v.model.run_with(&mut ws, &input, batch, r, r, &mut out)?;
+    v.model
+        .run_on(team, &mut ws, &input, batch, r, r, &mut out)?;
     if let Some(t) = tract {
         t.run_nhwc(&input[..v.input_len()])?;
     }
     let (mut ours, mut theirs) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
     for _ in 0..iters {
         let started = Instant::now();
-        v.model.run_with(&mut ws, &input, batch, r, r, &mut out)?;
+        v.model
+            .run_on(team, &mut ws, &input, batch, r, r, &mut out)?;
         ours.push(started.elapsed().as_secs_f64() * 1000.0 / batch as f64);
         if let Some(t) = tract {
             let started = Instant::now();
@@ -201,42 +224,46 @@ fn bench_variant(
     Ok(BenchResult {
         name: v.spec.name.clone(),
         batch,
-        threads: 1,
+        threads: team.threads(),
+        streams: 1,
         median_ms,
         p90_ms,
         images_per_second: 1000.0 / median_ms,
         gflops,
-        peak_percent: peak.map(|p| 100.0 * gflops / p),
+        peak_percent: peak.map(|p| 100.0 * gflops / (p * team.threads() as f64)),
         tract_median_ms: (!theirs.is_empty()).then(|| quantiles(&mut theirs).0),
     })
 }
 
-/// Times `threads` threads each running `iters` batches of `batch` images at once, every thread
-/// with its own workspace, as the service's engine threads do. Throughput is over the wall time
-/// from the moment all of them start.
-fn bench_threads(
+/// Times `streams` threads each running `iters` batches of `batch` images at once on `team`, every
+/// stream with its own workspace, as the service's engine threads do. Throughput is over the wall
+/// time from the moment all of them start.
+fn bench_streams(
     v: &Variant,
+    team: &Team,
     batch: usize,
     iters: usize,
-    threads: usize,
+    streams: usize,
     peak: Option<f64>,
 ) -> Result<BenchResult> {
     let r = v.spec.resolution;
     let input: Vec<f32> = random_inputs(batch, v.input_len(), 7).concat();
-    let start = std::sync::Barrier::new(threads);
+    let start = std::sync::Barrier::new(streams);
     let runs: Vec<Result<(Instant, Instant, Vec<f64>)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
+        let handles: Vec<_> = (0..streams)
             .map(|_| {
                 scope.spawn(|| {
                     let mut ws = Workspace::new();
                     let mut out = Vec::new();
-                    v.model.run_with(&mut ws, &input, batch, r, r, &mut out)?;
+                    v.model
+                        .run_on(team, &mut ws, &input, batch, r, r, &mut out)?;
                     start.wait();
                     let first = Instant::now();
                     let mut times = Vec::with_capacity(iters);
                     for _ in 0..iters {
                         let t = Instant::now();
-                        v.model.run_with(&mut ws, &input, batch, r, r, &mut out)?;
+                        v.model
+                            .run_on(team, &mut ws, &input, batch, r, r, &mut out)?;
                         times.push(t.elapsed().as_secs_f64() * 1000.0 / batch as f64);
                     }
                     Ok((first, Instant::now(), times))
@@ -257,18 +284,25 @@ fn bench_threads(
     let mut samples: Vec<f64> = runs.into_iter().flat_map(|r| r.2).collect();
     let (median_ms, p90_ms) = quantiles(&mut samples);
     let wall = (last - first).as_secs_f64().max(f64::MIN_POSITIVE);
-    let images_per_second = (threads * iters * batch) as f64 / wall;
+    let images_per_second = (streams * iters * batch) as f64 / wall;
     let macs = v.model.plan().mult_adds(r, r)? as f64;
     let gflops = 2.0 * macs * images_per_second / 1e9;
+    // A team of one runs each stream on its own thread; a larger team does all the work.
+    let cores = if team.threads() > 1 {
+        team.threads()
+    } else {
+        streams
+    };
     Ok(BenchResult {
         name: v.spec.name.clone(),
         batch,
-        threads,
+        threads: team.threads(),
+        streams,
         median_ms,
         p90_ms,
         images_per_second,
         gflops,
-        peak_percent: peak.map(|p| 100.0 * gflops / (p * threads as f64)),
+        peak_percent: peak.map(|p| 100.0 * gflops / (p * cores as f64)),
         tract_median_ms: None,
     })
 }
@@ -282,16 +316,21 @@ const TABLE_2: [(&str, f64, f64); 4] = [
     ("fc", 0.18, 24.33),
 ];
 
-/// Prints each layer type's share of mult-adds, parameters and measured time for one image.
-fn print_layers(v: &Variant) -> Result<()> {
+/// Prints each layer type's share of mult-adds, parameters and measured time for one image
+/// split across `team`.
+fn print_layers(v: &Variant, team: &Team) -> Result<()> {
     let r = v.spec.resolution;
     let plan = v.model.plan();
     let input: Vec<f32> = random_inputs(1, v.input_len(), 9).concat();
     let mut ws = Workspace::new();
     let mut out = Vec::new();
-    let mut totals: Vec<Duration> = v.model.run_profiled(&mut ws, &input, 1, r, r, &mut out)?;
+    let mut totals: Vec<Duration> = v
+        .model
+        .run_profiled(team, &mut ws, &input, 1, r, r, &mut out)?;
     for _ in 0..9 {
-        let t = v.model.run_profiled(&mut ws, &input, 1, r, r, &mut out)?;
+        let t = v
+            .model
+            .run_profiled(team, &mut ws, &input, 1, r, r, &mut out)?;
         totals.iter_mut().zip(t).for_each(|(a, b)| *a += b);
     }
     // Shares per group: [mult-adds, params, seconds]; pool is counted apart.
@@ -321,8 +360,9 @@ fn print_layers(v: &Variant) -> Result<()> {
     };
     let (all_macs, all_params, all_time) = (sum(0), sum(1), sum(2));
     println!(
-        "  {} per layer type (time: mean of 10 single-image runs):",
-        v.spec.name
+        "  {} per layer type (time: mean of 10 single-image runs on {} thread(s)):",
+        v.spec.name,
+        team.threads()
     );
     println!(
         "  {:<10} {:>9} {:>9} {:>9} {:>10} {:>14}",

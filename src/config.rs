@@ -213,7 +213,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_IMAGES_PER_REQUEST", default_value_t = 32,
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_images_per_request: u64,
-    /// Engine threads (0: one per available core).
+    /// Engine threads, which every batch is split across (0: one per available core).
     #[arg(long, env = "ENGINE_THREADS", default_value_t = 0)]
     pub engine_threads: usize,
     /// After SIGTERM, how long admitted requests may take to finish, in seconds.
@@ -294,10 +294,15 @@ pub struct BenchArgs {
     /// Timed runs per variant and batch size (after one warm-up run).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub iters: u64,
-    /// Threads running batches at once, each on its own images as the service's engine threads
-    /// do; img/s is then their combined throughput (tract is timed with one thread only).
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    /// Comma-separated compute-thread counts: each batch is split across that many threads, as
+    /// ONNX Runtime's intra-op threads split it (tract is timed with one thread only).
+    #[arg(long, value_delimiter = ',', default_value = "1",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Vec<u16>,
+    /// Batches in flight at once, each from its own thread and all sharing the compute threads,
+    /// as the service's engine threads do; img/s is then their combined throughput.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub streams: u16,
     /// Also time tract on the same files (batch 1, alternating with ours) and print the ratio.
     #[arg(long)]
     pub tract: bool,

@@ -548,9 +548,9 @@ impl Service {
             .enumerate()
             .map(|(i, v)| {
                 let tracker = &self.latency[i];
-                // Full batches queued ahead, shared by the engine threads.
-                let ahead =
-                    (queued[i] / max_batch) as f64 / self.config.engine_threads.max(1) as f64;
+                // Full batches queued ahead; batches run one at a time, each on every engine
+                // thread, so their measured time already counts the threads.
+                let ahead = (queued[i] / max_batch) as f64;
                 let predicted_ms = match (tracker.predicted_ms(now), tracker.batch_ms()) {
                     (Some(p), Some(b)) => p + ahead * b,
                     _ => f64::INFINITY,

@@ -218,22 +218,54 @@ fn check_conv(case: &ConvCase, depthwise: bool) {
         pad_left: pads[1],
     };
     for t in tiers() {
-        let mut out = vec![f32::NAN; g.output_len()];
-        if depthwise {
-            (t.depthwise)(&g, &input, &packed, &bias, act, &mut out);
+        let tier_packed = if depthwise {
+            Vec::new()
         } else {
-            let tier_packed = (t.pack_gemm_b)(k.0 * k.1 * c, m, &packed);
-            (t.dense_conv)(&g, &input, &tier_packed, &bias, act, &mut out);
-        }
-        assert_close(
-            &out,
-            &want,
-            &format!(
-                "{} {} {case:?}",
-                t.tier,
-                if depthwise { "depthwise" } else { "dense" }
-            ),
+            (t.pack_gemm_b)(k.0 * k.1 * c, m, &packed)
+        };
+        let run = |g: &ConvGeometry, input: &[f32], out: &mut [f32]| {
+            if depthwise {
+                (t.depthwise)(g, input, &packed, &bias, act, out);
+            } else {
+                (t.dense_conv)(g, input, &tier_packed, &bias, act, out);
+            }
+        };
+        let mut out = vec![f32::NAN; g.output_len()];
+        run(&g, &input, &mut out);
+        let what = format!(
+            "{} {} {case:?}",
+            t.tier,
+            if depthwise { "depthwise" } else { "dense" }
         );
+        assert_close(&out, &want, &what);
+        // Row bands, as a layer is split between threads: two bands cut at a random row, and
+        // one band per row. Each output value is computed the same way, so exactly equal.
+        let cut = 1 + case.seed as usize % oh;
+        let (in_image, row_len) = (h * w * c, ow * m);
+        let cuts: Vec<std::ops::Range<usize>> = [0..cut, cut..oh]
+            .into_iter()
+            .chain((0..oh).map(|r| r..r + 1))
+            .filter(|r| !r.is_empty())
+            .collect();
+        for rows in cuts {
+            let (band, in_rows) = g.row_band(rows.clone());
+            for b in 0..batch {
+                let image = &input[b * in_image..(b + 1) * in_image];
+                let mut got = vec![f32::NAN; band.output_len()];
+                run(
+                    &band,
+                    &image[in_rows.start * w * c..in_rows.end * w * c],
+                    &mut got,
+                );
+                let full = &out[(b * oh + rows.start) * row_len..(b * oh + rows.end) * row_len];
+                assert!(
+                    got.iter()
+                        .zip(full)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "rows {rows:?} of image {b}: {what}"
+                );
+            }
+        }
     }
 }
 

@@ -9,8 +9,10 @@ use std::process::Command;
 use std::sync::Arc;
 
 use mobilenet_serve::dataset::read_labels;
+use mobilenet_serve::engine::model::Workspace;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::engine::reference::ProtoCache;
+use mobilenet_serve::engine::team::Team;
 use mobilenet_serve::kernels::{KernelSet, Tier};
 use mobilenet_serve::pipeline::postprocess::argmax;
 use mobilenet_serve::verify::{check_variant, image_inputs, random_inputs, REL_TOLERANCE};
@@ -146,6 +148,36 @@ fn batched_outputs_equal_single_image_outputs_with_every_tier() {
                     single.as_slice(),
                     "{name} image {i}"
                 );
+            }
+        }
+    }
+}
+
+#[test]
+fn runs_split_across_threads_equal_single_thread_runs_with_every_tier() {
+    let teams = [2, 3].map(|t| Team::new(t, "zoo", || {}).unwrap());
+    for pool in zoo_per_tier() {
+        for name in ["mobilenet_v1_0.25_128", "mobilenet_v1_1.0_160"] {
+            let v = pool.get(name).unwrap();
+            let r = v.spec.resolution;
+            // Batches below, at and above the team sizes: bands of rows, and of whole images.
+            for batch in [1, 2, 5] {
+                let input = random_inputs(batch, v.input_len(), 11).concat();
+                let alone = v.model.run(&input, batch, r, r).unwrap();
+                for team in &teams {
+                    let (mut ws, mut out) = (Workspace::new(), Vec::new());
+                    v.model
+                        .run_on(team, &mut ws, &input, batch, r, r, &mut out)
+                        .unwrap();
+                    assert!(
+                        out.iter()
+                            .zip(&alone)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{name} on {}, batch {batch}, {} threads",
+                        v.model.kernels().tier,
+                        team.threads()
+                    );
+                }
             }
         }
     }

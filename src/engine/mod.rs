@@ -8,4 +8,5 @@ pub mod onnx;
 pub mod plan;
 pub mod pool;
 pub mod reference;
+pub mod team;
 pub mod worker;

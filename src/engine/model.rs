@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use super::plan::{ConvKind, Layer, Plan};
+use super::team::{split, Crew, Team};
 use crate::error::{Error, Result};
-use crate::kernels::{GemmShape, KernelSet};
+use crate::kernels::{ConvGeometry, GemmShape, KernelSet};
 
 /// A network bound to the kernels that run it. Immutable and shareable between threads; each
 /// thread brings its own [`Workspace`].
@@ -136,12 +137,29 @@ impl Model {
         w: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        self.run_timed(ws, input, batch, h, w, out, None)
+        self.run_timed(ws, input, batch, h, w, out, None, &Crew::ALONE)
     }
 
-    /// Like [`Model::run_with`], also returning the time each layer took (for `bench --layers`).
+    /// Like [`Model::run_with`], with every layer split across the threads of `team`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_on(
+        &self,
+        team: &Team,
+        ws: &mut Workspace,
+        input: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        team.install(|crew| self.run_timed(ws, input, batch, h, w, out, None, crew))
+    }
+
+    /// Like [`Model::run_on`], also returning the time each layer took (for `bench --layers`).
+    #[allow(clippy::too_many_arguments)]
     pub fn run_profiled(
         &self,
+        team: &Team,
         ws: &mut Workspace,
         input: &[f32],
         batch: usize,
@@ -150,7 +168,7 @@ impl Model {
         out: &mut Vec<f32>,
     ) -> Result<Vec<Duration>> {
         let mut times = Vec::with_capacity(self.plan.layers.len());
-        self.run_timed(ws, input, batch, h, w, out, Some(&mut times))?;
+        team.install(|crew| self.run_timed(ws, input, batch, h, w, out, Some(&mut times), crew))?;
         Ok(times)
     }
 
@@ -164,6 +182,7 @@ impl Model {
         w: usize,
         out: &mut Vec<f32>,
         mut times: Option<&mut Vec<Duration>>,
+        crew: &Crew<'_>,
     ) -> Result<()> {
         self.check_input(input, batch, h, w)?;
         let k = &self.kernels;
@@ -185,19 +204,23 @@ impl Model {
                     };
                     resize(&mut dst, g.output_len());
                     match conv.kind {
-                        ConvKind::Dense => {
-                            (k.dense_conv)(&g, x, packed, &conv.bias, conv.act, &mut dst)
-                        }
-                        ConvKind::Depthwise => {
-                            (k.depthwise)(&g, x, &conv.weights, &conv.bias, conv.act, &mut dst)
-                        }
+                        ConvKind::Dense => split_rows(crew, &g, x, &mut dst, &|g, x, out| {
+                            (k.dense_conv)(g, x, packed, &conv.bias, conv.act, out)
+                        }),
+                        ConvKind::Depthwise => split_rows(crew, &g, x, &mut dst, &|g, x, out| {
+                            (k.depthwise)(g, x, &conv.weights, &conv.bias, conv.act, out)
+                        }),
                         ConvKind::Pointwise => {
                             let s = GemmShape {
                                 m: batch * h * w,
                                 k: conv.in_c,
                                 n: conv.out_c,
                             };
-                            (k.gemm)(&s, x, packed, &conv.bias, conv.act, &mut dst)
+                            split(crew, s.m, k.gemm_rows, s.n, &mut dst, &|rows, out| {
+                                let part = GemmShape { m: rows.len(), ..s };
+                                let a = &x[rows.start * s.k..rows.end * s.k];
+                                (k.gemm)(&part, a, packed, &conv.bias, conv.act, out)
+                            })
                         }
                     }
                     (h, w, c) = (g.out_h, g.out_w, g.out_c);
@@ -280,6 +303,47 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// Runs a convolution split into bands of output rows, one per part (bands of whole images when
+/// the batch has enough of them). `conv` gets a band's geometry, the input rows it reads and its
+/// output rows.
+fn split_rows<F>(crew: &Crew<'_>, g: &ConvGeometry, input: &[f32], out: &mut [f32], conv: &F)
+where
+    F: Fn(&ConvGeometry, &[f32], &mut [f32]) + Sync,
+{
+    if crew.parts() <= 1 {
+        conv(g, input, out);
+        return;
+    }
+    let align = if g.batch >= crew.parts() { g.out_h } else { 1 };
+    let in_row = g.in_w * g.in_c;
+    split(
+        crew,
+        g.batch * g.out_h,
+        align,
+        g.output_row_len(),
+        out,
+        &|band, out| {
+            // A band may span images: one kernel call per image it touches.
+            let (mut row, mut done) = (band.start, 0);
+            while row < band.end {
+                let image = row / g.out_h;
+                let first = row - image * g.out_h;
+                let last = (band.end - image * g.out_h).min(g.out_h);
+                let (geometry, in_rows) = g.row_band(first..last);
+                let image_input = &input[image * g.in_h * in_row..][..g.in_h * in_row];
+                let len = geometry.output_len();
+                conv(
+                    &geometry,
+                    &image_input[in_rows.start * in_row..in_rows.end * in_row],
+                    &mut out[done..done + len],
+                );
+                done += len;
+                row = image * g.out_h + last;
+            }
+        },
+    );
 }
 
 /// Sets the length of an activation buffer; capacity is kept, so this allocates only while the

@@ -1,6 +1,7 @@
 //! The engine threads: dedicated OS threads (never the async runtime's) that take batches from the
-//! [`Batcher`] and run them. One batch per thread at a time, so the threads never oversubscribe
-//! the cores whatever mix of variants is queued.
+//! [`Batcher`] and run them. One thread takes the batches; each runs split across all of them (a
+//! [`Team`]), so a lone request gets every core, and the threads never oversubscribe the cores
+//! whatever mix of variants is queued.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Instant;
 
 use super::model::{resident_vec, Workspace};
 use super::pool::Variant;
+use super::team::Team;
 use crate::batcher::{Batch, Batcher, JobOutput};
 use crate::error::{Error, Result};
 use crate::latency::LatencyTracker;
@@ -57,7 +59,8 @@ pub struct EngineThreads {
 }
 
 impl EngineThreads {
-    /// Starts `threads` engine threads. Each sizes its buffers for the largest batch of the
+    /// Starts `threads` engine threads: `engine-0` takes the batches, and every batch is split
+    /// across it and the `threads - 1` others. Buffers are sized for the largest batch of the
     /// largest variant first, so that serving never allocates activations.
     pub fn spawn(threads: usize, ctx: EngineContext) -> Result<Self> {
         let max_batch = ctx.batcher.policy().max_batch;
@@ -70,26 +73,25 @@ impl EngineThreads {
             inputs = inputs.max(max_batch * v.input_len());
             outputs = outputs.max(max_batch * v.spec.num_classes);
         }
-        let mut handles = Vec::with_capacity(threads);
-        for i in 0..threads {
-            let ctx = ctx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("engine-{i}"))
-                .spawn(move || {
-                    yield_to_io_threads();
-                    let mut buffers = Buffers {
-                        workspace: Workspace::with_capacity(activations),
-                        input: resident_vec(inputs),
-                        output: resident_vec(outputs),
-                    };
-                    while let Some(batch) = ctx.batcher.next_batch() {
-                        run_batch(&ctx, &mut buffers, batch);
-                    }
-                })
-                .map_err(|e| Error::Internal(format!("cannot start an engine thread: {e}")))?;
-            handles.push(handle);
-        }
-        Ok(EngineThreads { handles })
+        // The helpers are named engine-1.. and the thread taking batches engine-0.
+        let team = Team::new(threads, "engine", yield_to_io_threads)?;
+        let handle = std::thread::Builder::new()
+            .name("engine-0".into())
+            .spawn(move || {
+                yield_to_io_threads();
+                let mut buffers = Buffers {
+                    workspace: Workspace::with_capacity(activations),
+                    input: resident_vec(inputs),
+                    output: resident_vec(outputs),
+                };
+                while let Some(batch) = ctx.batcher.next_batch() {
+                    run_batch(&ctx, &team, &mut buffers, batch);
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start an engine thread: {e}")))?;
+        Ok(EngineThreads {
+            handles: vec![handle],
+        })
     }
 
     /// Waits for every thread to finish (after [`Batcher::close`], once the queues are empty).
@@ -108,7 +110,7 @@ struct Buffers {
     output: Vec<f32>,
 }
 
-fn run_batch(ctx: &EngineContext, buffers: &mut Buffers, batch: Batch) {
+fn run_batch(ctx: &EngineContext, team: &Team, buffers: &mut Buffers, batch: Batch) {
     let variant = &ctx.variants[batch.variant];
     let n = batch.jobs.len();
     let r = variant.spec.resolution;
@@ -120,7 +122,8 @@ fn run_batch(ctx: &EngineContext, buffers: &mut Buffers, batch: Batch) {
     // A panic in a kernel must not take the thread (and every later request) with it: it
     // becomes an error for this batch's requests only.
     let result = catch_unwind(AssertUnwindSafe(|| {
-        variant.model.run_with(
+        variant.model.run_on(
+            team,
             &mut buffers.workspace,
             &buffers.input,
             n,

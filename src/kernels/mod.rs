@@ -90,6 +90,39 @@ impl ConvGeometry {
     pub fn output_len(&self) -> usize {
         self.batch * self.out_h * self.out_w * self.out_c
     }
+
+    /// Output values of one output row (all its columns and channels).
+    pub fn output_row_len(&self) -> usize {
+        self.out_w * self.out_c
+    }
+
+    /// The same convolution restricted to output rows `rows` of one image: its geometry (batch 1)
+    /// and the input rows of that image it reads. Any kernel run on those input rows with this
+    /// geometry writes exactly those output rows, so a layer can be split into row bands that run
+    /// on different threads.
+    pub fn row_band(&self, rows: std::ops::Range<usize>) -> (ConvGeometry, std::ops::Range<usize>) {
+        assert!(
+            rows.start < rows.end && rows.end <= self.out_h,
+            "row band {rows:?} of {} output rows",
+            self.out_h
+        );
+        // Input rows touched: from the first row's top tap to the last row's bottom tap, less the
+        // padding. Rows below the band's inputs count as padding in the band, which is right: no
+        // tap of the band reaches them unless they are the real padding.
+        let top = rows.start * self.stride_h;
+        let first = top.saturating_sub(self.pad_top).min(self.in_h);
+        let last = ((rows.end - 1) * self.stride_h + self.kh)
+            .saturating_sub(self.pad_top)
+            .clamp(first, self.in_h);
+        let band = ConvGeometry {
+            batch: 1,
+            in_h: last - first,
+            out_h: rows.len(),
+            pad_top: self.pad_top.saturating_sub(top),
+            ..*self
+        };
+        (band, first..last)
+    }
 }
 
 /// Dense convolution (groups = 1). Weights `[kh][kw][in_c][out_c]` packed by the tier's [`PackFn`]
@@ -199,6 +232,9 @@ pub struct KernelSet {
     pub gemm: GemmFn,
     /// The GEMM weight packing of this tier.
     pub pack_gemm_b: PackFn,
+    /// Rows of the GEMM microkernel: a GEMM split between threads is split at multiples of it,
+    /// so that no thread gets a partial tile it could have shared.
+    pub gemm_rows: usize,
     /// Global average pooling.
     pub global_avg_pool: GlobalAvgPoolFn,
 }
@@ -220,6 +256,7 @@ impl KernelSet {
             depthwise: generic::depthwise,
             gemm: generic::gemm,
             pack_gemm_b: generic::pack_gemm_b,
+            gemm_rows: 1,
             global_avg_pool: generic::global_avg_pool,
         }
     }
@@ -246,6 +283,7 @@ impl KernelSet {
                 depthwise: x86_64::avx2::depthwise,
                 gemm: x86_64::avx2::gemm,
                 pack_gemm_b: x86_64::avx2::pack_gemm_b,
+                gemm_rows: x86_64::avx2::GEMM_ROWS,
                 ..scalar
             },
             #[cfg(target_arch = "x86_64")]
@@ -255,6 +293,7 @@ impl KernelSet {
                 depthwise: x86_64::avx512::depthwise,
                 gemm: x86_64::avx512::gemm,
                 pack_gemm_b: x86_64::avx512::pack_gemm_b,
+                gemm_rows: x86_64::avx512::GEMM_ROWS,
                 ..scalar
             },
             #[cfg(not(target_arch = "x86_64"))]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load comparison, closed loop with wrk: our service against FastAPI + ONNX Runtime + Pillow
 # (2 worker processes, no batching), JPEG requests at increasing concurrency, next to the
-# engine-only throughput of `bench --threads 2`. A benchmark, not a test: it prints numbers.
+# engine-only throughput of `bench --threads 1 --streams 2`. A benchmark, not a test: it prints numbers.
 #
 # Needs: wrk (apt install wrk), a release build (cargo build --release), and a Python with
 # tests/load/requirements.txt (PYTHON=path/to/venv/bin/python).
@@ -79,5 +79,5 @@ kill -TERM $peer
 wait $peer || true
 
 echo
-echo "engine only, $THREADS threads each running its own batches (bench --threads $THREADS):"
-"$BIN" --models "$MODELS_DIR" bench --variants "$VARIANTS" --batch 1,8 --threads "$THREADS" --iters 100
+echo "engine only, $THREADS batches at once, each on its own thread (bench --streams $THREADS):"
+"$BIN" --models "$MODELS_DIR" bench --variants "$VARIANTS" --batch 1,8 --streams "$THREADS" --iters 100

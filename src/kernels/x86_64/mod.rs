@@ -5,6 +5,9 @@
 /// tier's target features.
 macro_rules! entry_points {
     ($simd:ty, $features:literal, $detect:path, $what:literal) => {
+        /// Rows of this tier's GEMM microkernel.
+        pub const GEMM_ROWS: usize = <$simd as $crate::kernels::simd::Simd>::MR;
+
         /// Measures this tier's FMA peak on one core: `(flops, seconds)` of a register-only loop.
         pub fn fma_peak(iters: usize) -> (usize, f64) {
             assert!(
