@@ -28,8 +28,9 @@ fn tiers() -> Vec<KernelSet> {
         .collect()
 }
 
-/// Pointwise convolutions of 1.0_224 (pixels, in, out), plus the FC at batch 1 and 8.
-const GEMMS: [(usize, usize, usize); 9] = [
+/// Pointwise convolutions of 1.0_224 (pixels, in, out), the FC at batch 8, and the stem's GEMMs
+/// after im2col (1.0_224 and 0.25_128).
+const GEMMS: [(usize, usize, usize); 11] = [
     (12544, 32, 64),
     (3136, 64, 128),
     (3136, 128, 128),
@@ -39,6 +40,8 @@ const GEMMS: [(usize, usize, usize); 9] = [
     (196, 512, 512),
     (49, 1024, 1024),
     (8, 1024, 1000),
+    (12544, 27, 32),
+    (4096, 27, 8),
 ];
 
 fn gemm(c: &mut Criterion) {

@@ -124,9 +124,13 @@ pub(crate) unsafe fn gemm<S: Simd>(
             // the scratch holds (m1 - m0) * k values when repacked.
             let panel = packed.as_ptr().add(j * k * nr);
             let bias_j = bias.as_ptr().add(j * nr);
+            // A panel of one vector's width or less needs half the accumulators per row, so
+            // its tiles take twice the rows (A is then read in place: repacked tiles have MR).
+            let narrow = cols <= S::LANES && !repack;
+            let tile_rows = if narrow { 2 * S::MR } else { S::MR };
             let mut i = m0;
             while i < m1 {
-                let rows = S::MR.min(m1 - i);
+                let rows = tile_rows.min(m1 - i);
                 let tile_a = if repack {
                     ATile {
                         ptr: scratch.as_ptr().add((i - m0) * k),
@@ -141,6 +145,7 @@ pub(crate) unsafe fn gemm<S: Simd>(
                     }
                 };
                 tile::<S>(
+                    narrow,
                     rows,
                     k,
                     &tile_a,
@@ -193,10 +198,12 @@ struct Epilogue<V> {
     hi: V,
 }
 
-/// Dispatches a tile of `rows <= MR` rows to the microkernel specialised for that row count.
+/// Dispatches a tile to the microkernel specialised for its row count: up to `MR` rows, or up to
+/// `2 * MR` rows of a `narrow` panel (at most one vector of columns).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<S: Simd>(
+    narrow: bool,
     rows: usize,
     k: usize,
     a: &ATile,
@@ -215,7 +222,54 @@ unsafe fn tile<S: Simd>(
             }
         };
     }
-    rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+    macro_rules! narrow_rows {
+        ($($r:literal)*) => {
+            match rows {
+                $($r => micro_narrow::<S, $r>(k, a, panel, bias, cols, e, c, ldc),)*
+                _ => unreachable!("narrow tile rows {rows} > 2 MR"),
+            }
+        };
+    }
+    if narrow {
+        narrow_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
+    } else {
+        rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+    }
+}
+
+/// The microkernel for a panel with at most one vector of columns in use: `R` rows x `LANES`
+/// columns (the panel's second vector, all padding, is not read), then bias, clamp and a
+/// (partial) store. The sums run in the same order as [`micro`]'s.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_narrow<S: Simd, const R: usize>(
+    k: usize,
+    a: &ATile,
+    panel: *const f32,
+    bias: *const f32,
+    cols: usize,
+    e: &Epilogue<S::V>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let l = S::LANES;
+    let mut acc = [S::zero(); R];
+    let (rs, ks) = (a.row_stride, a.k_stride);
+    for p in 0..k {
+        let b0 = S::load(panel.add(p * 2 * l));
+        let ap = a.ptr.add(p * ks);
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            *acc_r = S::fmadd(S::splat(*ap.add(r * rs)), b0, *acc_r);
+        }
+    }
+    let bias0 = load_n::<S>(bias, cols);
+    for (r, acc_r) in acc.iter().enumerate() {
+        store_n::<S>(
+            c.add(r * ldc),
+            S::clamp(S::add(*acc_r, bias0), e.lo, e.hi),
+            cols,
+        );
+    }
 }
 
 /// The microkernel: `R` rows x `2 * LANES` columns of `c`, accumulated over all of `k` in
@@ -303,13 +357,7 @@ unsafe fn depthwise_small<S: Simd>(
 ) {
     let (c, l) = (g.in_c, S::LANES);
     let (lo, hi) = (S::splat(act.lo), S::splat(act.hi));
-    // Output columns whose taps all land inside the input row: [ox_lo, ox_hi).
-    let ox_hi = if g.in_w + g.pad_left >= g.kw {
-        ((g.in_w + g.pad_left - g.kw) / g.stride_w + 1).min(g.out_w)
-    } else {
-        0
-    };
-    let ox_lo = g.pad_left.div_ceil(g.stride_w).min(ox_hi);
+    let (ox_lo, ox_hi) = interior_columns(g);
     let mut taps = [(0usize, 0usize); 9];
     let (inp, outp) = (input.as_ptr(), out.as_mut_ptr());
     for b in 0..g.batch {
@@ -465,18 +513,35 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
     let m = g.batch * g.out_h * g.out_w;
     // Taken out of the thread-local, not used inside a closure (see `gemm`).
     let mut cols = IM2COL.take();
-    cols.clear();
+    // No clearing: interior rows are overwritten whole, border rows are zeroed below.
     cols.resize(m * field, 0.0);
+    let (ox_lo, ox_hi) = interior_columns(g);
+    let (span, in_row) = (g.kw * c, g.in_w * c);
     for b in 0..g.batch {
         for oy in 0..g.out_h {
+            let top = (oy * g.stride_h).checked_sub(g.pad_top);
+            let row_inside = top.is_some_and(|y| y + g.kh <= g.in_h);
             for ox in 0..g.out_w {
-                let row = ((b * g.out_h + oy) * g.out_w + ox) * field;
-                visit_taps(g, b, oy, ox, |px, tap| {
-                    copy_pixel(
-                        &input[px * c..(px + 1) * c],
-                        &mut cols[row + tap * c..row + (tap + 1) * c],
-                    )
-                });
+                let row = &mut cols[((b * g.out_h + oy) * g.out_w + ox) * field..][..field];
+                match top {
+                    Some(y) if row_inside && (ox_lo..ox_hi).contains(&ox) => {
+                        // Every tap inside: each kernel row is one run of kw pixels.
+                        let x = ox * g.stride_w - g.pad_left;
+                        for (ky, dst) in row.chunks_exact_mut(span).enumerate() {
+                            let from = (b * g.in_h + y + ky) * in_row + x * c;
+                            copy_short(&input[from..from + span], dst);
+                        }
+                    }
+                    _ => {
+                        row.fill(0.0);
+                        visit_taps(g, b, oy, ox, |px, tap| {
+                            copy_short(
+                                &input[px * c..(px + 1) * c],
+                                &mut row[tap * c..(tap + 1) * c],
+                            )
+                        });
+                    }
+                }
             }
         }
     }
@@ -495,17 +560,28 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
     IM2COL.set(cols);
 }
 
-/// Copies one pixel's channels; for the few channels of an RGB input an inline loop beats a call
-/// to `memcpy` per tap.
+/// Copies a few values (a pixel's channels, or a kernel row of an RGB input); for so few an inline
+/// loop beats a call to `memcpy`.
 #[inline(always)]
-fn copy_pixel(src: &[f32], dst: &mut [f32]) {
-    if src.len() <= 4 {
+fn copy_short(src: &[f32], dst: &mut [f32]) {
+    if src.len() <= 16 {
         for (d, &v) in dst.iter_mut().zip(src) {
             *d = v;
         }
     } else {
         dst.copy_from_slice(src);
     }
+}
+
+/// Output columns whose taps all land inside the input row: `[lo, hi)`.
+#[inline(always)]
+fn interior_columns(g: &ConvGeometry) -> (usize, usize) {
+    let hi = if g.in_w + g.pad_left >= g.kw {
+        ((g.in_w + g.pad_left - g.kw) / g.stride_w + 1).min(g.out_w)
+    } else {
+        0
+    };
+    (g.pad_left.div_ceil(g.stride_w).min(hi), hi)
 }
 
 thread_local! {
