@@ -183,6 +183,38 @@ fn runs_split_across_threads_equal_single_thread_runs_with_every_tier() {
     }
 }
 
+/// Runs fuse each depthwise with the pointwise after it where activations outweigh weights;
+/// profiled runs time layers alone and never fuse. Both must give the same bits.
+#[test]
+fn fused_runs_equal_layer_by_layer_runs_with_every_tier() {
+    let team = Team::new(2, "zoo", || {}).unwrap();
+    for pool in zoo_per_tier() {
+        for name in ["mobilenet_v1_0.25_128", "mobilenet_v1_1.0_160"] {
+            let v = pool.get(name).unwrap();
+            let r = v.spec.resolution;
+            for batch in [1, 3] {
+                let input = random_inputs(batch, v.input_len(), 12).concat();
+                let fused = v.model.run(&input, batch, r, r).unwrap();
+                for t in [&Team::single(), &team] {
+                    let (mut ws, mut alone) = (Workspace::new(), Vec::new());
+                    v.model
+                        .run_profiled(t, &mut ws, &input, batch, r, r, &mut alone)
+                        .unwrap();
+                    assert!(
+                        alone
+                            .iter()
+                            .zip(&fused)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{name} on {}, batch {batch}, {} threads",
+                        v.model.kernels().tier,
+                        t.threads()
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn wrong_input_sizes_are_errors_not_panics() {
     let pool = zoo();

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::plan::{ConvKind, Layer, Plan};
+use super::plan::{ConvKind, ConvLayer, Layer, Plan};
 use super::team::{split, Crew, Team};
 use crate::error::{Error, Result};
 use crate::kernels::{ConvGeometry, GemmShape, KernelSet};
@@ -189,7 +189,11 @@ impl Model {
         let (mut src, mut dst) = (std::mem::take(&mut ws.front), std::mem::take(&mut ws.back));
         let (mut h, mut w, mut c) = (h, w, self.plan.in_c);
         let mut result = Ok(());
+        let mut fused_with_previous = false;
         for (i, (layer, packed)) in self.plan.layers.iter().zip(&self.packed).enumerate() {
+            if std::mem::take(&mut fused_with_previous) {
+                continue;
+            }
             let started = times.as_ref().map(|_| Instant::now());
             // The first layer reads the caller's input in place: no copy into the workspace.
             let x: &[f32] = if i == 0 { input } else { &src };
@@ -202,14 +206,41 @@ impl Model {
                             break;
                         }
                     };
+                    // Profiled runs time each layer alone, so they never fuse.
+                    let next = self.plan.layers.get(i + 1).zip(self.packed.get(i + 1));
+                    if let (true, Some((Layer::Conv(pw), pw_packed))) = (times.is_none(), next) {
+                        if fuses(&g, conv.kind, pw) {
+                            let s = GemmShape {
+                                m: g.batch * g.out_h * g.out_w,
+                                k: g.out_c,
+                                n: pw.out_c,
+                            };
+                            resize(&mut dst, s.m * s.n);
+                            // Rows of the depthwise output per band: about FUSED_BAND_VALUES.
+                            let band = (FUSED_BAND_VALUES / g.output_row_len().max(1)).max(1);
+                            let row_len = g.out_w * s.n;
+                            split_rows(crew, &g, x, &mut dst, row_len, band, &|g, x, out| {
+                                fused_band(k, g, x, conv, pw, pw_packed, out)
+                            });
+                            (h, w, c) = (g.out_h, g.out_w, pw.out_c);
+                            fused_with_previous = true;
+                            std::mem::swap(&mut src, &mut dst);
+                            continue;
+                        }
+                    }
                     resize(&mut dst, g.output_len());
+                    let row_len = g.output_row_len();
                     match conv.kind {
-                        ConvKind::Dense => split_rows(crew, &g, x, &mut dst, &|g, x, out| {
-                            (k.dense_conv)(g, x, packed, &conv.bias, conv.act, out)
-                        }),
-                        ConvKind::Depthwise => split_rows(crew, &g, x, &mut dst, &|g, x, out| {
-                            (k.depthwise)(g, x, &conv.weights, &conv.bias, conv.act, out)
-                        }),
+                        ConvKind::Dense => {
+                            split_rows(crew, &g, x, &mut dst, row_len, usize::MAX, &|g, x, out| {
+                                (k.dense_conv)(g, x, packed, &conv.bias, conv.act, out)
+                            })
+                        }
+                        ConvKind::Depthwise => {
+                            split_rows(crew, &g, x, &mut dst, row_len, usize::MAX, &|g, x, out| {
+                                (k.depthwise)(g, x, &conv.weights, &conv.bias, conv.act, out)
+                            })
+                        }
                         ConvKind::Pointwise => {
                             let s = GemmShape {
                                 m: batch * h * w,
@@ -305,14 +336,63 @@ impl Model {
     }
 }
 
-/// Runs a convolution split into bands of output rows, one per part (bands of whole images when
-/// the batch has enough of them). `conv` gets a band's geometry, the input rows it reads and its
-/// output rows.
-fn split_rows<F>(crew: &Crew<'_>, g: &ConvGeometry, input: &[f32], out: &mut [f32], conv: &F)
-where
+/// Values of depthwise output a fused band holds: it stays in L2 until the pointwise reads it.
+const FUSED_BAND_VALUES: usize = 32 * 1024;
+
+/// Whether a convolution of `kind` with geometry `g` runs fused with the pointwise `next`: a
+/// depthwise feeding it, with more output pixels than the pointwise has output channels. There
+/// its output (the activations) outweighs the pointwise's weights, and keeping it in L2 saves
+/// memory traffic; where the weights dominate, bands would re-read them once per band instead.
+fn fuses(g: &ConvGeometry, kind: ConvKind, next: &ConvLayer) -> bool {
+    kind == ConvKind::Depthwise
+        && next.kind == ConvKind::Pointwise
+        && next.in_c == g.out_c
+        && g.out_h * g.out_w > next.out_c
+}
+
+thread_local! {
+    /// Per-thread scratch for a fused band's depthwise output; it grows to the largest band.
+    static FUSED_BAND: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// One band of a fused depthwise + pointwise pair: the depthwise rows of `g` into the thread's
+/// scratch, then the pointwise from there into `out`.
+fn fused_band(
+    k: &KernelSet,
+    g: &ConvGeometry,
+    input: &[f32],
+    dw: &ConvLayer,
+    pw: &ConvLayer,
+    pw_packed: &[f32],
+    out: &mut [f32],
+) {
+    let mut scratch = FUSED_BAND.take();
+    resize(&mut scratch, g.output_len());
+    (k.depthwise)(g, input, &dw.weights, &dw.bias, dw.act, &mut scratch);
+    let s = GemmShape {
+        m: g.batch * g.out_h * g.out_w,
+        k: g.out_c,
+        n: pw.out_c,
+    };
+    (k.gemm)(&s, &scratch, pw_packed, &pw.bias, pw.act, out);
+    FUSED_BAND.set(scratch);
+}
+
+/// Runs a convolution split into bands of output rows: one per part (bands of whole images when
+/// the batch has enough of them), cut again into bands of at most `max_rows` rows. `conv` gets a
+/// band's geometry, the input rows it reads and its output, `row_len` values per output row.
+fn split_rows<F>(
+    crew: &Crew<'_>,
+    g: &ConvGeometry,
+    input: &[f32],
+    out: &mut [f32],
+    row_len: usize,
+    max_rows: usize,
+    conv: &F,
+) where
     F: Fn(&ConvGeometry, &[f32], &mut [f32]) + Sync,
 {
-    if crew.parts() <= 1 {
+    if crew.parts() <= 1 && max_rows >= g.out_h {
         conv(g, input, out);
         return;
     }
@@ -322,18 +402,20 @@ where
         crew,
         g.batch * g.out_h,
         align,
-        g.output_row_len(),
+        row_len,
         out,
         &|band, out| {
-            // A band may span images: one kernel call per image it touches.
+            // A band may span images: one kernel call per image it touches and per max_rows.
             let (mut row, mut done) = (band.start, 0);
             while row < band.end {
                 let image = row / g.out_h;
                 let first = row - image * g.out_h;
-                let last = (band.end - image * g.out_h).min(g.out_h);
+                let last = (band.end - image * g.out_h)
+                    .min(g.out_h)
+                    .min(first.saturating_add(max_rows));
                 let (geometry, in_rows) = g.row_band(first..last);
                 let image_input = &input[image * g.in_h * in_row..][..g.in_h * in_row];
-                let len = geometry.output_len();
+                let len = (last - first) * row_len;
                 conv(
                     &geometry,
                     &image_input[in_rows.start * in_row..in_rows.end * in_row],
