@@ -3,15 +3,21 @@
 //!
 //! A layer of a small variant takes tens of microseconds, so handing out its parts must take far
 //! less. The team's threads therefore spin for a while when they run out of work before they
-//! sleep, and a layer's parts are handed out through one atomic word: no queue, no allocation
-//! (steady-state inference stays allocation-free), no wake-up between the layers of a run. A
-//! general-purpose pool (rayon) measured slower with two threads than one on 0.25_128: its idle
-//! threads fall asleep between layers and each layer paid for a wake-up.
+//! sleep, and a layer is published through one atomic word: no queue, no allocation, no wake-up
+//! between the layers of a run. A general-purpose pool (rayon) measured slower with two threads
+//! than one on 0.25_128: its idle threads fall asleep between layers and each layer paid for a
+//! wake-up.
+//!
+//! Part `i` of every layer always runs on thread `i` (the caller is thread 0). So a thread finds
+//! in its own cache the rows it wrote in the layer before, and its kernel scratch sees the same
+//! sizes on every run: after the first run, nothing grows and nothing allocates.
 //!
 //! One run uses the team at a time; runs started from several threads at once take turns, so the
 //! cores are never oversubscribed.
 
+use std::any::Any;
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -49,17 +55,16 @@ impl std::fmt::Debug for Team {
 type Job<'a> = &'a (dyn Fn(usize) + Sync);
 
 struct Shared {
-    /// `epoch << 32 | parts << 16 | next`: the current job's number, its part count, and the
-    /// next part to hand out. Claiming a part is one compare-and-swap on it.
+    /// `epoch << 32 | parts`: the current job's number and its part count.
     state: AtomicU64,
-    /// The current job, written by the caller before it publishes a new epoch. A part's job is
-    /// only read after that part was claimed, and the caller only replaces the job once every
-    /// claimed part is done, so a read never meets a write.
+    /// The current job, written by the caller before it publishes a new epoch. Thread `i` reads
+    /// it only when the epoch has a part `i`, which the caller waits for before it replaces the
+    /// job, so a read never meets a write.
     job: UnsafeCell<Option<Job<'static>>>,
     /// Parts of the current job finished.
     done: AtomicUsize,
-    /// Whether a part of the current job panicked.
-    panicked: AtomicBool,
+    /// The first panic of a part of the current job, raised again by the caller.
+    panicked: Mutex<Option<Box<dyn Any + Send>>>,
     /// Helpers asleep (or about to be) on `wake`.
     sleepers: AtomicUsize,
     sleep: Mutex<()>,
@@ -68,71 +73,71 @@ struct Shared {
 }
 
 // SAFETY: `job` is the only non-Sync field; the protocol above orders its writes (caller, with
-// no part outstanding) before its reads (after a claim), through `state` and `done`.
+// no part outstanding) before its reads (by the threads that have a part), through `state` and
+// `done`.
 unsafe impl Sync for Shared {}
 
-const fn pack(epoch: u64, parts: usize, next: usize) -> u64 {
-    (epoch << 32) | ((parts as u64) << 16) | next as u64
+const fn pack(epoch: u64, parts: usize) -> u64 {
+    (epoch << 32) | parts as u64
 }
 
-const fn unpack(state: u64) -> (u64, usize, usize) {
-    (
-        state >> 32,
-        ((state >> 16) & 0xffff) as usize,
-        (state & 0xffff) as usize,
-    )
+const fn unpack(state: u64) -> (u64, usize) {
+    (state >> 32, (state & 0xffff_ffff) as usize)
 }
 
 impl Shared {
-    /// Claims and runs parts of the current job until none is left to hand out.
-    fn work(&self) {
-        let mut state = self.state.load(Ordering::Acquire);
-        loop {
-            let (epoch, parts, next) = unpack(state);
-            if next >= parts {
-                return;
+    /// Runs part `me` of the job published with `state`, if it has one. Never unwinds: a panic
+    /// in the part is kept for the caller.
+    fn run_part(&self, state: u64, me: usize) {
+        let (_, parts) = unpack(state);
+        if me >= parts {
+            return;
+        }
+        // SAFETY: the job has a part `me` that is not done yet, so the caller is still waiting
+        // and the job it published before `state` is alive and unchanged.
+        let job = unsafe { *self.job.get() };
+        if let Some(job) = job {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(me))) {
+                self.keep_panic(payload);
             }
-            match self.state.compare_exchange_weak(
-                state,
-                pack(epoch, parts, next + 1),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    // SAFETY: part `next` of this epoch is claimed and not done, so the caller
-                    // is still waiting and the job it published is alive and unchanged.
-                    let job = unsafe { *self.job.get() };
-                    if let Some(job) = job {
-                        if catch_unwind(AssertUnwindSafe(|| job(next))).is_err() {
-                            self.panicked.store(true, Ordering::Relaxed);
-                        }
-                    }
-                    self.done.fetch_add(1, Ordering::Release);
-                    state = self.state.load(Ordering::Acquire);
-                }
-                Err(now) => state = now,
-            }
+        }
+        self.done.fetch_add(1, Ordering::Release);
+    }
+
+    /// Keeps the first panic of a job. Later payloads are leaked, not dropped: dropping a payload
+    /// can panic again, and nothing may unwind out of [`Shared::run_part`].
+    fn keep_panic(&self, payload: Box<dyn Any + Send>) {
+        let mut first = lock_panics(&self.panicked);
+        if first.is_none() {
+            *first = Some(payload);
+        } else {
+            std::mem::forget(payload);
         }
     }
 
-    /// A helper's life: work, spin, sleep, until the team is dropped.
-    fn helper(&self) {
+    /// Helper `me`'s life: wait for a new job, run its part of it, until the team is dropped.
+    fn helper(&self, me: usize) {
+        // The state the team started with, not a fresh load: a job published before this thread
+        // got here must still count as new.
+        let mut seen = pack(0, 0);
         loop {
-            self.work();
-            let seen = self.state.load(Ordering::Acquire);
+            // Spin a while for the next job, then sleep until it comes.
             let idle_since = Instant::now();
             let mut spins = 0u32;
-            while self.state.load(Ordering::Acquire) == seen && !self.stop.load(Ordering::Acquire) {
+            let mut now = self.state.load(Ordering::Acquire);
+            while now == seen && !self.stop.load(Ordering::Acquire) {
                 std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
                 if spins.is_multiple_of(64) && idle_since.elapsed() > SPIN {
                     self.sleep_while(seen);
-                    break;
                 }
+                now = self.state.load(Ordering::Acquire);
             }
             if self.stop.load(Ordering::Acquire) {
                 return;
             }
+            seen = now;
+            self.run_part(now, me);
         }
     }
 
@@ -177,7 +182,7 @@ impl Team {
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
                     on_start();
-                    s.helper();
+                    s.helper(i);
                 });
             match spawned {
                 Ok(h) => helpers.push(h),
@@ -207,10 +212,17 @@ impl Team {
         self.threads
     }
 
-    /// Runs `f` with the team to itself; inside it, [`split`] spreads work over the team.
+    /// Runs `f` with the team to itself; inside it, [`split`] spreads work over the team. A team
+    /// of one has nothing to share: its runs go ahead at once, each on its caller's thread.
     pub fn install<R>(&self, f: impl FnOnce(&Crew<'_>) -> R) -> R {
+        if self.threads <= 1 {
+            return f(&Crew::ALONE);
+        }
         let _turn = lock(&self.turn);
-        f(&Crew { team: Some(self) })
+        f(&Crew {
+            team: Some(self),
+            not_shared: PhantomData,
+        })
     }
 
     /// Runs `job(0..parts)` on the team (the calling thread included) and returns when every
@@ -224,19 +236,36 @@ impl Team {
             *s.job.get() = Some(std::mem::transmute::<Job<'_>, Job<'static>>(job));
         }
         s.done.store(0, Ordering::Relaxed);
-        s.panicked.store(false, Ordering::Relaxed);
-        let (epoch, _, _) = unpack(s.state.load(Ordering::Relaxed));
-        s.state.store(
-            pack(epoch.wrapping_add(1) & 0xffff_ffff, parts, 0),
-            Ordering::SeqCst,
-        );
+        let (epoch, _) = unpack(s.state.load(Ordering::Relaxed));
+        let state = pack(epoch.wrapping_add(1) & 0xffff_ffff, parts);
+        s.state.store(state, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _guard = lock(&s.sleep);
             s.wake.notify_all();
         }
-        s.work();
+        // Waits for every part even if something below unwinds: the parts borrow the caller's
+        // stack, which must outlive them.
+        let all_done = AllDone { shared: s, parts };
+        s.run_part(state, 0);
+        drop(all_done);
+        let first_panic = lock_panics(&s.panicked).take();
+        if let Some(payload) = first_panic {
+            resume_unwind(payload);
+        }
+    }
+}
+
+/// Waits, when dropped, until every part of the current job is done, then clears the job.
+struct AllDone<'a> {
+    shared: &'a Shared,
+    parts: usize,
+}
+
+impl Drop for AllDone<'_> {
+    fn drop(&mut self) {
+        let s = self.shared;
         let mut spins = 0u32;
-        while s.done.load(Ordering::Acquire) < parts {
+        while s.done.load(Ordering::Acquire) < self.parts {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(1024) {
                 // A helper was descheduled mid-part: let it have the core.
@@ -249,19 +278,22 @@ impl Team {
         unsafe {
             *s.job.get() = None;
         }
-        if s.panicked.load(Ordering::Relaxed) {
-            resume_unwind(Box::new("a compute thread panicked"));
-        }
     }
+}
+
+fn lock_panics(
+    m: &Mutex<Option<Box<dyn Any + Send>>>,
+) -> MutexGuard<'_, Option<Box<dyn Any + Send>>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
     fn new() -> Self {
         Shared {
-            state: AtomicU64::new(0),
+            state: AtomicU64::new(pack(0, 0)),
             job: UnsafeCell::new(None),
             done: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
+            panicked: Mutex::new(None),
             sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
@@ -284,15 +316,21 @@ impl Drop for Team {
     }
 }
 
-/// A team held for one run (or no team: everything on the calling thread).
+/// A team held for one run (or no team: everything on the calling thread). It stays on the
+/// thread that holds the team (neither `Send` nor `Sync`): a part cannot start a split of its own
+/// on the same team while the team runs it.
 #[derive(Debug, Clone, Copy)]
 pub struct Crew<'t> {
     team: Option<&'t Team>,
+    not_shared: PhantomData<*const ()>,
 }
 
 impl Crew<'_> {
     /// No team: [`split`] runs every piece of work on the calling thread.
-    pub const ALONE: Crew<'static> = Crew { team: None };
+    pub const ALONE: Crew<'static> = Crew {
+        team: None,
+        not_shared: PhantomData,
+    };
 
     /// How many parts work is cut into: the team's size.
     pub fn parts(&self) -> usize {
@@ -423,6 +461,25 @@ mod tests {
     }
 
     #[test]
+    fn a_job_published_while_the_helpers_start_still_reaches_them() {
+        // Each round publishes a job at once after starting the team, racing its helpers' start.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                let team = Team::new(3, "test", || {}).unwrap();
+                let parts = ranges(&team, 3, 1).len();
+                tx.send(parts).unwrap();
+            }
+        });
+        for round in 0..50 {
+            let parts = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("round {round}: the team hung"));
+            assert_eq!(parts, 3);
+        }
+    }
+
+    #[test]
     fn a_panic_in_a_part_reaches_the_caller_and_the_team_survives_it() {
         let team = Team::new(2, "test", || {}).unwrap();
         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -435,7 +492,8 @@ mod tests {
                 })
             })
         }));
-        assert!(result.is_err());
+        let payload = result.expect_err("the panic reaches the caller");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"part 0"));
         assert_eq!(ranges(&team, 10, 1).len(), 2);
     }
 }

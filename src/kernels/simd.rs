@@ -368,10 +368,9 @@ unsafe fn depthwise_small<S: Simd>(
             // pixels that share their input columns, all channels of a block at a time.
             let blocked = match (row_inside, top) {
                 (true, Some(y)) if g.kh == 3 && g.kw == 3 && g.stride_w <= 3 && ox_lo < ox_hi => {
-                    let row = |ky: usize| {
-                        inp.add(((b * g.in_h + y + ky) * g.in_w + ox_lo * g.stride_w) * c)
-                            .sub(g.pad_left * c)
-                    };
+                    // In usize first: the first interior pixel's taps start at or after column 0.
+                    let x0 = ox_lo * g.stride_w - g.pad_left;
+                    let row = |ky: usize| inp.add(((b * g.in_h + y + ky) * g.in_w + x0) * c);
                     let job = Row3x3 {
                         rows: [row(0), row(1), row(2)],
                         c,
@@ -420,6 +419,8 @@ unsafe fn depthwise_small<S: Simd>(
 /// Output pixels per block of [`Row3x3::run`]: 4 accumulators, and for stride 1 each input
 /// column loaded once serves up to 3 of them.
 const DW_BLOCK: usize = 4;
+// The column registers of a block are an array of 12: enough for strides up to 3.
+const _: () = assert!((DW_BLOCK - 1) * 3 + 3 <= 12);
 
 /// A run of interior output pixels of one row of a 3x3 depthwise convolution: `rows[ky]` points
 /// at channel 0 of the input pixel under tap (ky, 0) of the first output pixel.
