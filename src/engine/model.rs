@@ -378,9 +378,9 @@ fn fused_band(
     FUSED_BAND.set(scratch);
 }
 
-/// Runs a convolution split into bands of output rows: one per part (bands of whole images when
-/// they divide evenly between the parts), cut again into bands of at most `max_rows` rows. `conv` gets a
-/// band's geometry, the input rows it reads and its output, `row_len` values per output row.
+/// Runs a convolution split into bands of output rows: one per part (whole images when they
+/// divide evenly between the parts), cut again into bands of at most `max_rows` rows. `conv` gets
+/// a band's geometry, the input rows it reads and its output, `row_len` values per output row.
 fn split_rows<F>(
     crew: &Crew<'_>,
     g: &ConvGeometry,
