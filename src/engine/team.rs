@@ -31,7 +31,8 @@ use crate::error::{Error, Result};
 /// between two layers, far shorter than the gap between two batches of an idle service.
 const SPIN: Duration = Duration::from_micros(200);
 
-/// The most threads a team can have (parts are numbered in 16 bits).
+/// The most threads a team can have: far above any core count this serves, low enough that a
+/// typo in `--engine-threads` is refused instead of starting thousands of spinning threads.
 pub const MAX_THREADS: usize = 256;
 
 /// A fixed set of compute threads: the caller of a run plus `threads - 1` helpers.
