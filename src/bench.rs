@@ -98,21 +98,23 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
         "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
     );
     for v in pool.variants() {
+        // Built once per variant, timed beside ours at batch 1 for each thread count.
+        let tract = if args.tract && args.batch.contains(&1) {
+            Some(TractReference::for_variant(protos.get(pool, v)?, v)?)
+        } else {
+            None
+        };
         for (team, &batch) in teams
             .iter()
             .flat_map(|t| args.batch.iter().map(move |b| (t, b)))
         {
             let threads = team.threads();
             progress.set_message(format!("{} batch {batch} threads {threads}", v.spec.name));
-            let tract = if args.tract && batch == 1 {
-                Some(TractReference::for_variant(protos.get(pool, v)?, v)?)
-            } else {
-                None
-            };
+            let tract = tract.as_ref().filter(|_| batch == 1);
             let batch = batch.max(1);
             let iters = args.iters as usize;
             let r = if streams == 1 {
-                bench_variant(v, team, batch, iters, tract.as_ref(), peak)?
+                bench_variant(v, team, batch, iters, tract, peak)?
             } else {
                 bench_streams(v, team, batch, iters, streams, peak)?
             };

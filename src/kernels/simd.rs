@@ -362,12 +362,10 @@ unsafe fn depthwise_small<S: Simd>(
     let (inp, outp) = (input.as_ptr(), out.as_mut_ptr());
     for b in 0..g.batch {
         for oy in 0..g.out_h {
-            let top = (oy * g.stride_h).checked_sub(g.pad_top);
-            let row_inside = top.is_some_and(|y| y + g.kh <= g.in_h);
             // 3x3 kernels (all of MobileNet's) take the interior of a row in blocks of output
             // pixels that share their input columns, all channels of a block at a time.
-            let blocked = match (row_inside, top) {
-                (true, Some(y)) if g.kh == 3 && g.kw == 3 && g.stride_w <= 3 && ox_lo < ox_hi => {
+            let blocked = match interior_row(g, oy) {
+                Some(y) if g.kh == 3 && g.kw == 3 && g.stride_w <= 3 && ox_lo < ox_hi => {
                     // In usize first: the first interior pixel's taps start at or after column 0.
                     let x0 = ox_lo * g.stride_w - g.pad_left;
                     let row = |ky: usize| inp.add(((b * g.in_h + y + ky) * g.in_w + x0) * c);
@@ -520,12 +518,11 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
     let (span, in_row) = (g.kw * c, g.in_w * c);
     for b in 0..g.batch {
         for oy in 0..g.out_h {
-            let top = (oy * g.stride_h).checked_sub(g.pad_top);
-            let row_inside = top.is_some_and(|y| y + g.kh <= g.in_h);
+            let inside = interior_row(g, oy);
             for ox in 0..g.out_w {
                 let row = &mut cols[((b * g.out_h + oy) * g.out_w + ox) * field..][..field];
-                match top {
-                    Some(y) if row_inside && (ox_lo..ox_hi).contains(&ox) => {
+                match inside {
+                    Some(y) if (ox_lo..ox_hi).contains(&ox) => {
                         // Every tap inside: each kernel row is one run of kw pixels.
                         let x = ox * g.stride_w - g.pad_left;
                         for (ky, dst) in row.chunks_exact_mut(span).enumerate() {
@@ -572,6 +569,14 @@ fn copy_short(src: &[f32], dst: &mut [f32]) {
     } else {
         dst.copy_from_slice(src);
     }
+}
+
+/// The first input row under output row `oy` when all its kernel rows land inside the input.
+#[inline(always)]
+fn interior_row(g: &ConvGeometry, oy: usize) -> Option<usize> {
+    (oy * g.stride_h)
+        .checked_sub(g.pad_top)
+        .filter(|y| y + g.kh <= g.in_h)
 }
 
 /// Output columns whose taps all land inside the input row: `[lo, hi)`.
