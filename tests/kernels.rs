@@ -3,7 +3,7 @@
 
 mod common;
 
-use mobilenet_serve::kernels::{Clamp, ConvGeometry, GemmShape, KernelSet, Tier};
+use mobilenet_serve::kernels::{AlignedVec, Clamp, ConvGeometry, GemmShape, KernelSet, Tier};
 use proptest::prelude::*;
 
 /// Every kernel tier this machine can run (the scalar reference is always there).
@@ -219,7 +219,7 @@ fn check_conv(case: &ConvCase, depthwise: bool) {
     };
     for t in tiers() {
         let tier_packed = if depthwise {
-            Vec::new()
+            AlignedVec::new()
         } else {
             (t.pack_gemm_b)(k.0 * k.1 * c, m, &packed)
         };

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::plan::{ConvKind, ConvLayer, Layer, Plan};
 use super::team::{split, Crew, Team};
 use crate::error::{Error, Result};
-use crate::kernels::{ConvGeometry, GemmShape, KernelSet};
+use crate::kernels::{AlignedVec, ConvGeometry, GemmShape, KernelSet};
 
 /// A network bound to the kernels that run it. Immutable and shareable between threads; each
 /// thread brings its own [`Workspace`].
@@ -13,16 +13,17 @@ use crate::kernels::{ConvGeometry, GemmShape, KernelSet};
 pub struct Model {
     plan: Plan,
     kernels: KernelSet,
-    /// GEMM-shaped weights (pointwise, dense and FC layers) in the tier's packed layout; empty
-    /// for the other layers.
-    packed: Vec<Vec<f32>>,
+    /// Per layer, its weights as the kernels read them, starting on a cache line: GEMM-shaped
+    /// ones (pointwise, dense and FC layers) in the tier's packed layout, depthwise ones as they
+    /// are; empty for the other layers.
+    packed: Vec<AlignedVec>,
 }
 
 /// Reusable activation buffers, so that steady-state inference does not allocate.
 #[derive(Debug, Default)]
 pub struct Workspace {
-    front: Vec<f32>,
-    back: Vec<f32>,
+    front: AlignedVec,
+    back: AlignedVec,
 }
 
 impl Workspace {
@@ -33,11 +34,11 @@ impl Workspace {
 
     /// A workspace whose two buffers hold `len` values each, so that runs needing at most that
     /// ([`Model::activation_len`]) never allocate, the first one included. Their memory is
-    /// made resident now (see [`resident_vec`]).
+    /// made resident now (see [`AlignedVec::resident`]).
     pub fn with_capacity(len: usize) -> Self {
         Workspace {
-            front: resident_vec(len),
-            back: resident_vec(len),
+            front: AlignedVec::resident(len),
+            back: AlignedVec::resident(len),
         }
     }
 }
@@ -68,8 +69,11 @@ impl Model {
                 Layer::Conv(c) if c.kind == ConvKind::Dense => {
                     (kernels.pack_gemm_b)(c.kh * c.kw * c.in_c, c.out_c, &c.weights)
                 }
+                Layer::Conv(c) if c.kind == ConvKind::Depthwise => {
+                    AlignedVec::from_slice(&c.weights)
+                }
                 Layer::Fc(f) => (kernels.pack_gemm_b)(f.in_c, f.out_c, &f.weights),
-                _ => Vec::new(),
+                _ => AlignedVec::new(),
             })
             .collect();
         Model {
@@ -220,7 +224,7 @@ impl Model {
                             let band = (FUSED_BAND_VALUES / g.output_row_len().max(1)).max(1);
                             let row_len = g.out_w * s.n;
                             split_rows(crew, &g, x, &mut dst, row_len, band, &|g, x, out| {
-                                fused_band(k, g, x, conv, pw, pw_packed, out)
+                                fused_band(k, g, x, (conv, packed), (pw, pw_packed), out)
                             });
                             (h, w, c) = (g.out_h, g.out_w, pw.out_c);
                             fused_with_previous = true;
@@ -238,7 +242,7 @@ impl Model {
                         }
                         ConvKind::Depthwise => {
                             split_rows(crew, &g, x, &mut dst, row_len, usize::MAX, &|g, x, out| {
-                                (k.depthwise)(g, x, &conv.weights, &conv.bias, conv.act, out)
+                                (k.depthwise)(g, x, packed, &conv.bias, conv.act, out)
                             })
                         }
                         ConvKind::Pointwise => {
@@ -302,8 +306,8 @@ impl Model {
         // Layers alternate between the two buffers, so the next run may need the larger one's
         // size in the other: grow both now, once, and steady-state runs never allocate.
         let capacity = src.capacity().max(dst.capacity());
-        src.reserve_exact(capacity - src.len());
-        dst.reserve_exact(capacity - dst.len());
+        src.reserve_total(capacity);
+        dst.reserve_total(capacity);
         ws.front = src;
         ws.back = dst;
         result
@@ -352,23 +356,22 @@ fn fuses(g: &ConvGeometry, kind: ConvKind, next: &ConvLayer) -> bool {
 
 thread_local! {
     /// Per-thread scratch for a fused band's depthwise output; it grows to the largest band.
-    static FUSED_BAND: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static FUSED_BAND: std::cell::Cell<AlignedVec> = const { std::cell::Cell::new(AlignedVec::new()) };
 }
 
-/// One band of a fused depthwise + pointwise pair: the depthwise rows of `g` into the thread's
-/// scratch, then the pointwise from there into `out`.
+/// One band of a fused depthwise + pointwise pair, each with the weights the kernels read: the
+/// depthwise rows of `g` into the thread's scratch, then the pointwise from there into `out`.
 fn fused_band(
     k: &KernelSet,
     g: &ConvGeometry,
     input: &[f32],
-    dw: &ConvLayer,
-    pw: &ConvLayer,
-    pw_packed: &[f32],
+    (dw, dw_weights): (&ConvLayer, &[f32]),
+    (pw, pw_packed): (&ConvLayer, &[f32]),
     out: &mut [f32],
 ) {
     let mut scratch = FUSED_BAND.take();
     resize(&mut scratch, g.output_len());
-    (k.depthwise)(g, input, &dw.weights, &dw.bias, dw.act, &mut scratch);
+    (k.depthwise)(g, input, dw_weights, &dw.bias, dw.act, &mut scratch);
     let s = GemmShape {
         m: g.batch * g.out_h * g.out_w,
         k: g.out_c,
@@ -434,8 +437,8 @@ fn split_rows<F>(
     );
 }
 
-/// Sets the length of an activation buffer; capacity is kept, so this allocates only while the
-/// workspace is still growing.
-fn resize(buf: &mut Vec<f32>, len: usize) {
-    buf.resize(len, 0.0);
+/// Sets the length of an activation buffer that a kernel then overwrites whole; capacity is
+/// kept, so this allocates only while the workspace is still growing.
+fn resize(buf: &mut AlignedVec, len: usize) {
+    buf.resize_for_overwrite(len);
 }

@@ -3,6 +3,7 @@
 //! They favour obviousness over speed, but keep the output channel as the innermost loop so that
 //! the compiler can vectorise them and the whole zoo stays usable on the reference tier.
 
+use super::aligned::AlignedVec;
 use super::{Clamp, ConvGeometry, GemmShape};
 
 /// Dense NHWC convolution; weights `[kh][kw][in_c][out_c]` (the scalar tier's packing is the
@@ -94,9 +95,9 @@ fn convolve(
 }
 
 /// The scalar tier's GEMM weight layout is plain row-major `[k][n]`.
-pub fn pack_gemm_b(k: usize, n: usize, b: &[f32]) -> Vec<f32> {
+pub fn pack_gemm_b(k: usize, n: usize, b: &[f32]) -> AlignedVec {
     assert_eq!(b.len(), k * n, "gemm b length");
-    b.to_vec()
+    AlignedVec::from_slice(b)
 }
 
 /// Row-major GEMM with bias and clamp fused into the store.

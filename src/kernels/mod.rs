@@ -4,10 +4,13 @@
 //! are tested against. Activations are NHWC (`[batch][row][col][channel]`); weights are prepacked
 //! by the importer with the output channel fastest, so every inner loop is contiguous.
 
+pub mod aligned;
 pub mod generic;
 pub(crate) mod simd;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
+
+pub use aligned::AlignedVec;
 
 use std::fmt;
 use std::str::FromStr;
@@ -134,7 +137,7 @@ pub type DepthwiseFn = fn(&ConvGeometry, &[f32], &[f32], &[f32], Clamp, &mut [f3
 /// `b` is in the layout made by the same tier's [`PackFn`].
 pub type GemmFn = fn(&GemmShape, &[f32], &[f32], &[f32], Clamp, &mut [f32]);
 /// Prepacks row-major GEMM weights `b` (`k x n`) into the tier's layout, once, at load.
-pub type PackFn = fn(usize, usize, &[f32]) -> Vec<f32>;
+pub type PackFn = fn(usize, usize, &[f32]) -> AlignedVec;
 /// Mean over the spatial positions: `[batch][positions][c] -> [batch][c]`.
 pub type GlobalAvgPoolFn = fn(usize, usize, usize, &[f32], &mut [f32]);
 

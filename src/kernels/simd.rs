@@ -6,6 +6,7 @@
 //! prepacked into panels of `2 * LANES` columns (`[panel][k][2 * LANES]`, zero-padded), so the
 //! microkernel reads them contiguously; activations are read in place, one broadcast per row.
 
+use super::aligned::AlignedVec;
 use super::generic::tap;
 use super::{Clamp, ConvGeometry, GemmShape};
 
@@ -64,10 +65,11 @@ pub(crate) const fn panel_width<S: Simd>() -> usize {
 }
 
 /// Packs row-major `b` (`k x n`) into panels of `nr` columns: `[panel][k][nr]`, zero-padded.
-pub(crate) fn pack_panels(k: usize, n: usize, b: &[f32], nr: usize) -> Vec<f32> {
+pub(crate) fn pack_panels(k: usize, n: usize, b: &[f32], nr: usize) -> AlignedVec {
     assert_eq!(b.len(), k * n, "gemm b length");
     let panels = n.div_ceil(nr);
-    let mut packed = vec![0.0; panels * k * nr];
+    let mut packed = AlignedVec::new();
+    packed.resize(panels * k * nr);
     for j in 0..panels {
         let cols = nr.min(n - j * nr);
         for p in 0..k {
@@ -165,13 +167,13 @@ pub(crate) unsafe fn gemm<S: Simd>(
 
 thread_local! {
     /// Per-thread scratch for repacked A blocks; it grows to the largest block and stays.
-    static A_TILES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static A_TILES: std::cell::Cell<AlignedVec> = const { std::cell::Cell::new(AlignedVec::new()) };
 }
 
 /// Copies row-major `a` (`rows x k`) into tiles of `mr` rows, each `[k][tile rows]`.
-fn pack_a_tiles(a: &[f32], k: usize, mr: usize, out: &mut Vec<f32>) {
-    out.clear();
-    out.resize(a.len(), 0.0);
+fn pack_a_tiles(a: &[f32], k: usize, mr: usize, out: &mut AlignedVec) {
+    // Every value is written below.
+    out.resize_for_overwrite(a.len());
     let rows = a.len() / k.max(1);
     let mut i = 0;
     while i < rows {
@@ -513,7 +515,7 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
     // Taken out of the thread-local, not used inside a closure (see `gemm`).
     let mut cols = IM2COL.take();
     // No clearing: interior rows are overwritten whole, border rows are zeroed below.
-    cols.resize(m * field, 0.0);
+    cols.resize_for_overwrite(m * field);
     let (ox_lo, ox_hi) = interior_columns(g);
     let (span, in_row) = (g.kw * c, g.in_w * c);
     for b in 0..g.batch {
@@ -592,7 +594,7 @@ fn interior_columns(g: &ConvGeometry) -> (usize, usize) {
 
 thread_local! {
     /// Per-thread scratch for the im2col matrix of the dense convolution.
-    static IM2COL: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static IM2COL: std::cell::Cell<AlignedVec> = const { std::cell::Cell::new(AlignedVec::new()) };
 }
 
 /// Fills `taps` with the kernel taps of output pixel `(oy, ox)` of image `b` that land inside the

@@ -32,7 +32,7 @@ macro_rules! entry_points {
         }
 
         /// Packs GEMM weights into this tier's panels.
-        pub fn pack_gemm_b(k: usize, n: usize, b: &[f32]) -> Vec<f32> {
+        pub fn pack_gemm_b(k: usize, n: usize, b: &[f32]) -> $crate::kernels::AlignedVec {
             $crate::kernels::simd::pack_panels(
                 k,
                 n,
