@@ -134,19 +134,11 @@ pub(crate) unsafe fn gemm<S: Simd>(
             while i < m1 {
                 let rows = tile_rows.min(m1 - i);
                 let tile_a = if repack {
-                    ATile {
-                        ptr: scratch.as_ptr().add((i - m0) * k),
-                        row_stride: 1,
-                        k_stride: rows,
-                    }
+                    ATile::single(scratch.as_ptr().add((i - m0) * k), k, 1, rows)
                 } else {
-                    ATile {
-                        ptr: a.as_ptr().add(i * k),
-                        row_stride: k,
-                        k_stride: 1,
-                    }
+                    ATile::single(a.as_ptr().add(i * k), k, k, 1)
                 };
-                tile::<S>(
+                tile::<S, 1>(
                     narrow,
                     rows,
                     k,
@@ -188,11 +180,33 @@ fn pack_a_tiles(a: &[f32], k: usize, mr: usize, out: &mut AlignedVec) {
     }
 }
 
-/// Where the microkernel reads A: element (row, p) is at `ptr + row * row_stride + p * k_stride`.
+/// Where the microkernel reads A: K is cut into `segments` runs of `segment_len` values; element
+/// (row, q) of segment `s` is at `ptrs[s] + row * row_stride + q * k_stride`. A GEMM has one
+/// segment; the direct stem has one per kernel row, read in place from the image.
+#[derive(Clone, Copy)]
 struct ATile {
-    ptr: *const f32,
+    ptrs: [*const f32; MAX_SEGMENTS],
+    segments: usize,
+    segment_len: usize,
     row_stride: usize,
     k_stride: usize,
+}
+
+/// K segments of an [`ATile`] read in place by the direct stem: its kernel rows. Other kernel
+/// heights go through im2col.
+const MAX_SEGMENTS: usize = 3;
+
+impl ATile {
+    /// A tile whose K is one run of `k` values.
+    fn single(ptr: *const f32, k: usize, row_stride: usize, k_stride: usize) -> Self {
+        ATile {
+            ptrs: [ptr; MAX_SEGMENTS],
+            segments: 1,
+            segment_len: k,
+            row_stride,
+            k_stride,
+        }
+    }
 }
 
 struct Epilogue<V> {
@@ -204,7 +218,7 @@ struct Epilogue<V> {
 /// `2 * MR` rows of a `narrow` panel (at most one vector of columns).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<S: Simd>(
+unsafe fn tile<S: Simd, const SEGMENTS: usize>(
     narrow: bool,
     rows: usize,
     k: usize,
@@ -219,7 +233,7 @@ unsafe fn tile<S: Simd>(
     macro_rules! rows {
         ($($r:literal)*) => {
             match rows {
-                $($r => micro::<S, $r>(k, a, panel, bias, cols, e, c, ldc),)*
+                $($r => micro::<S, $r, SEGMENTS>(k, a, panel, bias, cols, e, c, ldc),)*
                 _ => unreachable!("tile rows {rows} > MR"),
             }
         };
@@ -227,7 +241,7 @@ unsafe fn tile<S: Simd>(
     macro_rules! narrow_rows {
         ($($r:literal)*) => {
             match rows {
-                $($r => micro_narrow::<S, $r>(k, a, panel, bias, cols, e, c, ldc),)*
+                $($r => micro_narrow::<S, $r, SEGMENTS>(k, a, panel, bias, cols, e, c, ldc),)*
                 _ => unreachable!("narrow tile rows {rows} > 2 MR"),
             }
         };
@@ -244,7 +258,7 @@ unsafe fn tile<S: Simd>(
 /// (partial) store. The sums run in the same order as [`micro`]'s.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_narrow<S: Simd, const R: usize>(
+unsafe fn micro_narrow<S: Simd, const R: usize, const SEGMENTS: usize>(
     k: usize,
     a: &ATile,
     panel: *const f32,
@@ -257,11 +271,21 @@ unsafe fn micro_narrow<S: Simd, const R: usize>(
     let l = S::LANES;
     let mut acc = [S::zero(); R];
     let (rs, ks) = (a.row_stride, a.k_stride);
+    debug_assert_eq!(a.segments * a.segment_len, k);
+    debug_assert_eq!(a.segments, SEGMENTS);
+    // One loop over K that steps to the next segment's pointer at its end: with a loop per
+    // segment, LLVM stored the accumulators to the stack on every step.
+    let (mut seg, mut ap, mut left) = (0, a.ptrs[0], a.segment_len);
     for p in 0..k {
         let b0 = S::load(panel.add(p * 2 * l));
-        let ap = a.ptr.add(p * ks);
         for (r, acc_r) in acc.iter_mut().enumerate() {
             *acc_r = S::fmadd(S::splat(*ap.add(r * rs)), b0, *acc_r);
+        }
+        ap = ap.add(ks);
+        left -= 1;
+        if SEGMENTS > 1 && left == 0 && seg + 1 < SEGMENTS {
+            seg += 1;
+            (ap, left) = (a.ptrs[seg], a.segment_len);
         }
     }
     let bias0 = load_n::<S>(bias, cols);
@@ -278,7 +302,7 @@ unsafe fn micro_narrow<S: Simd, const R: usize>(
 /// registers, then bias, clamp and a (partial) store.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<S: Simd, const R: usize>(
+unsafe fn micro<S: Simd, const R: usize, const SEGMENTS: usize>(
     k: usize,
     a: &ATile,
     panel: *const f32,
@@ -291,14 +315,23 @@ unsafe fn micro<S: Simd, const R: usize>(
     let l = S::LANES;
     let mut acc = [[S::zero(); 2]; R];
     let (rs, ks) = (a.row_stride, a.k_stride);
+    debug_assert_eq!(a.segments * a.segment_len, k);
+    debug_assert_eq!(a.segments, SEGMENTS);
+    // One loop over K, as in `micro_narrow`.
+    let (mut seg, mut ap, mut left) = (0, a.ptrs[0], a.segment_len);
     for p in 0..k {
         let b0 = S::load(panel.add(p * 2 * l));
         let b1 = S::load(panel.add(p * 2 * l + l));
-        let ap = a.ptr.add(p * ks);
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let av = S::splat(*ap.add(r * rs));
             acc_r[0] = S::fmadd(av, b0, acc_r[0]);
             acc_r[1] = S::fmadd(av, b1, acc_r[1]);
+        }
+        ap = ap.add(ks);
+        left -= 1;
+        if SEGMENTS > 1 && left == 0 && seg + 1 < SEGMENTS {
+            seg += 1;
+            (ap, left) = (a.ptrs[seg], a.segment_len);
         }
     }
     let (n0, n1) = (cols.min(l), cols.saturating_sub(l));
@@ -495,10 +528,16 @@ impl Row3x3 {
     }
 }
 
-/// Dense convolution (the stem) as im2col + GEMM: each output pixel's receptive field
-/// (`kh x kw x in_c` values, zeros in the padding) becomes one row of a matrix that multiplies the
-/// weights, which were packed at load like any GEMM's (`[kh][kw][in_c]` rows, `out_c` columns).
-/// With 3 input channels a direct kernel cannot fill the vector lanes; the GEMM can.
+/// Dense convolution (the stem) as a GEMM over receptive fields: each output pixel's
+/// `kh x kw x in_c` input values form one row of A, multiplied by the weights, which were packed at
+/// load like any GEMM's (`[kh][kw][in_c]` rows, `out_c` columns). With 3 input channels a kernel
+/// vectorised over them cannot fill the lanes; over the output channels, as a GEMM, it can.
+///
+/// Interior pixels are read in place: in the image, a pixel's kernel row is `kw * in_c`
+/// consecutive values and the next pixel's starts `stride_w * in_c` later, so the microkernel
+/// walks A with one segment per kernel row. Only pixels whose taps reach the padding (and kernels
+/// of another height than [`MAX_SEGMENTS`]) are copied into an im2col matrix first, with zeros for the
+/// padding; copying every pixel cost about a third of the stem's time.
 #[inline(always)]
 pub(crate) unsafe fn dense_conv<S: Simd>(
     g: &ConvGeometry,
@@ -510,54 +549,152 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
 ) {
     assert_eq!(input.len(), g.input_len(), "dense_conv input length");
     assert_eq!(out.len(), g.output_len(), "dense_conv output length");
-    let (c, field) = (g.in_c, g.kh * g.kw * g.in_c);
-    let m = g.batch * g.out_h * g.out_w;
+    let (c, field, n) = (g.in_c, g.kh * g.kw * g.in_c, g.out_c);
+    let nr = panel_width::<S>();
+    assert_eq!(
+        packed.len(),
+        n.div_ceil(nr) * field * nr,
+        "dense_conv packed length"
+    );
+    assert_eq!(bias.len(), n, "dense_conv bias length");
+    let e = Epilogue {
+        lo: S::splat(act.lo),
+        hi: S::splat(act.hi),
+    };
+    let direct = g.kh == MAX_SEGMENTS;
+    let (ox_lo, ox_hi) = interior_columns(g);
+    let in_row = g.in_w * c;
     // Taken out of the thread-local, not used inside a closure (see `gemm`).
     let mut cols = IM2COL.take();
-    // No clearing: interior rows are overwritten whole, border rows are zeroed below.
-    cols.resize_for_overwrite(m * field);
-    let (ox_lo, ox_hi) = interior_columns(g);
-    let (span, in_row) = (g.kw * c, g.in_w * c);
     for b in 0..g.batch {
         for oy in 0..g.out_h {
-            let inside = interior_row(g, oy);
-            for ox in 0..g.out_w {
-                let row = &mut cols[((b * g.out_h + oy) * g.out_w + ox) * field..][..field];
-                match inside {
-                    Some(y) if (ox_lo..ox_hi).contains(&ox) => {
-                        // Every tap inside: each kernel row is one run of kw pixels.
-                        let x = ox * g.stride_w - g.pad_left;
-                        for (ky, dst) in row.chunks_exact_mut(span).enumerate() {
-                            let from = (b * g.in_h + y + ky) * in_row + x * c;
-                            copy_short(&input[from..from + span], dst);
-                        }
-                    }
-                    _ => {
-                        row.fill(0.0);
-                        visit_taps(g, b, oy, ox, |px, tap| {
-                            copy_short(
-                                &input[px * c..(px + 1) * c],
-                                &mut row[tap * c..(tap + 1) * c],
-                            )
-                        });
-                    }
+            // SAFETY: the asserts above bound the output row, the weights and the bias; the image
+            // rows read are those of `interior_row`, which lie inside the input.
+            let out_row = out.as_mut_ptr().add((b * g.out_h + oy) * g.out_w * n);
+            let inside = interior_row(g, oy).filter(|_| direct);
+            let (lo, hi) = match inside {
+                Some(_) => (ox_lo, ox_hi),
+                None => (0, 0),
+            };
+            if let Some(y) = inside.filter(|_| hi > lo) {
+                let first = input
+                    .as_ptr()
+                    .add((b * g.in_h + y) * in_row + (lo * g.stride_w - g.pad_left) * c);
+                let mut ptrs = [first; MAX_SEGMENTS];
+                for (ky, ptr) in ptrs.iter_mut().enumerate().take(g.kh) {
+                    *ptr = first.add(ky * in_row);
                 }
+                let a = ATile {
+                    ptrs,
+                    segments: g.kh,
+                    segment_len: g.kw * c,
+                    row_stride: g.stride_w * c,
+                    k_stride: 1,
+                };
+                run_tiles::<S, MAX_SEGMENTS>(
+                    &a,
+                    hi - lo,
+                    field,
+                    packed,
+                    bias,
+                    n,
+                    &e,
+                    out_row.add(lo * n),
+                );
+            }
+            // The rest of the row (all of it when the kernel rows reach the padding) via im2col.
+            let edges = if hi > lo {
+                [0..lo, hi..g.out_w]
+            } else {
+                [0..g.out_w, 0..0]
+            };
+            for pixels in edges.into_iter().filter(|p| !p.is_empty()) {
+                cols.resize_for_overwrite(pixels.len() * field);
+                for (ox, row) in pixels.clone().zip(cols.chunks_exact_mut(field)) {
+                    im2col_pixel(g, input, b, oy, ox, row);
+                }
+                let a = ATile::single(cols.as_ptr(), field, field, 1);
+                let c_first = out_row.add(pixels.start * n);
+                run_tiles::<S, 1>(&a, pixels.len(), field, packed, bias, n, &e, c_first);
             }
         }
     }
-    gemm::<S>(
-        &GemmShape {
-            m,
-            k: field,
-            n: g.out_c,
-        },
-        &cols,
-        packed,
-        bias,
-        act,
-        out,
-    );
     IM2COL.set(cols);
+}
+
+/// Runs `rows` rows of A (starting at `a`) against every weight panel into `c` (row stride `n`),
+/// in tiles of the microkernel's rows.
+///
+/// # Safety
+/// `a` must be readable for `rows` rows of `k` values, `packed`, `bias` and `c` must hold the
+/// panels, `n` values and `rows x n` values.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tiles<S: Simd, const SEGMENTS: usize>(
+    a: &ATile,
+    rows: usize,
+    k: usize,
+    packed: &[f32],
+    bias: &[f32],
+    n: usize,
+    e: &Epilogue<S::V>,
+    c: *mut f32,
+) {
+    let nr = panel_width::<S>();
+    for j in 0..n.div_ceil(nr) {
+        let cols = nr.min(n - j * nr);
+        let narrow = cols <= S::LANES;
+        let tile_rows = if narrow { 2 * S::MR } else { S::MR };
+        let mut i = 0;
+        while i < rows {
+            let r = tile_rows.min(rows - i);
+            let mut t = *a;
+            for ptr in &mut t.ptrs[..t.segments] {
+                *ptr = ptr.add(i * t.row_stride);
+            }
+            tile::<S, SEGMENTS>(
+                narrow,
+                r,
+                k,
+                &t,
+                packed.as_ptr().add(j * k * nr),
+                bias.as_ptr().add(j * nr),
+                cols,
+                e,
+                c.add(i * n + j * nr),
+                n,
+            );
+            i += r;
+        }
+    }
+}
+
+/// Writes output pixel `(oy, ox)` of image `b`'s receptive field into `row`, zeros for the taps in
+/// the padding.
+#[inline(always)]
+fn im2col_pixel(g: &ConvGeometry, input: &[f32], b: usize, oy: usize, ox: usize, row: &mut [f32]) {
+    let c = g.in_c;
+    let (ox_lo, ox_hi) = interior_columns(g);
+    match interior_row(g, oy) {
+        Some(y) if (ox_lo..ox_hi).contains(&ox) => {
+            // Every tap inside: each kernel row is one run of kw pixels.
+            let (span, in_row) = (g.kw * c, g.in_w * c);
+            let x = ox * g.stride_w - g.pad_left;
+            for (ky, dst) in row.chunks_exact_mut(span).enumerate() {
+                let from = (b * g.in_h + y + ky) * in_row + x * c;
+                copy_short(&input[from..from + span], dst);
+            }
+        }
+        _ => {
+            row.fill(0.0);
+            visit_taps(g, b, oy, ox, |px, tap| {
+                copy_short(
+                    &input[px * c..(px + 1) * c],
+                    &mut row[tap * c..(tap + 1) * c],
+                )
+            });
+        }
+    }
 }
 
 /// Copies a few values (a pixel's channels, or a kernel row of an RGB input); for so few an inline
