@@ -83,6 +83,10 @@ pub(crate) fn pack_panels(k: usize, n: usize, b: &[f32], nr: usize) -> AlignedVe
 /// Bytes of activations kept hot in L2 per block of GEMM rows.
 const L2_BLOCK_BYTES: usize = 512 * 1024;
 
+/// Bytes of weight panels kept hot in L1 while a tile of A runs against them (of 48 KiB on this
+/// machine's cores; the tile of A and the stack need the rest).
+const L1_PANEL_BYTES: usize = 32 * 1024;
+
 /// GEMM on packed weights: `c = clamp(a . b + bias)`.
 #[inline(always)]
 pub(crate) unsafe fn gemm<S: Simd>(
@@ -112,6 +116,9 @@ pub(crate) unsafe fn gemm<S: Simd>(
     // Repacking a block of A into row tiles ([tile][k][rows]) makes the microkernel's broadcasts
     // one sequential stream; it pays off once the block is reused by a few weight panels.
     let repack = panels >= 3;
+    // Weight panels a tile of A meets before the next tile: as many as fit in L1 together, so
+    // the A block is swept once per group rather than once per panel.
+    let group = (L1_PANEL_BYTES / (k.max(1) * nr * 4)).clamp(1, panels.max(1));
     // Taken out of the thread-local rather than used in a closure: a closure would not inherit
     // the caller's target features, and the SIMD code inside it would not be inlined.
     let mut scratch = A_TILES.take();
@@ -120,38 +127,46 @@ pub(crate) unsafe fn gemm<S: Simd>(
         if repack {
             pack_a_tiles(&a[m0 * k..m1 * k], k, S::MR, &mut scratch);
         }
-        for j in 0..panels {
-            let cols = nr.min(n - j * nr);
-            // SAFETY: the asserts above bound every row, panel and column touched below;
-            // the scratch holds (m1 - m0) * k values when repacked.
-            let panel = packed.as_ptr().add(j * k * nr);
-            let bias_j = bias.as_ptr().add(j * nr);
-            // A panel of one vector's width or less needs half the accumulators per row, so
-            // its tiles take twice the rows (A is then read in place: repacked tiles have MR).
-            let narrow = cols <= S::LANES && !repack;
+        let mut j0 = 0;
+        while j0 < panels {
+            let cols_of = |j: usize| nr.min(n - j * nr);
+            let mut j1 = (j0 + group).min(panels);
+            // A panel of one vector's width or less needs half the accumulators per row, so its
+            // tiles take twice the rows (A is then read in place: repacked tiles have MR); it
+            // runs in a group of its own.
+            let narrow_at = |j: usize| !repack && cols_of(j) <= S::LANES;
+            if j1 - j0 > 1 && narrow_at(j1 - 1) {
+                j1 -= 1;
+            }
+            let narrow = j1 - j0 == 1 && narrow_at(j0);
             let tile_rows = if narrow { 2 * S::MR } else { S::MR };
             let mut i = m0;
             while i < m1 {
                 let rows = tile_rows.min(m1 - i);
+                // SAFETY: the asserts above bound every row, panel and column touched below;
+                // the scratch holds (m1 - m0) * k values when repacked.
                 let tile_a = if repack {
                     ATile::single(scratch.as_ptr().add((i - m0) * k), k, 1, rows)
                 } else {
                     ATile::single(a.as_ptr().add(i * k), k, k, 1)
                 };
-                tile::<S, 1>(
-                    narrow,
-                    rows,
-                    k,
-                    &tile_a,
-                    panel,
-                    bias_j,
-                    cols,
-                    &ctx,
-                    c.as_mut_ptr().add(i * n + j * nr),
-                    n,
-                );
+                for j in j0..j1 {
+                    tile::<S, 1>(
+                        narrow,
+                        rows,
+                        k,
+                        &tile_a,
+                        packed.as_ptr().add(j * k * nr),
+                        bias.as_ptr().add(j * nr),
+                        cols_of(j),
+                        &ctx,
+                        c.as_mut_ptr().add(i * n + j * nr),
+                        n,
+                    );
+                }
                 i += rows;
             }
+            j0 = j1;
         }
     }
     A_TILES.set(scratch);
