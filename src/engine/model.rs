@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::plan::{ConvKind, ConvLayer, Layer, Plan};
 use super::team::{split, Crew, Team};
 use crate::error::{Error, Result};
-use crate::kernels::{AlignedVec, ConvGeometry, GemmShape, KernelSet};
+use crate::kernels::{AlignedVec, Clamp, ConvGeometry, GemmShape, KernelSet};
 
 /// A network bound to the kernels that run it. Immutable and shareable between threads; each
 /// thread brings its own [`Workspace`].
@@ -251,11 +251,7 @@ impl Model {
                                 k: conv.in_c,
                                 n: conv.out_c,
                             };
-                            split(crew, s.m, k.gemm_rows, s.n, &mut dst, &|rows, out| {
-                                let part = GemmShape { m: rows.len(), ..s };
-                                let a = &x[rows.start * s.k..rows.end * s.k];
-                                (k.gemm)(&part, a, packed, &conv.bias, conv.act, out)
-                            })
+                            split_gemm(crew, k, &s, x, packed, &conv.bias, conv.act, &mut dst)
                         }
                     }
                     (h, w, c) = (g.out_h, g.out_w, g.out_c);
@@ -281,7 +277,7 @@ impl Model {
                         n: fc.out_c,
                     };
                     resize(&mut dst, s.m * s.n);
-                    (k.gemm)(&s, x, packed, &fc.bias, fc.act, &mut dst);
+                    split_gemm(crew, k, &s, x, packed, &fc.bias, fc.act, &mut dst);
                     c = fc.out_c;
                 }
             }
@@ -435,6 +431,68 @@ fn split_rows<F>(
             }
         },
     );
+}
+
+/// Runs a GEMM split between the crew: by bands of rows, or, when there are too few rows for
+/// each thread to get two microkernel tiles (a batch-1 FC, the 4x4 maps of small inputs), by
+/// weight panels. Each part then computes its panels' columns, panel by panel, into the caller's
+/// scratch, and they are copied to their place in `c` afterwards. Either way every value is the
+/// same sum in the same order as in an unsplit GEMM.
+#[allow(clippy::too_many_arguments)]
+fn split_gemm(
+    crew: &Crew<'_>,
+    k: &KernelSet,
+    s: &GemmShape,
+    a: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    act: Clamp,
+    c: &mut [f32],
+) {
+    let few_rows = s.m < 2 * k.gemm_rows * crew.parts();
+    let nr = match k.gemm_panel_cols {
+        Some(nr) if crew.parts() > 1 && few_rows && s.n > nr => nr,
+        _ => {
+            return split(crew, s.m, k.gemm_rows, s.n, c, &|rows, out| {
+                let part = GemmShape {
+                    m: rows.len(),
+                    ..*s
+                };
+                (k.gemm)(
+                    &part,
+                    &a[rows.start * s.k..rows.end * s.k],
+                    packed,
+                    bias,
+                    act,
+                    out,
+                )
+            })
+        }
+    };
+    let panels = s.n.div_ceil(nr);
+    let cols = |j: usize| nr.min(s.n - j * nr);
+    let mut blocks = COLUMN_BLOCKS.take();
+    resize(&mut blocks, panels * s.m * nr);
+    split(crew, panels, 1, s.m * nr, &mut blocks, &|range, out| {
+        for (j, block) in range.zip(out.chunks_exact_mut(s.m * nr)) {
+            let part = GemmShape { n: cols(j), ..*s };
+            let weights = &packed[j * s.k * nr..(j + 1) * s.k * nr];
+            let bias = &bias[j * nr..j * nr + part.n];
+            (k.gemm)(&part, a, weights, bias, act, &mut block[..s.m * part.n]);
+        }
+    });
+    for (j, block) in blocks.chunks_exact(s.m * nr).enumerate() {
+        let n = cols(j);
+        for (row, values) in block[..s.m * n].chunks_exact(n).enumerate() {
+            c[row * s.n + j * nr..][..n].copy_from_slice(values);
+        }
+    }
+    COLUMN_BLOCKS.set(blocks);
+}
+
+thread_local! {
+    /// The calling thread's scratch for the column blocks of [`split_gemm`].
+    static COLUMN_BLOCKS: std::cell::Cell<AlignedVec> = const { std::cell::Cell::new(AlignedVec::new()) };
 }
 
 /// Sets the length of an activation buffer that a kernel then overwrites whole; capacity is

@@ -238,6 +238,9 @@ pub struct KernelSet {
     /// Rows of the GEMM microkernel: a GEMM split between threads is split at multiples of it,
     /// so that no thread gets a partial tile it could have shared.
     pub gemm_rows: usize,
+    /// Columns per panel of the packed GEMM weights, whose panels lie one after the other: a GEMM
+    /// can then be split between threads by panels. `None` for a layout that is not in panels.
+    pub gemm_panel_cols: Option<usize>,
     /// Global average pooling.
     pub global_avg_pool: GlobalAvgPoolFn,
 }
@@ -260,6 +263,7 @@ impl KernelSet {
             gemm: generic::gemm,
             pack_gemm_b: generic::pack_gemm_b,
             gemm_rows: 1,
+            gemm_panel_cols: None,
             global_avg_pool: generic::global_avg_pool,
         }
     }
@@ -287,6 +291,7 @@ impl KernelSet {
                 gemm: x86_64::avx2::gemm,
                 pack_gemm_b: x86_64::avx2::pack_gemm_b,
                 gemm_rows: x86_64::avx2::GEMM_ROWS,
+                gemm_panel_cols: Some(x86_64::avx2::GEMM_PANEL_COLS),
                 ..scalar
             },
             #[cfg(target_arch = "x86_64")]
@@ -297,6 +302,7 @@ impl KernelSet {
                 gemm: x86_64::avx512::gemm,
                 pack_gemm_b: x86_64::avx512::pack_gemm_b,
                 gemm_rows: x86_64::avx512::GEMM_ROWS,
+                gemm_panel_cols: Some(x86_64::avx512::GEMM_PANEL_COLS),
                 ..scalar
             },
             #[cfg(not(target_arch = "x86_64"))]

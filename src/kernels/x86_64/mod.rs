@@ -8,6 +8,9 @@ macro_rules! entry_points {
         /// Rows of this tier's GEMM microkernel.
         pub const GEMM_ROWS: usize = <$simd as $crate::kernels::simd::Simd>::MR;
 
+        /// Columns per panel of this tier's packed GEMM weights.
+        pub const GEMM_PANEL_COLS: usize = $crate::kernels::simd::panel_width::<$simd>();
+
         /// Measures this tier's FMA peak on one core: `(flops, seconds)` of a register-only loop.
         pub fn fma_peak(iters: usize) -> (usize, f64) {
             assert!(
