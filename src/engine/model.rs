@@ -190,7 +190,9 @@ impl Model {
     ) -> Result<()> {
         self.check_input(input, batch, h, w)?;
         let k = &self.kernels;
-        let (mut src, mut dst) = (std::mem::take(&mut ws.front), std::mem::take(&mut ws.back));
+        // Borrowed, not taken out: a panicking kernel leaves the workspace (and the memory it
+        // made resident) in place for the next run.
+        let (mut src, mut dst) = (&mut ws.front, &mut ws.back);
         let (mut h, mut w, mut c) = (h, w, self.plan.in_c);
         let mut result = Ok(());
         let mut fused_with_previous = false;
@@ -200,7 +202,7 @@ impl Model {
             }
             let started = times.as_ref().map(|_| Instant::now());
             // The first layer reads the caller's input in place: no copy into the workspace.
-            let x: &[f32] = if i == 0 { input } else { &src };
+            let x: &[f32] = if i == 0 { input } else { src };
             match layer {
                 Layer::Conv(conv) => {
                     let g = match conv.geometry(batch, h, w) {
@@ -219,11 +221,11 @@ impl Model {
                                 k: g.out_c,
                                 n: pw.out_c,
                             };
-                            resize(&mut dst, s.m * s.n);
+                            resize(dst, s.m * s.n);
                             // Rows of the depthwise output per band: about FUSED_BAND_VALUES.
                             let band = (FUSED_BAND_VALUES / g.output_row_len().max(1)).max(1);
                             let row_len = g.out_w * s.n;
-                            split_rows(crew, &g, x, &mut dst, row_len, band, &|g, x, out| {
+                            split_rows(crew, &g, x, dst, row_len, band, &|g, x, out| {
                                 fused_band(k, g, x, (conv, packed), (pw, pw_packed), out)
                             });
                             (h, w, c) = (g.out_h, g.out_w, pw.out_c);
@@ -232,16 +234,16 @@ impl Model {
                             continue;
                         }
                     }
-                    resize(&mut dst, g.output_len());
+                    resize(dst, g.output_len());
                     let row_len = g.output_row_len();
                     match conv.kind {
                         ConvKind::Dense => {
-                            split_rows(crew, &g, x, &mut dst, row_len, usize::MAX, &|g, x, out| {
+                            split_rows(crew, &g, x, dst, row_len, usize::MAX, &|g, x, out| {
                                 (k.dense_conv)(g, x, packed, &conv.bias, conv.act, out)
                             })
                         }
                         ConvKind::Depthwise => {
-                            split_rows(crew, &g, x, &mut dst, row_len, usize::MAX, &|g, x, out| {
+                            split_rows(crew, &g, x, dst, row_len, usize::MAX, &|g, x, out| {
                                 (k.depthwise)(g, x, packed, &conv.bias, conv.act, out)
                             })
                         }
@@ -251,7 +253,7 @@ impl Model {
                                 k: conv.in_c,
                                 n: conv.out_c,
                             };
-                            split_gemm(crew, k, &s, x, packed, &conv.bias, conv.act, &mut dst)
+                            split_gemm(crew, k, &s, x, packed, &conv.bias, conv.act, dst)
                         }
                     }
                     (h, w, c) = (g.out_h, g.out_w, g.out_c);
@@ -266,8 +268,8 @@ impl Model {
                             break;
                         }
                     }
-                    resize(&mut dst, batch * c);
-                    (k.global_avg_pool)(batch, h * w, c, x, &mut dst);
+                    resize(dst, batch * c);
+                    (k.global_avg_pool)(batch, h * w, c, x, dst);
                     (h, w) = (1, 1);
                 }
                 Layer::Fc(fc) => {
@@ -276,8 +278,8 @@ impl Model {
                         k: fc.in_c,
                         n: fc.out_c,
                     };
-                    resize(&mut dst, s.m * s.n);
-                    split_gemm(crew, k, &s, x, packed, &fc.bias, fc.act, &mut dst);
+                    resize(dst, s.m * s.n);
+                    split_gemm(crew, k, &s, x, packed, &fc.bias, fc.act, dst);
                     c = fc.out_c;
                 }
             }
@@ -291,7 +293,7 @@ impl Model {
             out.extend_from_slice(if self.plan.layers.is_empty() {
                 input
             } else {
-                &src
+                src
             });
             if self.plan.softmax {
                 for row in out.chunks_exact_mut(c) {
@@ -304,8 +306,6 @@ impl Model {
         let capacity = src.capacity().max(dst.capacity());
         src.reserve_total(capacity);
         dst.reserve_total(capacity);
-        ws.front = src;
-        ws.back = dst;
         result
     }
 
