@@ -57,7 +57,8 @@ pub fn resident_vec(len: usize) -> Vec<f32> {
 }
 
 impl Model {
-    /// Binds `plan` to `kernels`, prepacking the GEMM weights into the tier's layout.
+    /// Binds `plan` to `kernels`, prepacking the GEMM weights into the tier's layout and copying
+    /// the depthwise weights into a buffer that starts on a cache line.
     pub fn new(plan: Plan, kernels: KernelSet) -> Self {
         let packed = plan
             .layers
@@ -449,7 +450,8 @@ fn split_gemm(
     act: Clamp,
     c: &mut [f32],
 ) {
-    let few_rows = s.m < 2 * k.gemm_rows * crew.parts();
+    // (An empty GEMM has nothing to split, and no panel blocks to cut.)
+    let few_rows = s.m > 0 && s.m < 2 * k.gemm_rows * crew.parts();
     let nr = match k.gemm_panel_cols {
         Some(nr) if crew.parts() > 1 && few_rows && s.n > nr => nr,
         _ => {
@@ -499,4 +501,42 @@ thread_local! {
 /// kept, so this allocates only while the workspace is still growing.
 fn resize(buf: &mut AlignedVec, len: usize) {
     buf.resize_for_overwrite(len);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_gemm;
+    use crate::engine::team::Team;
+    use crate::kernels::{Clamp, GemmShape, KernelSet};
+
+    /// Every tier's GEMM split by rows or by panels on 2 threads equals the unsplit GEMM, bit for
+    /// bit, from no rows to many; a GEMM without rows writes nothing and does not panic.
+    #[test]
+    fn split_gemms_equal_unsplit_ones() {
+        let team = Team::new(2, "split-gemm-test", || {}).expect("team");
+        for tier in crate::kernels::Tier::supported() {
+            let k = KernelSet::for_tier(tier).expect("tier");
+            for (m, kk, n) in [
+                (0, 4, 40),
+                (1, 16, 100),
+                (5, 3, 33),
+                (30, 8, 70),
+                (100, 5, 20),
+            ] {
+                let value = |i: usize| ((i * 37 % 23) as f32 - 11.0) / 7.0;
+                let a: Vec<f32> = (0..m * kk).map(value).collect();
+                let b: Vec<f32> = (0..kk * n).map(|i| value(i + 5)).collect();
+                let bias: Vec<f32> = (0..n).map(|i| value(i + 9)).collect();
+                let packed = (k.pack_gemm_b)(kk, n, &b);
+                let s = GemmShape { m, k: kk, n };
+                let mut want = vec![0.0; m * n];
+                (k.gemm)(&s, &a, &packed, &bias, Clamp::RELU6, &mut want);
+                let mut got = vec![f32::NAN; m * n];
+                team.install(|crew| {
+                    split_gemm(crew, &k, &s, &a, &packed, &bias, Clamp::RELU6, &mut got)
+                });
+                assert_eq!(got, want, "{tier} {m}x{kk}x{n}");
+            }
+        }
+    }
 }

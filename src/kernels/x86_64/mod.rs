@@ -73,7 +73,8 @@ macro_rules! entry_points {
             $crate::kernels::simd::gemm::<$simd>(s, a, packed, bias, act, c)
         }
 
-        /// Dense convolution as im2col + GEMM, on weights packed by [`pack_gemm_b`]
+        /// Dense convolution as a GEMM over receptive fields (read in place for 3-row kernels,
+        /// through im2col at the padding), on weights packed by [`pack_gemm_b`]
         /// (`kh * kw * in_c` rows, `out_c` columns).
         pub fn dense_conv(
             g: &$crate::kernels::ConvGeometry,
