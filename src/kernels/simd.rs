@@ -195,13 +195,13 @@ fn pack_a_tiles(a: &[f32], k: usize, mr: usize, out: &mut AlignedVec) {
     }
 }
 
-/// Where the microkernel reads A: K is cut into `segments` runs of `segment_len` values; element
-/// (row, q) of segment `s` is at `ptrs[s] + row * row_stride + q * k_stride`. A GEMM has one
-/// segment; the direct stem has one per kernel row, read in place from the image.
+/// Where the microkernel reads A: K is cut into runs of `segment_len` values (as many as the
+/// microkernel's `SEGMENTS`); element (row, q) of segment `s` is at
+/// `ptrs[s] + row * row_stride + q * k_stride`. A GEMM has one segment; the direct stem has one
+/// per kernel row, read in place from the image.
 #[derive(Clone, Copy)]
 struct ATile {
     ptrs: [*const f32; MAX_SEGMENTS],
-    segments: usize,
     segment_len: usize,
     row_stride: usize,
     k_stride: usize,
@@ -216,7 +216,6 @@ impl ATile {
     fn single(ptr: *const f32, k: usize, row_stride: usize, k_stride: usize) -> Self {
         ATile {
             ptrs: [ptr; MAX_SEGMENTS],
-            segments: 1,
             segment_len: k,
             row_stride,
             k_stride,
@@ -286,8 +285,7 @@ unsafe fn micro_narrow<S: Simd, const R: usize, const SEGMENTS: usize>(
     let l = S::LANES;
     let mut acc = [S::zero(); R];
     let (rs, ks) = (a.row_stride, a.k_stride);
-    debug_assert_eq!(a.segments * a.segment_len, k);
-    debug_assert_eq!(a.segments, SEGMENTS);
+    debug_assert_eq!(SEGMENTS * a.segment_len, k);
     // One loop over K that steps to the next segment's pointer at the end of each run. With a
     // loop per segment LLVM stored every tile's accumulators to the stack on each step; in this
     // form only the stem's 23- and 24-row tiles still do (objdump), a cost left for later.
@@ -331,8 +329,7 @@ unsafe fn micro<S: Simd, const R: usize, const SEGMENTS: usize>(
     let l = S::LANES;
     let mut acc = [[S::zero(); 2]; R];
     let (rs, ks) = (a.row_stride, a.k_stride);
-    debug_assert_eq!(a.segments * a.segment_len, k);
-    debug_assert_eq!(a.segments, SEGMENTS);
+    debug_assert_eq!(SEGMENTS * a.segment_len, k);
     // One loop over K, as in `micro_narrow`.
     let (mut seg, mut ap, mut left) = (0, a.ptrs[0], a.segment_len);
     for p in 0..k {
@@ -587,47 +584,41 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
             // SAFETY: the asserts above bound the output row, the weights and the bias; the image
             // rows read are those of `interior_row`, which lie inside the input.
             let out_row = out.as_mut_ptr().add((b * g.out_h + oy) * g.out_w * n);
-            let inside = interior_row(g, oy).filter(|_| direct);
-            let (lo, hi) = match inside {
-                Some(_) => (ox_lo, ox_hi),
-                None => (0, 0),
-            };
-            if let Some(y) = inside.filter(|_| hi > lo) {
+            let interior = interior_row(g, oy).filter(|_| direct && ox_hi > ox_lo);
+            if let Some(y) = interior {
                 let first = input
                     .as_ptr()
-                    .add((b * g.in_h + y) * in_row + (lo * g.stride_w - g.pad_left) * c);
+                    .add((b * g.in_h + y) * in_row + (ox_lo * g.stride_w - g.pad_left) * c);
                 let mut ptrs = [first; MAX_SEGMENTS];
                 for (ky, ptr) in ptrs.iter_mut().enumerate().take(g.kh) {
                     *ptr = first.add(ky * in_row);
                 }
                 let a = ATile {
                     ptrs,
-                    segments: g.kh,
                     segment_len: g.kw * c,
                     row_stride: g.stride_w * c,
                     k_stride: 1,
                 };
                 run_tiles::<S, MAX_SEGMENTS>(
                     &a,
-                    hi - lo,
+                    ox_hi - ox_lo,
                     field,
                     packed,
                     bias,
                     n,
                     &e,
-                    out_row.add(lo * n),
+                    out_row.add(ox_lo * n),
                 );
             }
             // The rest of the row (all of it when the kernel rows reach the padding) via im2col.
-            let edges = if hi > lo {
-                [0..lo, hi..g.out_w]
-            } else {
-                [0..g.out_w, 0..0]
+            let edges = match interior {
+                Some(_) => [0..ox_lo, ox_hi..g.out_w],
+                None => [0..g.out_w, 0..0],
             };
             for pixels in edges.into_iter().filter(|p| !p.is_empty()) {
                 cols.resize_for_overwrite(pixels.len() * field);
                 for (ox, row) in pixels.clone().zip(cols.chunks_exact_mut(field)) {
-                    im2col_pixel(g, input, b, oy, ox, row);
+                    im2col_pixel(g, (ox_lo, ox_hi), input, b, oy, ox, row);
                 }
                 let a = ATile::single(cols.as_ptr(), field, field, 1);
                 let c_first = out_row.add(pixels.start * n);
@@ -665,7 +656,7 @@ unsafe fn run_tiles<S: Simd, const SEGMENTS: usize>(
         while i < rows {
             let r = tile_rows.min(rows - i);
             let mut t = *a;
-            for ptr in &mut t.ptrs[..t.segments] {
+            for ptr in &mut t.ptrs[..SEGMENTS] {
                 *ptr = ptr.add(i * t.row_stride);
             }
             tile::<S, SEGMENTS>(
@@ -686,11 +677,18 @@ unsafe fn run_tiles<S: Simd, const SEGMENTS: usize>(
 }
 
 /// Writes output pixel `(oy, ox)` of image `b`'s receptive field into `row`, zeros for the taps in
-/// the padding.
+/// the padding; `(ox_lo, ox_hi)` are `g`'s [`interior_columns`].
 #[inline(always)]
-fn im2col_pixel(g: &ConvGeometry, input: &[f32], b: usize, oy: usize, ox: usize, row: &mut [f32]) {
+fn im2col_pixel(
+    g: &ConvGeometry,
+    (ox_lo, ox_hi): (usize, usize),
+    input: &[f32],
+    b: usize,
+    oy: usize,
+    ox: usize,
+    row: &mut [f32],
+) {
     let c = g.in_c;
-    let (ox_lo, ox_hi) = interior_columns(g);
     match interior_row(g, oy) {
         Some(y) if (ox_lo..ox_hi).contains(&ox) => {
             // Every tap inside: each kernel row is one run of kw pixels.
