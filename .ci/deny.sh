@@ -14,6 +14,7 @@ if [ "$("$tools/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $version"
   # Built in cargo's own temporary directory: its 300 MB of artefacts are not worth keeping.
   env -u CARGO_TARGET_DIR cargo install --locked --quiet cargo-deny --version "$version" --root "$tools"
 fi
+[ "${SETUP_ONLY:-}" = 1 ] && exit 0  # .ci/run builds it ahead, beside the other builds
 
 checks=(licenses bans sources)
 [ "${DENY_ADVISORIES:-}" = 1 ] && checks+=(advisories)

@@ -21,6 +21,7 @@ target=${CARGO_TARGET_DIR:-target}
 work=$(realpath -m "$target/schemathesis")
 mkdir -p "$work"
 venv_python "$work/venv" tests/schemathesis/requirements.txt >/dev/null
+[ "${SETUP_ONLY:-}" = 1 ] && exit 0  # .ci/run fetches the downloads ahead, while cargo builds
 cargo build --release --locked --quiet
 bin=$(realpath "$target/release/mobilenet-serve")
 
@@ -63,7 +64,7 @@ start_server "$work/server.log" "$bin" --models "$models" serve --variants "$var
 run open "$examples"
 # With an API key, sent on every request: the key path must answer as the document says too.
 # (The document marks the key optional, as it is by default, so schemathesis's ignored_auth check
-# does not expect 401s: tests/auth.rs checks that every protected route refuses a missing or
+# does not expect 401s: tests/integration/auth.rs checks that every protected route refuses a missing or
 # wrong key.)
 key=schemathesis-key-$RANDOM$RANDOM
 API_KEY=$key start_server "$work/server-auth.log" "$bin" --models "$models" serve \

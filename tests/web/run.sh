@@ -19,6 +19,7 @@ if ! command -v chromium >/dev/null; then
 fi
 command -v npm >/dev/null || { echo "Node.js and npm are needed (the machine image has them)"; exit 1; }
 (cd tests/web && npm ci --no-audit --no-fund --silent)
+[ "${SETUP_ONLY:-}" = 1 ] && exit 0  # .ci/run fetches the downloads ahead, while cargo builds
 cargo build --release --locked --quiet
 trap stop_server EXIT
 start_server "$shots/server.log" "$target/release/mobilenet-serve" --models "$models" serve

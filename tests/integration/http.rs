@@ -1,7 +1,7 @@
 //! The HTTP API in-process (the axum app driven without a socket) over two real variants of the
 //! zoo: every input form, routing, errors, batching, overload, deadlines, readiness and metrics.
 
-mod common;
+use crate::common;
 
 use common::serving::{
     config, direct_top1, jpegs, pool, predicted_fastest, service, until_queued, MID, SMALL,

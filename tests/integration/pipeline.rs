@@ -1,7 +1,7 @@
 //! Decoding and preprocessing: every format, orientation, limits and broken input; the resize
 //! compared pixel for pixel with Pillow.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 
@@ -47,7 +47,7 @@ fn our_crop(img: &RgbImage, rho: usize) -> Vec<u8> {
 
 #[test]
 fn resize_and_crop_match_pillow_exactly() {
-    let text = include_str!("fixtures/pillow_resize.txt");
+    let text = include_str!("../fixtures/pillow_resize.txt");
     let mut lines = text.lines();
     let mut cases = 0;
     while let (Some(head), Some(hex)) = (lines.next(), lines.next()) {

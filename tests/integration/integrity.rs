@@ -2,7 +2,7 @@
 //! truncated or missing files fail only their variants; the service starts with the rest and
 //! says what is missing, unless every model is required.
 
-mod common;
+use crate::common;
 
 use common::serving::config;
 

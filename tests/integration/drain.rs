@@ -1,7 +1,7 @@
 //! The server on a real socket: requests over TCP, and a shutdown that drains without losing any
 //! admitted request.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The gRPC API over a real socket with tonic's generated client: classification (unary and
 //! streaming), models, error codes, health following readiness, and reflection.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

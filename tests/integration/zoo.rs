@@ -2,7 +2,7 @@
 //! catalogue rules and the command line. The zoo comes from MODELS_DIR (else ../shared/models);
 //! when it is missing these tests fail with a message, they do not skip.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

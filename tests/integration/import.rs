@@ -1,7 +1,7 @@
 //! The importer on synthetic graphs: every accepted export style must give the same outputs as
 //! tract on the same graph; every refused construct must name its node and op.
 
-mod common;
+use crate::common;
 
 use common::onnx_builder::{Attr, Dim, GraphBuilder};
 use common::random_vec;

@@ -1,7 +1,7 @@
 //! Every kernel tier against a naive implementation written straight from the ONNX definitions
 //! (NCHW, OIHW weights, explicit padding), over random shapes, strides and pads.
 
-mod common;
+use crate::common;
 
 use mobilenet_serve::kernels::{AlignedVec, Clamp, ConvGeometry, GemmShape, KernelSet, Tier};
 use proptest::prelude::*;

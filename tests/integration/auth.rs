@@ -1,7 +1,7 @@
 //! The optional API key over HTTP (every route of the OpenAPI document, answered as described)
 //! and gRPC (our service, the Open Inference Protocol, health).
 
-mod common;
+use crate::common;
 
 use common::openapi::{conforms, document, operations, send};
 use common::serving::{config, grpc_channel, jpegs, pool, serve_http, start_grpc, SMALL};

@@ -3,7 +3,7 @@
 //! with images and with tensors in every encoding, the classification extension, and the error
 //! codes and bodies. Third-party clients (tritonclient, KServe) are in tests/oip/run.sh.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,9 +4,9 @@
 //! multipart, bad queries, oversized and slow bodies. Every answer is the expected status with a
 //! JSON error (or a classification where the input is odd but valid), within a bounded time,
 //! and the server is healthy afterwards. Malformed tensors over the Open Inference Protocol (REST
-//! and gRPC) and bad gRPC requests are in tests/oip.rs and tests/grpc.rs.
+//! and gRPC) and bad gRPC requests are in tests/integration/oip.rs and tests/integration/grpc.rs.
 
-mod common;
+use crate::common;
 
 use common::images::png_claiming;
 use common::serving::{config, jpegs, pool, serve_http, SMALL};

@@ -2,7 +2,7 @@
 //! served and answers what its description says (checked by a small JSON Schema validator), the
 //! examples work, and no route is registered without a description.
 
-mod common;
+use crate::common;
 
 use common::serving::{config, service, SMALL};
 

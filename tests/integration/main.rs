@@ -1,0 +1,20 @@
+//! The integration tests, in one binary: each module is one area of the service. One binary is
+//! linked instead of one per file, which took most of the test build (see `.ci/run`). Tests that
+//! need the process to themselves stay apart: `tests/alloc.rs` (a counting global allocator) and
+//! `tests/tracing.rs` (a global subscriber).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod auth;
+mod bad_input;
+mod drain;
+mod grpc;
+mod http;
+mod import;
+mod integrity;
+mod kernels;
+mod oip;
+mod openapi;
+mod pipeline;
+mod zoo;
