@@ -3,7 +3,7 @@
 //! tier's `#[target_feature]` entry point, so it gets that tier's instructions.
 //!
 //! GEMM: the driver owns blocking and edges, the microkernel owns the hot loop. Weights are
-//! prepacked into panels of `2 * LANES` columns (`[panel][k][2 * LANES]`, zero-padded), so the
+//! prepacked into panels of `NV * LANES` columns (`[panel][k][NV * LANES]`, zero-padded), so the
 //! microkernel reads them contiguously; activations are read in place, one broadcast per row.
 
 use super::aligned::AlignedVec;
@@ -20,8 +20,14 @@ pub(crate) trait Simd {
     type V: Copy;
     /// f32 lanes per register.
     const LANES: usize;
-    /// Rows of the GEMM microkernel (bounded by the register file; at most 12).
+    /// Rows of the GEMM microkernel's full-width tile.
     const MR: usize;
+    /// Vectors per weight panel (1 to 4): the full-width tile keeps `MR * NV` accumulators,
+    /// which with `NV` weight vectors and a broadcast must fit in the register file.
+    const NV: usize;
+    /// Whether the GEMM copies each block of A into tiles of `MR` rows (`[k][MR]`) before the
+    /// microkernel runs on it, rather than reading A in place (see the tiers for what measured).
+    const REPACK_A: bool;
 
     unsafe fn zero() -> Self::V;
     unsafe fn splat(x: f32) -> Self::V;
@@ -61,7 +67,15 @@ unsafe fn store_n<S: Simd>(p: *mut f32, v: S::V, n: usize) {
 /// Columns per packed weight panel.
 #[inline(always)]
 pub(crate) const fn panel_width<S: Simd>() -> usize {
-    2 * S::LANES
+    S::NV * S::LANES
+}
+
+/// Rows of the microkernel's tile for a panel with `cols` columns: a panel whose last vectors
+/// are all padding leaves their accumulators free for more rows, so every tile keeps
+/// `MR * NV` accumulators (6 x 4, 8 x 3, 12 x 2 or 24 x 1 vectors on AVX-512).
+#[inline(always)]
+fn tile_rows<S: Simd>(cols: usize) -> usize {
+    S::MR * S::NV / cols.div_ceil(S::LANES).clamp(1, S::NV)
 }
 
 /// Packs row-major `b` (`k x n`) into panels of `nr` columns: `[panel][k][nr]`, zero-padded.
@@ -107,18 +121,20 @@ pub(crate) unsafe fn gemm<S: Simd>(
     );
     assert_eq!(bias.len(), n, "gemm bias length");
     assert_eq!(c.len(), m * n, "gemm c length");
-    let rows_per_block = (L2_BLOCK_BYTES / (k.max(1) * 4)).max(S::MR) / S::MR * S::MR;
+    // A multiple of every tile's rows, so that only a block's last tile is short.
+    let all_tiles = S::MR * S::NV;
+    let rows_per_block = (L2_BLOCK_BYTES / (k.max(1) * 4)).max(all_tiles) / all_tiles * all_tiles;
     let ctx = Epilogue {
         lo: S::splat(act.lo),
         hi: S::splat(act.hi),
     };
     let panels = n.div_ceil(nr);
-    // Repacking a block of A into row tiles ([tile][k][rows]) makes the microkernel's broadcasts
-    // one sequential stream; it pays off once the block is reused by a few weight panels.
-    let repack = panels >= 3;
+    let cols_of = |j: usize| nr.min(n - j * nr);
     // Weight panels a tile of A meets before the next tile: as many as fit in L1 together, so
     // the A block is swept once per group rather than once per panel.
     let group = (L1_PANEL_BYTES / (k.max(1) * nr * 4)).clamp(1, panels.max(1));
+    // A repacked block pays for its copy once a few weight panels reuse it.
+    let repack = S::REPACK_A && panels >= 3;
     // Taken out of the thread-local rather than used in a closure: a closure would not inherit
     // the caller's target features, and the SIMD code inside it would not be inlined.
     let mut scratch = A_TILES.take();
@@ -129,20 +145,22 @@ pub(crate) unsafe fn gemm<S: Simd>(
         }
         let mut j0 = 0;
         while j0 < panels {
-            let cols_of = |j: usize| nr.min(n - j * nr);
             let mut j1 = (j0 + group).min(panels);
-            // A panel of one vector's width or less needs half the accumulators per row, so its
-            // tiles take twice the rows (A is then read in place: repacked tiles have MR); it
-            // runs in a group of its own.
-            let narrow_at = |j: usize| !repack && cols_of(j) <= S::LANES;
-            if j1 - j0 > 1 && narrow_at(j1 - 1) {
+            // A partial last panel has taller tiles (see `tile_rows`) unless A is in tiles of
+            // `MR` rows: it then runs in a group of its own.
+            let rows_of = |j: usize| {
+                if repack {
+                    S::MR
+                } else {
+                    tile_rows::<S>(cols_of(j))
+                }
+            };
+            if j1 - j0 > 1 && rows_of(j1 - 1) != rows_of(j0) {
                 j1 -= 1;
             }
-            let narrow = j1 - j0 == 1 && narrow_at(j0);
-            let tile_rows = if narrow { 2 * S::MR } else { S::MR };
             let mut i = m0;
             while i < m1 {
-                let rows = tile_rows.min(m1 - i);
+                let rows = rows_of(j0).min(m1 - i);
                 // SAFETY: the asserts above bound every row, panel and column touched below;
                 // the scratch holds (m1 - m0) * k values when repacked.
                 let tile_a = if repack {
@@ -152,7 +170,6 @@ pub(crate) unsafe fn gemm<S: Simd>(
                 };
                 for j in j0..j1 {
                     tile::<S, 1>(
-                        narrow,
                         rows,
                         k,
                         &tile_a,
@@ -228,12 +245,11 @@ struct Epilogue<V> {
     hi: V,
 }
 
-/// Dispatches a tile to the microkernel specialised for its row count: up to `MR` rows, or up to
-/// `2 * MR` rows of a `narrow` panel (at most one vector of columns).
+/// Dispatches a tile to the microkernel specialised for its row count and the vectors of
+/// columns in use in its panel (`rows <= tile_rows(cols)`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<S: Simd, const SEGMENTS: usize>(
-    narrow: bool,
     rows: usize,
     k: usize,
     a: &ATile,
@@ -244,35 +260,30 @@ unsafe fn tile<S: Simd, const SEGMENTS: usize>(
     c: *mut f32,
     ldc: usize,
 ) {
+    debug_assert!(rows <= tile_rows::<S>(cols));
     macro_rules! rows {
-        ($($r:literal)*) => {
+        ($vectors:literal: $($r:literal)*) => {
             match rows {
-                $($r => micro::<S, $r, SEGMENTS>(k, a, panel, bias, cols, e, c, ldc),)*
-                _ => unreachable!("tile rows {rows} > MR"),
+                $($r => micro::<S, $r, $vectors, SEGMENTS>(k, a, panel, bias, cols, e, c, ldc),)*
+                _ => unreachable!("{rows} rows of {} vectors", $vectors),
             }
         };
     }
-    macro_rules! narrow_rows {
-        ($($r:literal)*) => {
-            match rows {
-                $($r => micro_narrow::<S, $r, SEGMENTS>(k, a, panel, bias, cols, e, c, ldc),)*
-                _ => unreachable!("narrow tile rows {rows} > 2 MR"),
-            }
-        };
-    }
-    if narrow {
-        narrow_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
-    } else {
-        rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+    match cols.div_ceil(S::LANES) {
+        1 => rows!(1: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24),
+        2 => rows!(2: 1 2 3 4 5 6 7 8 9 10 11 12),
+        3 => rows!(3: 1 2 3 4 5 6 7 8),
+        4 => rows!(4: 1 2 3 4 5 6),
+        v => unreachable!("a panel of {v} vectors"),
     }
 }
 
-/// The microkernel for a panel with at most one vector of columns in use: `R` rows x `LANES`
-/// columns (the panel's second vector, all padding, is not read), then bias, clamp and a
-/// (partial) store. The sums run in the same order as [`micro`]'s.
+/// The microkernel: `R` rows x `V` vectors of columns of `c` (the panel's vectors in use; its
+/// all-padding vectors are not read), accumulated over all of `k` in registers, then bias,
+/// clamp and a (partial) store.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_narrow<S: Simd, const R: usize, const SEGMENTS: usize>(
+unsafe fn micro<S: Simd, const R: usize, const V: usize, const SEGMENTS: usize>(
     k: usize,
     a: &ATile,
     panel: *const f32,
@@ -282,63 +293,28 @@ unsafe fn micro_narrow<S: Simd, const R: usize, const SEGMENTS: usize>(
     c: *mut f32,
     ldc: usize,
 ) {
-    let l = S::LANES;
-    let mut acc = [S::zero(); R];
+    // Shapes that would not fit the tier's registers are never dispatched (`tile_rows`); the
+    // constant test leaves their instances empty.
+    if V > S::NV || R * V > S::MR * S::NV {
+        unreachable!("a {R} x {V} tile on a tier of {} x {}", S::MR, S::NV);
+    }
+    let (l, nr) = (S::LANES, panel_width::<S>());
+    let mut acc = [[S::zero(); V]; R];
     let (rs, ks) = (a.row_stride, a.k_stride);
     debug_assert_eq!(SEGMENTS * a.segment_len, k);
-    // One loop over K that steps to the next segment's pointer at the end of each run. With a
-    // loop per segment LLVM stored every tile's accumulators to the stack on each step; in this
-    // form only the stem's 23- and 24-row tiles still do (objdump), a cost left for later.
+    // One loop over K that steps to the next segment's pointer at the end of each run: with a
+    // loop per segment LLVM stored the accumulators to the stack on every step.
     let (mut seg, mut ap, mut left) = (0, a.ptrs[0], a.segment_len);
     for p in 0..k {
-        let b0 = S::load(panel.add(p * 2 * l));
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            *acc_r = S::fmadd(S::splat(*ap.add(r * rs)), b0, *acc_r);
+        let mut b = [S::zero(); V];
+        for (v, bv) in b.iter_mut().enumerate() {
+            *bv = S::load(panel.add(p * nr + v * l));
         }
-        ap = ap.add(ks);
-        left -= 1;
-        if SEGMENTS > 1 && left == 0 && seg + 1 < SEGMENTS {
-            seg += 1;
-            (ap, left) = (a.ptrs[seg], a.segment_len);
-        }
-    }
-    let bias0 = load_n::<S>(bias, cols);
-    for (r, acc_r) in acc.iter().enumerate() {
-        store_n::<S>(
-            c.add(r * ldc),
-            S::clamp(S::add(*acc_r, bias0), e.lo, e.hi),
-            cols,
-        );
-    }
-}
-
-/// The microkernel: `R` rows x `2 * LANES` columns of `c`, accumulated over all of `k` in
-/// registers, then bias, clamp and a (partial) store.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro<S: Simd, const R: usize, const SEGMENTS: usize>(
-    k: usize,
-    a: &ATile,
-    panel: *const f32,
-    bias: *const f32,
-    cols: usize,
-    e: &Epilogue<S::V>,
-    c: *mut f32,
-    ldc: usize,
-) {
-    let l = S::LANES;
-    let mut acc = [[S::zero(); 2]; R];
-    let (rs, ks) = (a.row_stride, a.k_stride);
-    debug_assert_eq!(SEGMENTS * a.segment_len, k);
-    // One loop over K, as in `micro_narrow`.
-    let (mut seg, mut ap, mut left) = (0, a.ptrs[0], a.segment_len);
-    for p in 0..k {
-        let b0 = S::load(panel.add(p * 2 * l));
-        let b1 = S::load(panel.add(p * 2 * l + l));
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let av = S::splat(*ap.add(r * rs));
-            acc_r[0] = S::fmadd(av, b0, acc_r[0]);
-            acc_r[1] = S::fmadd(av, b1, acc_r[1]);
+            for (acc_rv, bv) in acc_r.iter_mut().zip(&b) {
+                *acc_rv = S::fmadd(av, *bv, *acc_rv);
+            }
         }
         ap = ap.add(ks);
         left -= 1;
@@ -347,22 +323,13 @@ unsafe fn micro<S: Simd, const R: usize, const SEGMENTS: usize>(
             (ap, left) = (a.ptrs[seg], a.segment_len);
         }
     }
-    let (n0, n1) = (cols.min(l), cols.saturating_sub(l));
-    let bias0 = load_n::<S>(bias, n0);
-    let bias1 = if n1 > 0 {
-        load_n::<S>(bias.add(l), n1)
-    } else {
-        S::zero()
-    };
-    for (r, acc_r) in acc.iter().enumerate() {
-        let row = c.add(r * ldc);
-        store_n::<S>(row, S::clamp(S::add(acc_r[0], bias0), e.lo, e.hi), n0);
-        if n1 > 0 {
-            store_n::<S>(
-                row.add(l),
-                S::clamp(S::add(acc_r[1], bias1), e.lo, e.hi),
-                n1,
-            );
+    // Every vector below V holds at least one column (V = cols / LANES rounded up).
+    for v in 0..V {
+        let n = (cols - v * l).min(l);
+        let bias_v = load_n::<S>(bias.add(v * l), n);
+        for (r, acc_r) in acc.iter().enumerate() {
+            let x = S::clamp(S::add(acc_r[v], bias_v), e.lo, e.hi);
+            store_n::<S>(c.add(r * ldc + v * l), x, n);
         }
     }
 }
@@ -650,17 +617,14 @@ unsafe fn run_tiles<S: Simd, const SEGMENTS: usize>(
     let nr = panel_width::<S>();
     for j in 0..n.div_ceil(nr) {
         let cols = nr.min(n - j * nr);
-        let narrow = cols <= S::LANES;
-        let tile_rows = if narrow { 2 * S::MR } else { S::MR };
         let mut i = 0;
         while i < rows {
-            let r = tile_rows.min(rows - i);
+            let r = tile_rows::<S>(cols).min(rows - i);
             let mut t = *a;
             for ptr in &mut t.ptrs[..SEGMENTS] {
                 *ptr = ptr.add(i * t.row_stride);
             }
             tile::<S, SEGMENTS>(
-                narrow,
                 r,
                 k,
                 &t,
