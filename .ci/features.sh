@@ -11,7 +11,7 @@ resolve() {
   cargo tree --locked --prefix none --format '{p} [{f}]' --target "$host" -e "$1" |
     sed 's/ (\*)$//' | sort -u
 }
-drift=$(comm -23 <(resolve normal) <(resolve normal,dev))
+drift=$(comm -23 <(resolve normal,build) <(resolve normal,build,dev))
 if [ -n "$drift" ]; then
   echo "cargo test builds these crates with other features than cargo build does:"
   echo "$drift"

@@ -434,8 +434,13 @@ fn split_rows<F>(
     );
 }
 
-/// Runs a GEMM split between the crew: by bands of rows, or, when there are too few rows for
-/// each thread to get two microkernel tiles (a batch-1 FC, the 4x4 maps of small inputs), by
+/// Below this many rows per thread a GEMM is split by weight panels rather than rows: each
+/// thread then streams half the weights instead of all of them. It was measured as two tiles of
+/// the former 12-row AVX-512 microkernel, and kept when the tiles became 6 rows.
+const FEW_ROWS_PER_PART: usize = 24;
+
+/// Runs a GEMM split between the crew: by bands of rows, or, with fewer than
+/// [`FEW_ROWS_PER_PART`] rows per thread (a batch-1 FC, the 4x4 maps of small inputs), by
 /// weight panels. Each part then computes its panels' columns, panel by panel, into the caller's
 /// scratch, and they are copied to their place in `c` afterwards. Either way every value is the
 /// same sum in the same order as in an unsplit GEMM.
@@ -451,7 +456,7 @@ fn split_gemm(
     c: &mut [f32],
 ) {
     // (An empty GEMM has nothing to split, and no panel blocks to cut.)
-    let few_rows = s.m > 0 && s.m < 2 * k.gemm_rows * crew.parts();
+    let few_rows = s.m > 0 && s.m < FEW_ROWS_PER_PART * crew.parts();
     let nr = match k.gemm_panel_cols {
         Some(nr) if crew.parts() > 1 && few_rows && s.n > nr => nr,
         _ => {

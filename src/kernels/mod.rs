@@ -235,8 +235,8 @@ pub struct KernelSet {
     pub gemm: GemmFn,
     /// The GEMM weight packing of this tier.
     pub pack_gemm_b: PackFn,
-    /// Rows of the GEMM microkernel: a GEMM split between threads by rows is split at multiples
-    /// of it, so that no thread gets a partial tile it could have shared.
+    /// Rows of the GEMM microkernel's full-width tile: a GEMM split between threads by rows is
+    /// split at multiples of it, so that no thread gets a partial tile it could have shared.
     pub gemm_rows: usize,
     /// Columns per panel of the packed GEMM weights, whose panels lie one after the other: a GEMM
     /// can then be split between threads by panels. `None` for a layout that is not in panels.

@@ -4,7 +4,8 @@
 //!
 //! GEMM: the driver owns blocking and edges, the microkernel owns the hot loop. Weights are
 //! prepacked into panels of `NV * LANES` columns (`[panel][k][NV * LANES]`, zero-padded), so the
-//! microkernel reads them contiguously; activations are read in place, one broadcast per row.
+//! microkernel reads them contiguously; activations are broadcast one value per row, read in
+//! place or from blocks repacked into tiles, as the tier chose (`Simd::REPACK_A`).
 
 use super::aligned::AlignedVec;
 use super::generic::tap;
@@ -146,8 +147,8 @@ pub(crate) unsafe fn gemm<S: Simd>(
         let mut j0 = 0;
         while j0 < panels {
             let mut j1 = (j0 + group).min(panels);
-            // A partial last panel has taller tiles (see `tile_rows`) unless A is in tiles of
-            // `MR` rows: it then runs in a group of its own.
+            // Tiles are `MR` rows on repacked A; read in place, a partial last panel's are taller
+            // (see `tile_rows`), and it then runs in a group of its own.
             let rows_of = |j: usize| {
                 if repack {
                     S::MR

@@ -8,6 +8,19 @@ macro_rules! entry_points {
         /// Rows of this tier's GEMM microkernel.
         pub const GEMM_ROWS: usize = <$simd as $crate::kernels::simd::Simd>::MR;
 
+        // The microkernel's dispatch has tiles of up to 24 rows of one vector, 12 of two, 8 of
+        // three and 6 of four: a tier fits them when it keeps at most 24 accumulators.
+        const _: () = {
+            let (mr, nv) = (
+                <$simd as $crate::kernels::simd::Simd>::MR,
+                <$simd as $crate::kernels::simd::Simd>::NV,
+            );
+            assert!(
+                nv >= 1 && nv <= 4 && mr * nv <= 24,
+                "tile shape outside the dispatch"
+            );
+        };
+
         /// Columns per panel of this tier's packed GEMM weights.
         pub const GEMM_PANEL_COLS: usize = $crate::kernels::simd::panel_width::<$simd>();
 
