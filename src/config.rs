@@ -303,7 +303,7 @@ pub struct BenchArgs {
     /// as the service's engine threads do; img/s is then their combined throughput.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub streams: u16,
-    /// Also time tract on the same files (batch 1, alternating with ours) and print the ratio.
+    /// Also time tract on the same files (batch 1, after ours) and print the ratio.
     #[arg(long)]
     pub tract: bool,
     /// Also print where the time goes per layer type, next to the paper's Table 2.

@@ -2,7 +2,7 @@
 
 For every selected variant of the model zoo (manifest.json) and every round, this runs
   ours + tract  one `mobilenet-serve bench --json --threads T,...` subprocess (tract only at batch 1
-                and single-threaded; our binary alternates the two itself), then
+                and single-threaded; our binary times ours, then tract), then
   ORT           in-process on random input of the same shape [N, 3, rho, rho], per thread count
                 and batch size: 2 warm-up runs, then --iters runs timed with time.perf_counter
                 around session.run,
