@@ -138,6 +138,15 @@ pub(crate) unsafe fn gemm<S: Simd>(
     let repack = S::REPACK_A && panels >= 3;
     // Taken out of the thread-local rather than used in a closure: a closure would not inherit
     // the caller's target features, and the SIMD code inside it would not be inlined.
+    // Tiles are `MR` rows on repacked A; read in place, a partial last panel's are taller (see
+    // `tile_rows`), and it then runs in a group of its own.
+    let rows_of = |j: usize| {
+        if repack {
+            S::MR
+        } else {
+            tile_rows::<S>(cols_of(j))
+        }
+    };
     let mut scratch = A_TILES.take();
     for m0 in (0..m).step_by(rows_per_block) {
         let m1 = (m0 + rows_per_block).min(m);
@@ -147,15 +156,6 @@ pub(crate) unsafe fn gemm<S: Simd>(
         let mut j0 = 0;
         while j0 < panels {
             let mut j1 = (j0 + group).min(panels);
-            // Tiles are `MR` rows on repacked A; read in place, a partial last panel's are taller
-            // (see `tile_rows`), and it then runs in a group of its own.
-            let rows_of = |j: usize| {
-                if repack {
-                    S::MR
-                } else {
-                    tile_rows::<S>(cols_of(j))
-                }
-            };
             if j1 - j0 > 1 && rows_of(j1 - 1) != rows_of(j0) {
                 j1 -= 1;
             }

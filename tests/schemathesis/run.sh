@@ -64,8 +64,8 @@ start_server "$work/server.log" "$bin" --models "$models" serve --variants "$var
 run open "$examples"
 # With an API key, sent on every request: the key path must answer as the document says too.
 # (The document marks the key optional, as it is by default, so schemathesis's ignored_auth check
-# does not expect 401s: tests/integration/auth.rs checks that every protected route refuses a missing or
-# wrong key.)
+# does not expect 401s: tests/integration/auth.rs checks that every protected route refuses a
+# missing or wrong key.)
 key=schemathesis-key-$RANDOM$RANDOM
 API_KEY=$key start_server "$work/server-auth.log" "$bin" --models "$models" serve \
   --variants "$variants"
