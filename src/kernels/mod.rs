@@ -5,6 +5,7 @@
 //! by the importer with the output channel fastest, so every inner loop is contiguous.
 
 pub mod aligned;
+pub mod cache;
 pub mod generic;
 pub(crate) mod simd;
 #[cfg(target_arch = "x86_64")]
