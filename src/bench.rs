@@ -340,17 +340,20 @@ fn print_layers(v: &Variant, team: &Team) -> Result<()> {
     // disturbed, which a mean of a few runs is not.
     v.model
         .run_profiled(team, &mut ws, &input, 1, r, r, &mut out)?;
-    let mut totals = vec![Duration::MAX; plan.layers.len()];
+    let mut fastest = vec![Duration::MAX; plan.layers.len()];
     for _ in 0..LAYER_RUNS {
         let t = v
             .model
             .run_profiled(team, &mut ws, &input, 1, r, r, &mut out)?;
-        totals.iter_mut().zip(t).for_each(|(a, b)| *a = (*a).min(b));
+        fastest
+            .iter_mut()
+            .zip(t)
+            .for_each(|(a, b)| *a = (*a).min(b));
     }
     // Shares per group: [mult-adds, params, seconds]; pool is counted apart.
     let mut groups: HashMap<&str, [f64; 3]> = HashMap::new();
     let macs = plan.layer_mult_adds(r, r)?;
-    for ((layer, time), &macs) in plan.layers.iter().zip(&totals).zip(&macs) {
+    for ((layer, time), &macs) in plan.layers.iter().zip(&fastest).zip(&macs) {
         let e = groups.entry(layer_group(layer)).or_default();
         e[0] += macs as f64;
         e[1] += layer.params() as f64;
@@ -394,19 +397,22 @@ fn print_layers(v: &Variant, team: &Team) -> Result<()> {
         "  {:>5} {:<10} {:>6} {:>6} {:>9} {:>10} {:>8}",
         "layer", "type", "in", "out", "output", "ms", "GFLOP/s"
     );
-    let (mut h, mut w) = (r, r);
-    for (i, ((layer, time), macs)) in plan.layers.iter().zip(&totals).zip(&macs).enumerate() {
+    let (mut h, mut w, mut c) = (r, r, plan.in_c);
+    for (i, ((layer, time), macs)) in plan.layers.iter().zip(&fastest).zip(&macs).enumerate() {
         let (in_c, out_c) = match layer {
-            Layer::Conv(c) => {
-                let g = c.geometry(1, h, w)?;
-                (h, w) = (g.out_h, g.out_w);
-                (c.in_c.to_string(), c.out_c.to_string())
+            Layer::Conv(conv) => {
+                let g = conv.geometry(1, h, w)?;
+                (h, w, c) = (g.out_h, g.out_w, g.out_c);
+                (conv.in_c, conv.out_c)
             }
             Layer::GlobalAvgPool { .. } => {
                 (h, w) = (1, 1);
-                ("-".into(), "-".into())
+                (c, c)
             }
-            Layer::Fc(f) => (f.in_c.to_string(), f.out_c.to_string()),
+            Layer::Fc(f) => {
+                c = f.out_c;
+                (f.in_c, f.out_c)
+            }
         };
         let secs = time.as_secs_f64().max(f64::MIN_POSITIVE);
         println!(

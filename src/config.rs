@@ -306,7 +306,8 @@ pub struct BenchArgs {
     /// Also time tract on the same files (batch 1, after ours) and print the ratio.
     #[arg(long)]
     pub tract: bool,
-    /// Also print where the time goes per layer type, next to the paper's Table 2.
+    /// Also print where the time goes per layer type, next to the paper's Table 2, then each
+    /// layer's ms and GFLOP/s (each layer's fastest of 20 single-image runs).
     #[arg(long)]
     pub layers: bool,
     /// Write the results as JSON here.

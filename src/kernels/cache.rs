@@ -16,8 +16,9 @@ pub struct CacheSizes {
 }
 
 impl CacheSizes {
-    /// Used where the OS does not say: the smaller of the x86 cores we run on (Zen 3), so that
-    /// blocks fit whatever the real sizes are.
+    /// Used where the OS does not say, or says something implausible: the smaller of the x86
+    /// cores we have run on (Zen 3). Smaller caches exist (256 KiB of L2 on Skylake clients);
+    /// there blocks overflow to the next level, which costs speed, not correctness.
     pub const FALLBACK: CacheSizes = CacheSizes {
         l1d: 32 * 1024,
         l2: 512 * 1024,
@@ -33,7 +34,7 @@ impl CacheSizes {
     }
 
     /// Reads `index*/{level,type,size}` under `dir` (Linux's layout); `None` unless both an L1
-    /// data (or unified) cache and an L2 are listed with sizes.
+    /// data (or unified) cache and an L2 are listed with plausible sizes.
     pub fn from_sysfs(dir: &Path) -> Option<CacheSizes> {
         let (mut l1d, mut l2) = (None, None);
         for entry in std::fs::read_dir(dir).ok()?.flatten() {
@@ -51,7 +52,11 @@ impl CacheSizes {
                 _ => {}
             }
         }
-        Some(CacheSizes { l1d: l1d?, l2: l2? })
+        let sizes = CacheSizes { l1d: l1d?, l2: l2? };
+        // A VM may report anything; blocks cut to nonsense would only be slow, but say no.
+        let plausible = (4 * 1024..=4 * 1024 * 1024).contains(&sizes.l1d)
+            && (sizes.l1d..=1024 * 1024 * 1024).contains(&sizes.l2);
+        plausible.then_some(sizes)
     }
 }
 
@@ -115,6 +120,9 @@ mod tests {
                 l2: 2 * 1024 * 1024
             })
         );
+        // An L2 smaller than the L1 is not believed.
+        write_cache(&dir, 2, "2", "Unified", "16K");
+        assert_eq!(CacheSizes::from_sysfs(&dir), None);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(CacheSizes::from_sysfs(&dir), None);
     }

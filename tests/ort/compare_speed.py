@@ -8,8 +8,8 @@ For every selected variant of the model zoo (manifest.json) and every round, thi
                 around session.run,
 so the engines alternate within one run. Threads: ours splits each batch across T threads
 (`bench --threads T`), ORT gets intra_op_num_threads=T (inter_op 1, sequential, all graph
-optimisations). Every measurement is a per-image median in ms; across rounds the script takes
-the median of the round medians and prints, per variant, thread count and batch: ours ms, ORT ms,
+optimisations). Every measurement is a per-image median in ms (and the fastest run); across
+rounds the script takes the median of the round medians and prints, per variant, thread count and batch: ours ms, ORT ms,
 tract ms (batch 1, one thread), ours/ORT, ours/tract (tract's one thread against ours at T) and our
 % of the FMA peak of T cores, and ours/ORT of each engine's fastest run over all rounds (on a shared
 host, the runs least disturbed by other tenants: a steadier ratio than that of medians), then per
@@ -110,7 +110,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     # created once per variant and thread count, on first use
     sessions: dict[tuple[str, int], ort.InferenceSession] = {}
-    # samples[(name, threads, batch)][engine] = per-round median ms per image (or % of peak)
+    # samples[(name, threads, batch)][engine] = per-round median ms per image (or % of peak);
+    # [engine + "_min"] = per-round fastest ms per image
     samples = {(n, t, b): {"ours": [], "ort": [], "tract": [], "peak": [], "ours_min": [], "ort_min": []}
                for n in names for t in threads for b in batches}
     kernels, peak = None, None
@@ -122,7 +123,8 @@ def main() -> None:
             for res in rep["results"]:
                 s = samples[(name, res["threads"], res["batch"])]
                 s["ours"].append(res["median_ms"])
-                s["ours_min"].append(res["min_ms"])
+                if res.get("min_ms") is not None:  # absent from binaries older than the field
+                    s["ours_min"].append(res["min_ms"])
                 s["peak"].append(res["peak_percent"])
                 if res.get("tract_median_ms") is not None:
                     tract_ms.setdefault(res["batch"], []).append(res["tract_median_ms"])
@@ -146,7 +148,8 @@ def main() -> None:
         ours, onnx, tract = (statistics.median(s[k]) if s[k] else None for k in ("ours", "ort", "tract"))
         rows.append({"name": name, "threads": t, "batch": b, "ours_ms": ours, "ort_ms": onnx, "tract_ms": tract,
                      "ours_over_ort": ours / onnx, "ours_over_tract": ours / tract if tract else None,
-                     "fastest_ours_over_ort": min(s["ours_min"]) / min(s["ort_min"]),
+                     "fastest_ours_over_ort": min(s["ours_min"]) / min(s["ort_min"])
+                     if s["ours_min"] and s["ort_min"] else None,
                      "ours_peak_percent": None if None in s["peak"] else statistics.median(s["peak"]),
                      "rounds": s})
 
@@ -170,7 +173,8 @@ def main() -> None:
         sm = {"threads": t, "batch": b, "geomean_ours_over_ort": geomean(vs_ort), "variants": len(rb),
               "geomean_ours_over_tract": geomean(vs_tract) if vs_tract else None,
               "ours_faster_than_ort": sum(v < 1 for v in vs_ort),
-              "geomean_fastest_ours_over_ort": geomean([r["fastest_ours_over_ort"] for r in rb])}
+              "geomean_fastest_ours_over_ort": geomean([r["fastest_ours_over_ort"] for r in rb
+                                                        if r["fastest_ours_over_ort"] is not None])}
         summary.append(sm)
         tract_txt = f", ours/tract {sm['geomean_ours_over_tract']:.2f}" if vs_tract else ""
         print(f"threads {t}, batch {b}: geomean ours/ORT {sm['geomean_ours_over_ort']:.2f}{tract_txt}; "
