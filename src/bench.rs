@@ -397,23 +397,10 @@ fn print_layers(v: &Variant, team: &Team) -> Result<()> {
         "  {:>5} {:<10} {:>6} {:>6} {:>9} {:>10} {:>8}",
         "layer", "type", "in", "out", "output", "ms", "GFLOP/s"
     );
-    let (mut h, mut w, mut c) = (r, r, plan.in_c);
+    let outputs = plan.layer_outputs(r, r)?;
+    let mut in_c = plan.in_c;
     for (i, ((layer, time), macs)) in plan.layers.iter().zip(&fastest).zip(&macs).enumerate() {
-        let (in_c, out_c) = match layer {
-            Layer::Conv(conv) => {
-                let g = conv.geometry(1, h, w)?;
-                (h, w, c) = (g.out_h, g.out_w, g.out_c);
-                (conv.in_c, conv.out_c)
-            }
-            Layer::GlobalAvgPool { .. } => {
-                (h, w) = (1, 1);
-                (c, c)
-            }
-            Layer::Fc(f) => {
-                c = f.out_c;
-                (f.in_c, f.out_c)
-            }
-        };
+        let (h, w, out_c) = outputs[i];
         let secs = time.as_secs_f64().max(f64::MIN_POSITIVE);
         println!(
             "  {:>5} {:<10} {:>6} {:>6} {:>9} {:>10.3} {:>8.1}",
@@ -425,6 +412,7 @@ fn print_layers(v: &Variant, team: &Team) -> Result<()> {
             secs * 1000.0,
             2.0 * *macs as f64 / secs / 1e9
         );
+        in_c = out_c;
     }
     Ok(())
 }

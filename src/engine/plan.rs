@@ -232,27 +232,41 @@ impl Plan {
 
     /// Multiply-adds of each layer for one image of `h x w`, in layer order.
     pub fn layer_mult_adds(&self, h: usize, w: usize) -> Result<Vec<u64>> {
-        let (mut h, mut w) = (h, w);
-        let mut costs = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            costs.push(match layer {
+        let outputs = self.layer_outputs(h, w)?;
+        Ok(self
+            .layers
+            .iter()
+            .zip(outputs)
+            .map(|(layer, (out_h, out_w, out_c))| match layer {
                 Layer::Conv(c) => {
-                    let g = c.geometry(1, h, w)?;
                     let per_out = match c.kind {
                         ConvKind::Depthwise => c.kh * c.kw,
                         _ => c.kh * c.kw * c.in_c,
                     };
-                    (h, w) = (g.out_h, g.out_w);
-                    (g.out_h * g.out_w * g.out_c * per_out) as u64
+                    (out_h * out_w * out_c * per_out) as u64
                 }
-                Layer::GlobalAvgPool { .. } => {
-                    (h, w) = (1, 1);
-                    0
-                }
+                Layer::GlobalAvgPool { .. } => 0,
                 Layer::Fc(f) => (f.in_c * f.out_c) as u64,
-            });
+            })
+            .collect())
+    }
+
+    /// Each layer's output `(height, width, channels)` for one image of `h x w`, in layer order.
+    pub fn layer_outputs(&self, h: usize, w: usize) -> Result<Vec<(usize, usize, usize)>> {
+        let (mut h, mut w, mut c) = (h, w, self.in_c);
+        let mut shapes = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            match layer {
+                Layer::Conv(conv) => {
+                    let g = conv.geometry(1, h, w)?;
+                    (h, w, c) = (g.out_h, g.out_w, g.out_c);
+                }
+                Layer::GlobalAvgPool { .. } => (h, w) = (1, 1),
+                Layer::Fc(f) => c = f.out_c,
+            }
+            shapes.push((h, w, c));
         }
-        Ok(costs)
+        Ok(shapes)
     }
 }
 
