@@ -12,7 +12,10 @@ tools=$(realpath -m "${CARGO_TARGET_DIR:-target}/tools")
 
 if [ "$("$tools/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $version" ]; then
   # Built in cargo's own temporary directory: its 300 MB of artefacts are not worth keeping.
-  env -u CARGO_TARGET_DIR cargo install --locked --quiet cargo-deny --version "$version" --root "$tools"
+  # Unoptimised: it then builds in 2.8 CPU-minutes instead of 6.6, and its check of our
+  # dependency graph still takes about 2 s (measured on a 2-core Zen 3).
+  env -u CARGO_TARGET_DIR CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_DEBUG=0 \
+    cargo install --locked --quiet cargo-deny --version "$version" --root "$tools"
 fi
 [ "${SETUP_ONLY:-}" = 1 ] && exit 0  # .ci/run builds it ahead, beside the other builds
 

@@ -198,7 +198,7 @@ impl Metrics {
             .collect()
             .iter()
             .flat_map(|family| family.get_metric())
-            .map(|m| m.get_counter().value() as u64)
+            .map(|m| m.get_counter().get_value() as u64)
             .sum()
     }
 
