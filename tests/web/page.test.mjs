@@ -36,7 +36,11 @@ try {
   check(onFront >= 2, `Pareto front drawn (${onFront} variants on it)`);
 
   await page.setInputFiles("#file", image);
-  check(await page.locator("#preview").isVisible(), "preview shown");
+  // The preview has no size, so is not visible, until the browser has decoded the image: wait
+  // for that (isVisible alone raced it and failed a CI run).
+  const previewShown = await page.locator("#preview").waitFor({ state: "visible", timeout: 10000 })
+    .then(() => true, () => false);
+  check(previewShown, "preview shown");
   // Keyboard: focus the variant's cell and press Space.
   const cell = page.locator(`button[data-name="${variant}"]`);
   await cell.focus();
