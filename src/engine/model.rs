@@ -435,9 +435,12 @@ fn split_rows<F>(
 }
 
 /// Below this many rows per thread a GEMM is split by weight panels rather than rows: each
-/// thread then streams half the weights instead of all of them. It was measured as two tiles of
-/// the former 12-row AVX-512 microkernel, and kept when the tiles became 6 rows.
-const FEW_ROWS_PER_PART: usize = 24;
+/// thread then streams half the weights instead of all of them. First set at 24 (two tiles of
+/// the former 12-row AVX-512 microkernel); 32 takes in the 7x7 maps of the 224 inputs at batch 1
+/// (49 rows, which a row split cut into 30 + 19). On two Zen 3 threads their 1024 -> 1024
+/// pointwise then took 0.875x the time (fastest of 6 interleaved `bench --layers` runs), and
+/// whole runs of the four 224 variants 0.985-0.994x (fastest runs, 6 interleaved rounds).
+const FEW_ROWS_PER_PART: usize = 32;
 
 /// Runs a GEMM split between the crew: by bands of rows, or, with fewer than
 /// [`FEW_ROWS_PER_PART`] rows per thread (a batch-1 FC, the 4x4 maps of small inputs), by
@@ -526,6 +529,7 @@ mod tests {
                 (1, 16, 100),
                 (5, 3, 33),
                 (30, 8, 70),
+                (49, 16, 100),
                 (100, 5, 20),
             ] {
                 let value = |i: usize| ((i * 37 % 23) as f32 - 11.0) / 7.0;
