@@ -443,7 +443,7 @@ fn split_rows<F>(
 const FEW_ROWS_PER_PART: usize = 32;
 
 /// Runs a GEMM split between the crew: by bands of rows, or, with fewer than
-/// [`FEW_ROWS_PER_PART`] rows per thread (a batch-1 FC, the 4x4 maps of small inputs), by
+/// [`FEW_ROWS_PER_PART`] rows per thread (a batch-1 FC, the small maps of the last layers), by
 /// weight panels. Each part then computes its panels' columns, panel by panel, into the caller's
 /// scratch, and they are copied to their place in `c` afterwards. Either way every value is the
 /// same sum in the same order as in an unsplit GEMM.
