@@ -148,7 +148,9 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
         }
         if args.layers {
             for team in &teams {
-                progress.suspend(|| print_layers(v, team))?;
+                for &batch in &args.batch {
+                    progress.suspend(|| print_layers(v, team, batch.max(1)))?;
+                }
             }
         }
     }
@@ -325,26 +327,28 @@ const TABLE_2: [(&str, f64, f64); 4] = [
     ("fc", 0.18, 24.33),
 ];
 
-/// Profiled single-image runs behind `--layers`; each layer's time is its fastest.
+/// Profiled runs behind `--layers`; each layer's time is its fastest.
 const LAYER_RUNS: usize = 20;
 
-/// Prints each layer type's share of mult-adds, parameters and measured time for one image
-/// split across `team`, then every layer's time and GFLOP/s.
-fn print_layers(v: &Variant, team: &Team) -> Result<()> {
+/// Prints each layer type's share of mult-adds, parameters and measured time for `batch`
+/// images split across `team`, then every layer's time per image and GFLOP/s. Batch sizes side
+/// by side show which layers gain from batching (the weight-bound ones) and which lose (those
+/// whose activations outgrow the caches).
+fn print_layers(v: &Variant, team: &Team, batch: usize) -> Result<()> {
     let r = v.spec.resolution;
     let plan = v.model.plan();
-    let input: Vec<f32> = random_inputs(1, v.input_len(), 9).concat();
+    let input: Vec<f32> = random_inputs(batch, v.input_len(), 9).concat();
     let mut ws = Workspace::new();
     let mut out = Vec::new();
     // A warm-up run, then the fastest of the runs per layer: on a shared host the least
     // disturbed, which a mean of a few runs is not.
     v.model
-        .run_profiled(team, &mut ws, &input, 1, r, r, &mut out)?;
+        .run_profiled(team, &mut ws, &input, batch, r, r, &mut out)?;
     let mut fastest = vec![Duration::MAX; plan.layers.len()];
     for _ in 0..LAYER_RUNS {
         let t = v
             .model
-            .run_profiled(team, &mut ws, &input, 1, r, r, &mut out)?;
+            .run_profiled(team, &mut ws, &input, batch, r, r, &mut out)?;
         fastest
             .iter_mut()
             .zip(t)
@@ -357,7 +361,7 @@ fn print_layers(v: &Variant, team: &Team) -> Result<()> {
         let e = groups.entry(layer_group(layer)).or_default();
         e[0] += macs as f64;
         e[1] += layer.params() as f64;
-        e[2] += time.as_secs_f64();
+        e[2] += time.as_secs_f64() / batch as f64;
     }
     let sum = |i: usize| {
         groups
@@ -368,13 +372,13 @@ fn print_layers(v: &Variant, team: &Team) -> Result<()> {
     };
     let (all_macs, all_params, all_time) = (sum(0), sum(1), sum(2));
     println!(
-        "  {} per layer type (time: each layer's fastest of {LAYER_RUNS} single-image runs on {} thread(s), each layer alone: no fusion):",
+        "  {} per layer type (time per image: each layer's fastest of {LAYER_RUNS} runs of batch {batch} on {} thread(s), each layer alone: no fusion):",
         v.spec.name,
         team.threads()
     );
     println!(
         "  {:<10} {:>9} {:>9} {:>9} {:>10} {:>14}",
-        "type", "mult-add%", "param%", "time%", "ms", "paper (1.0_224)"
+        "type", "mult-add%", "param%", "time%", "ms/img", "paper (1.0_224)"
     );
     for name in ["1x1 conv", "depthwise", "full conv", "pool", "fc"] {
         let g = groups.get(name).copied().unwrap_or_default();
@@ -395,13 +399,13 @@ fn print_layers(v: &Variant, team: &Team) -> Result<()> {
     }
     println!(
         "  {:>5} {:<10} {:>6} {:>6} {:>9} {:>10} {:>8}",
-        "layer", "type", "in", "out", "output", "ms", "GFLOP/s"
+        "layer", "type", "in", "out", "output", "ms/img", "GFLOP/s"
     );
     let outputs = plan.layer_outputs(r, r)?;
     let mut in_c = plan.in_c;
     for (i, ((layer, time), macs)) in plan.layers.iter().zip(&fastest).zip(&macs).enumerate() {
         let (h, w, out_c) = outputs[i];
-        let secs = time.as_secs_f64().max(f64::MIN_POSITIVE);
+        let secs = (time.as_secs_f64() / batch as f64).max(f64::MIN_POSITIVE);
         println!(
             "  {:>5} {:<10} {:>6} {:>6} {:>9} {:>10.3} {:>8.1}",
             i,

@@ -47,7 +47,8 @@ fn steady_state_inference_allocates_nothing_on_every_tier() {
         let pool = ModelPool::load(&common::zoo_dir(), &opts).unwrap();
         for v in pool.variants() {
             let r = v.spec.resolution;
-            for batch in [1, 3] {
+            // 4: two threads run the per-image prefix on two images each.
+            for batch in [1, 3, 4] {
                 let input = common::random_vec(batch * v.input_len(), 5, 1.0);
                 for team in &teams {
                     let (mut ws, mut out) = (Workspace::new(), Vec::new());

@@ -352,31 +352,60 @@ pub fn split<F>(
 ) where
     F: Fn(Range<usize>, &mut [f32]) + Sync,
 {
+    split_pair(
+        crew,
+        units,
+        align,
+        (out, unit_len),
+        (&mut [], 0),
+        &|range, out, _| f(range, out),
+    );
+}
+
+/// Like [`split`], with two outputs: each unit owns `unit_len` values of the first and
+/// `scratch_len` of the second (a part's scratch, say), and `f` gets its values of both.
+pub fn split_pair<F>(
+    crew: &Crew<'_>,
+    units: usize,
+    align: usize,
+    (out, unit_len): (&mut [f32], usize),
+    (scratch, scratch_len): (&mut [f32], usize),
+    f: &F,
+) where
+    F: Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync,
+{
     assert_eq!(out.len(), units * unit_len, "split output length");
+    assert_eq!(scratch.len(), units * scratch_len, "split scratch length");
     let align = align.max(1);
     let blocks = units.div_ceil(align);
     let parts = crew.parts().min(blocks);
     let team = match crew.team {
         Some(team) if parts > 1 => team,
-        _ => return f(0..units, out),
+        _ => return f(0..units, out, scratch),
     };
     let bound = |i: usize| (blocks * i / parts * align).min(units);
-    let base = SendPtr(out.as_mut_ptr());
+    let (out, scratch) = (SendPtr(out.as_mut_ptr()), SendPtr(scratch.as_mut_ptr()));
     team.run(parts, &|i| {
         let range = bound(i)..bound(i + 1);
-        // SAFETY: the ranges of different parts are disjoint and inside `out`, which outlives
-        // the run; each part alone touches its values.
-        let values = unsafe {
-            std::slice::from_raw_parts_mut(
-                base.get().add(range.start * unit_len),
-                range.len() * unit_len,
+        // SAFETY: the ranges of different parts are disjoint and inside `out` and `scratch`,
+        // which outlive the run; each part alone touches its values of each.
+        let (values, scratch) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(
+                    out.get().add(range.start * unit_len),
+                    range.len() * unit_len,
+                ),
+                std::slice::from_raw_parts_mut(
+                    scratch.get().add(range.start * scratch_len),
+                    range.len() * scratch_len,
+                ),
             )
         };
-        f(range, values)
+        f(range, values, scratch)
     });
 }
 
-/// The output pointer, shared by the parts of a split.
+/// An output's pointer, shared by the parts of a split.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 

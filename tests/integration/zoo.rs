@@ -160,8 +160,10 @@ fn runs_split_across_threads_equal_single_thread_runs_with_every_tier() {
         for name in ["mobilenet_v1_0.25_128", "mobilenet_v1_1.0_160"] {
             let v = pool.get(name).unwrap();
             let r = v.spec.resolution;
-            // Batches below, at and above the team sizes: bands of rows, and of whole images.
-            for batch in [1, 2, 5] {
+            // Batches below, at and above the team sizes: bands of rows, of whole images, and
+            // (6: a multiple of both teams, twice their size or more) whole images through the
+            // per-image prefix, each on one thread.
+            for batch in [1, 2, 5, 6] {
                 let input = random_inputs(batch, v.input_len(), 11).concat();
                 let alone = v.model.run(&input, batch, r, r).unwrap();
                 for team in &teams {
