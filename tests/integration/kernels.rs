@@ -34,7 +34,7 @@ fn tiers_from_cpuinfo() -> Vec<Tier> {
     let mut tiers = vec![Tier::Scalar];
     if has("avx2") && has("fma") {
         tiers.push(Tier::Avx2);
-        if has("avx512f") {
+        if has("avx512f") && has("avx512vl") {
             tiers.push(Tier::Avx512);
         }
     }
@@ -163,7 +163,8 @@ fn conv_case(depthwise: bool) -> impl Strategy<Value = ConvCase> {
     (
         1usize..3,
         channels,
-        1usize..20,
+        // Output channels: one vector and more, and the narrow widths of AVX-512 (8, 17-24).
+        1usize..30,
         1usize..4,
         1usize..4,
         1usize..4,
@@ -418,4 +419,39 @@ fn dense_conv_with_a_large_kernel_matches_naive() {
         seed: 99,
     };
     check_conv(&case, false);
+}
+
+/// Every width from 1 to 33 output channels through the stem's geometry (RGB, 3x3, stride 2,
+/// TensorFlow's asymmetric SAME padding: the direct path, specialised for its row stride), and
+/// as many channels through depthwise layers of stride 1 and 2: one vector and more, and the
+/// narrow widths that AVX-512 runs on 8-lane vectors (8, 17-24) where that pays on this CPU.
+#[test]
+fn stems_and_depthwise_layers_of_every_width_match_naive() {
+    for width in 1..=33 {
+        let stem = ConvCase {
+            batch: 2,
+            c: 3,
+            m: width,
+            h: 19,
+            w: 57,
+            k: (3, 3),
+            s: (2, 2),
+            pads: [0, 0, 1, 1],
+            act: 2,
+            seed: width as u64,
+        };
+        check_conv(&stem, false);
+        for (s, pads) in [((1, 1), [1, 1, 1, 1]), ((2, 2), [0, 0, 1, 1])] {
+            let depthwise = ConvCase {
+                c: width,
+                m: width,
+                h: 9,
+                w: 21,
+                s,
+                pads,
+                ..stem
+            };
+            check_conv(&depthwise, true);
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! The AVX-512F tier: 16 lanes, a 6 x 64 GEMM microkernel (24 of the 32 registers accumulate;
-//! four weight vectors and six broadcasts feed 24 FMAs per step, where 12 x 32 needed 14 loads).
+//! The AVX-512 (F + VL) tier: 16 lanes, a 6 x 64 GEMM microkernel (24 of the 32 registers
+//! accumulate; four weight vectors and six broadcasts feed 24 FMAs per step, where 12 x 32 needed
+//! 14 loads), and 8-lane vectors for layers only a few lanes wide.
 
 use std::arch::x86_64::*;
 
@@ -63,4 +64,64 @@ fn mask(n: usize) -> __mmask16 {
     ((1u32 << n.min(16)) - 1) as __mmask16
 }
 
-entry_points!(Avx512, "avx512f,avx2,fma", super::has_avx512, "AVX-512F");
+/// The tier's narrow vectors: 8 lanes in 256-bit registers, of which AVX-512VL gives all 32, so
+/// that the microkernel keeps 24 accumulators as the wide one does (6 x 32, 8 x 24, 12 x 16 or
+/// 24 x 8 columns). For layers of 8 or 17 to 24 columns or channels (the stems and first
+/// depthwise layers of alpha 0.25 and 0.75), where 16-lane vectors leave a quarter to a half of
+/// their lanes idle; see `narrow` in `entry_points!` for when they run.
+#[derive(Clone, Copy)]
+struct Avx512Narrow;
+
+impl Simd for Avx512Narrow {
+    type V = __m256;
+    const LANES: usize = 8;
+    const MR: usize = 6;
+    const NV: usize = 4;
+    const REPACK_A: bool = false;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> __m256 {
+        _mm256_maskz_loadu_ps(mask(n.min(8)) as __mmask8, p)
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, v: __m256, n: usize) {
+        _mm256_mask_storeu_ps(p, mask(n.min(8)) as __mmask8, v)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn clamp(v: __m256, lo: __m256, hi: __m256) -> __m256 {
+        // As the wide type: a NaN input becomes `lo`, as in the scalar reference.
+        _mm256_min_ps(_mm256_max_ps(v, lo), hi)
+    }
+}
+
+entry_points!(
+    Avx512,
+    narrow: Avx512Narrow,
+    "avx512f,avx512vl,avx2,fma",
+    super::has_avx512,
+    "AVX-512F+VL"
+);

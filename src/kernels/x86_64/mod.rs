@@ -3,8 +3,11 @@
 /// The public, safe entry points of one tier: each checks the CPU once more (cheap, and it keeps
 /// a mis-dispatch from being undefined behaviour), then runs the generic kernel compiled with the
 /// tier's target features.
+///
+/// `$narrow` is the tier's narrow vector type for layers only a few lanes wide (see `narrow`);
+/// a tier without one names its own type there.
 macro_rules! entry_points {
-    ($simd:ty, $features:literal, $detect:path, $what:literal) => {
+    ($simd:ty, narrow: $narrow:ty, $features:literal, $detect:path, $what:literal) => {
         /// Rows of this tier's GEMM microkernel.
         pub const GEMM_ROWS: usize = <$simd as $crate::kernels::simd::Simd>::MR;
 
@@ -21,7 +24,8 @@ macro_rules! entry_points {
             );
         };
 
-        /// Columns per panel of this tier's packed GEMM weights.
+        /// Columns per panel of this tier's packed GEMM weights (layers of more columns than
+        /// this are never narrow).
         pub const GEMM_PANEL_COLS: usize = $crate::kernels::simd::panel_width::<$simd>();
 
         /// Measures this tier's FMA peak on one core: `(flops, seconds)` of a register-only loop.
@@ -47,14 +51,73 @@ macro_rules! entry_points {
             $crate::kernels::simd::fma_loop::<$simd>(std::hint::black_box(iters))
         }
 
-        /// Packs GEMM weights into this tier's panels.
+        #[target_feature(enable = $features)]
+        unsafe fn narrow_fma_peak_impl(iters: usize) -> f32 {
+            $crate::kernels::simd::fma_loop::<$narrow>(std::hint::black_box(iters))
+        }
+
+        /// Whether a layer `n` values wide (GEMM columns, output or depthwise channels) runs on
+        /// the narrow vectors: when their lanes, rounded up, are fewer than the wide ones' (8 or
+        /// 17 to 24 values, against 16 or 32 lanes of AVX-512) and this CPU issues narrow FMAs
+        /// fast enough to win (see `narrow_fmas_pay`). Results are the same bit for bit
+        /// either way: each value is the same sum in the same order.
+        fn narrow(n: usize) -> bool {
+            use $crate::kernels::simd::Simd;
+            let (wide, narrow) = (<$simd as Simd>::LANES, <$narrow as Simd>::LANES);
+            narrow < wide
+                && n <= 3 * narrow
+                && n.div_ceil(narrow) * narrow < n.div_ceil(wide) * wide
+                && narrow_fmas_pay()
+        }
+
+        /// Whether narrow FMAs do at least 3/4 of the wide ones' work per second, measured once
+        /// per process: on AMD Zen 4, which runs a 512-bit FMA as two 256-bit halves, they do
+        /// as much (so 8 columns on 8 lanes take half the time of 8 on 16); on CPUs with full
+        /// 512-bit units, half as much.
+        fn narrow_fmas_pay() -> bool {
+            static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *PAYS.get_or_init(|| {
+                assert!(
+                    $detect(),
+                    concat!($what, " kernels called on a CPU without ", $what)
+                );
+                let flops_per_s = |f: unsafe fn(usize) -> f32, flops: fn(usize) -> usize| {
+                    // SAFETY: the CPU has the features (checked above); the loops touch only
+                    // registers and a local array.
+                    unsafe { f(1000) };
+                    (0..3)
+                        .map(|_| {
+                            let started = std::time::Instant::now();
+                            std::hint::black_box(unsafe { f(200_000) });
+                            flops(200_000) as f64 / started.elapsed().as_secs_f64()
+                        })
+                        .fold(0.0, f64::max)
+                };
+                let wide = flops_per_s(
+                    fma_peak_impl,
+                    $crate::kernels::simd::fma_loop_flops::<$simd>,
+                );
+                let narrow = flops_per_s(
+                    narrow_fma_peak_impl,
+                    $crate::kernels::simd::fma_loop_flops::<$narrow>,
+                );
+                narrow >= 0.75 * wide
+            })
+        }
+
+        /// The panel width of weights `n` columns wide.
+        fn panel_cols(n: usize) -> usize {
+            if narrow(n) {
+                $crate::kernels::simd::panel_width::<$narrow>()
+            } else {
+                $crate::kernels::simd::panel_width::<$simd>()
+            }
+        }
+
+        /// Packs GEMM weights into this tier's panels (of the narrow vectors for narrow
+        /// layers: see `narrow`).
         pub fn pack_gemm_b(k: usize, n: usize, b: &[f32]) -> $crate::kernels::AlignedVec {
-            $crate::kernels::simd::pack_panels(
-                k,
-                n,
-                b,
-                $crate::kernels::simd::panel_width::<$simd>(),
-            )
+            $crate::kernels::simd::pack_panels(k, n, b, panel_cols(n))
         }
 
         /// GEMM on weights packed by [`pack_gemm_b`].
@@ -83,7 +146,11 @@ macro_rules! entry_points {
             act: $crate::kernels::Clamp,
             c: &mut [f32],
         ) {
-            $crate::kernels::simd::gemm::<$simd>(s, a, packed, bias, act, c)
+            if narrow(s.n) {
+                $crate::kernels::simd::gemm::<$narrow>(s, a, packed, bias, act, c)
+            } else {
+                $crate::kernels::simd::gemm::<$simd>(s, a, packed, bias, act, c)
+            }
         }
 
         /// Dense convolution as a GEMM over receptive fields (read in place for 3-row kernels,
@@ -114,7 +181,11 @@ macro_rules! entry_points {
             act: $crate::kernels::Clamp,
             out: &mut [f32],
         ) {
-            $crate::kernels::simd::dense_conv::<$simd>(g, input, packed, bias, act, out)
+            if narrow(g.out_c) {
+                $crate::kernels::simd::dense_conv::<$narrow>(g, input, packed, bias, act, out)
+            } else {
+                $crate::kernels::simd::dense_conv::<$simd>(g, input, packed, bias, act, out)
+            }
         }
 
         /// Depthwise convolution vectorised along channels (kernels above 3x3 fall back to the
@@ -146,7 +217,11 @@ macro_rules! entry_points {
             act: $crate::kernels::Clamp,
             out: &mut [f32],
         ) -> bool {
-            $crate::kernels::simd::depthwise::<$simd>(g, input, weights, bias, act, out)
+            if narrow(g.in_c) {
+                $crate::kernels::simd::depthwise::<$narrow>(g, input, weights, bias, act, out)
+            } else {
+                $crate::kernels::simd::depthwise::<$simd>(g, input, weights, bias, act, out)
+            }
         }
     };
 }
@@ -159,7 +234,8 @@ pub fn has_avx2_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
-/// Whether this CPU (and OS) supports the AVX-512F tier.
+/// Whether this CPU (and OS) supports the AVX-512 tier (F and VL: the VL extension gives 256-bit
+/// code all 32 registers, which the narrow kernels need).
 pub fn has_avx512() -> bool {
-    is_x86_feature_detected!("avx512f") && has_avx2_fma()
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && has_avx2_fma()
 }
