@@ -388,7 +388,7 @@ fn print_layers(v: &Variant, team: &Team, batch: usize) -> Result<()> {
             .map(|t| format!("{:.2}% / {:.2}%", t.1, t.2))
             .unwrap_or_else(|| "-".into());
         println!(
-            "  {:<10} {:>8.2}% {:>8.2}% {:>8.2}% {:>10.3} {:>14}",
+            "  {:<10} {:>8.2}% {:>8.2}% {:>8.2}% {:>10.4} {:>14}",
             name,
             100.0 * g[0] / all_macs,
             100.0 * g[1] / all_params,
@@ -407,7 +407,7 @@ fn print_layers(v: &Variant, team: &Team, batch: usize) -> Result<()> {
         let (h, w, out_c) = outputs[i];
         let secs = (time.as_secs_f64() / batch as f64).max(f64::MIN_POSITIVE);
         println!(
-            "  {:>5} {:<10} {:>6} {:>6} {:>9} {:>10.3} {:>8.1}",
+            "  {:>5} {:<10} {:>6} {:>6} {:>9} {:>10.4} {:>8.1}",
             i,
             layer_group(layer),
             in_c,
