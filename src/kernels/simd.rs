@@ -27,6 +27,10 @@ pub(crate) trait Simd {
     /// Vectors per weight panel (1 to 4): the full-width tile keeps `MR * NV` accumulators,
     /// which with `NV` weight vectors and a broadcast must fit in the register file.
     const NV: usize;
+    /// Columns per packed weight panel, the row stride of the packed layout: `NV * LANES`, or a
+    /// wider tier's panel width for narrow vectors that run on that tier's packed weights (then
+    /// only on layers of at most `NV * LANES` columns, one partial panel).
+    const PANEL: usize;
     /// Whether the GEMM copies each block of A into tiles of `MR` rows (`[k][MR]`) before the
     /// microkernel runs on it, rather than reading A in place (see the tiers for what measured).
     const REPACK_A: bool;
@@ -69,7 +73,19 @@ unsafe fn store_n<S: Simd>(p: *mut f32, v: S::V, n: usize) {
 /// Columns per packed weight panel.
 #[inline(always)]
 pub(crate) const fn panel_width<S: Simd>() -> usize {
-    S::NV * S::LANES
+    S::PANEL
+}
+
+/// Checks that a layer of `n` columns fits the vectors of `S`: every panel of it has at most
+/// `NV` vectors of columns in use (always true but for narrow vectors on a wider layout).
+#[inline(always)]
+fn assert_fits<S: Simd>(n: usize) {
+    assert!(
+        S::PANEL <= S::NV * S::LANES || n <= S::NV * S::LANES,
+        "{n} columns on vectors of {} lanes in panels of {}",
+        S::LANES,
+        S::PANEL
+    );
 }
 
 /// Rows of the microkernel's tile for a panel with `cols` columns: a panel whose last vectors
@@ -128,6 +144,7 @@ pub(crate) unsafe fn gemm<S: Simd>(
         "gemm packed b length"
     );
     assert_eq!(bias.len(), n, "gemm bias length");
+    assert_fits::<S>(n);
     assert_eq!(c.len(), m * n, "gemm c length");
     // A multiple of every tile's rows, so that only a block's last tile is short.
     let all_tiles = S::MR * S::NV;
@@ -557,6 +574,7 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
         "dense_conv packed length"
     );
     assert_eq!(bias.len(), n, "dense_conv bias length");
+    assert_fits::<S>(n);
     let e = Epilogue {
         lo: S::splat(act.lo),
         hi: S::splat(act.hi),

@@ -12,6 +12,7 @@ impl Simd for Avx2 {
     const LANES: usize = 8;
     const MR: usize = 6;
     const NV: usize = 2;
+    const PANEL: usize = 16;
     // With A read in place instead, whole networks ran 0.96-1.28x the time (A/B, 3 rounds).
     const REPACK_A: bool = true;
 

@@ -14,6 +14,7 @@ impl Simd for Avx512 {
     const LANES: usize = 16;
     const MR: usize = 6;
     const NV: usize = 4;
+    const PANEL: usize = 64;
     // A read in place ran whole networks in 0.70-1.0x the time of A repacked into 6-row tiles
     // (A/B, noisy; the copy is a pass over A). With it, the 6 x 64 kernel took 0.90x the time
     // of the former 12 x 32 one on repacked A over MobileNet 1.0_224's pointwise GEMMs.
@@ -68,7 +69,8 @@ fn mask(n: usize) -> __mmask16 {
 /// that the microkernel keeps 24 accumulators as the wide one does (6 x 32, 8 x 24, 12 x 16 or
 /// 24 x 8 columns). For layers of 8 or 17 to 24 columns or channels (the stems and first
 /// depthwise layers of alpha 0.25 and 0.75), where 16-lane vectors leave a quarter to a half of
-/// their lanes idle; see `narrow` in `entry_points!` for when they run.
+/// their lanes idle; see `narrow` in `entry_points!` for when they run. They read the wide
+/// type's packed weights (a layer that narrow is a single partial panel).
 #[derive(Clone, Copy)]
 struct Avx512Narrow;
 
@@ -77,6 +79,9 @@ impl Simd for Avx512Narrow {
     const LANES: usize = 8;
     const MR: usize = 6;
     const NV: usize = 4;
+    // The wide type's packed weights: which vectors run a layer is decided per call (a panel
+    // split hands the kernel a single panel of a wide layer), so the layout cannot depend on it.
+    const PANEL: usize = Avx512::PANEL;
     const REPACK_A: bool = false;
 
     #[inline(always)]

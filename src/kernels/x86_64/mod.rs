@@ -24,8 +24,7 @@ macro_rules! entry_points {
             );
         };
 
-        /// Columns per panel of this tier's packed GEMM weights (layers of more columns than
-        /// this are never narrow).
+        /// Columns per panel of this tier's packed GEMM weights.
         pub const GEMM_PANEL_COLS: usize = $crate::kernels::simd::panel_width::<$simd>();
 
         /// Measures this tier's FMA peak on one core: `(flops, seconds)` of a register-only loop.
@@ -105,19 +104,21 @@ macro_rules! entry_points {
             })
         }
 
-        /// The panel width of weights `n` columns wide.
-        fn panel_cols(n: usize) -> usize {
-            if narrow(n) {
-                $crate::kernels::simd::panel_width::<$narrow>()
-            } else {
-                $crate::kernels::simd::panel_width::<$simd>()
-            }
-        }
-
-        /// Packs GEMM weights into this tier's panels (of the narrow vectors for narrow
-        /// layers: see `narrow`).
+        /// Packs GEMM weights into this tier's panels (which the narrow vectors read too).
         pub fn pack_gemm_b(k: usize, n: usize, b: &[f32]) -> $crate::kernels::AlignedVec {
-            $crate::kernels::simd::pack_panels(k, n, b, panel_cols(n))
+            const {
+                assert!(
+                    $crate::kernels::simd::panel_width::<$simd>()
+                        == $crate::kernels::simd::panel_width::<$narrow>(),
+                    "narrow vectors read the wide layout"
+                )
+            };
+            $crate::kernels::simd::pack_panels(
+                k,
+                n,
+                b,
+                $crate::kernels::simd::panel_width::<$simd>(),
+            )
         }
 
         /// GEMM on weights packed by [`pack_gemm_b`].
