@@ -87,6 +87,7 @@ macro_rules! entry_points {
                     (0..3)
                         .map(|_| {
                             let started = std::time::Instant::now();
+                            // SAFETY: as above.
                             std::hint::black_box(unsafe { f(200_000) });
                             flops(200_000) as f64 / started.elapsed().as_secs_f64()
                         })
