@@ -84,22 +84,8 @@ impl Simd for Avx512Narrow {
     const PANEL: usize = Avx512::PANEL;
     const REPACK_A: bool = false;
 
-    #[inline(always)]
-    unsafe fn zero() -> __m256 {
-        _mm256_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> __m256 {
-        _mm256_set1_ps(x)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m256 {
-        _mm256_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m256) {
-        _mm256_storeu_ps(p, v)
-    }
+    ymm_ops!();
+
     #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize) -> __m256 {
         _mm256_maskz_loadu_ps(mask(n.min(8)) as __mmask8, p)
@@ -107,19 +93,6 @@ impl Simd for Avx512Narrow {
     #[inline(always)]
     unsafe fn store_partial(p: *mut f32, v: __m256, n: usize) {
         _mm256_mask_storeu_ps(p, mask(n.min(8)) as __mmask8, v)
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-        _mm256_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn add(a: __m256, b: __m256) -> __m256 {
-        _mm256_add_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn clamp(v: __m256, lo: __m256, hi: __m256) -> __m256 {
-        // As the wide type: a NaN input becomes `lo`, as in the scalar reference.
-        _mm256_min_ps(_mm256_max_ps(v, lo), hi)
     }
 }
 

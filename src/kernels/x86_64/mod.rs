@@ -228,6 +228,44 @@ macro_rules! entry_points {
     };
 }
 
+/// The [`Simd`](crate::kernels::simd::Simd) operations on 256-bit registers that the AVX2 tier
+/// and AVX-512's narrow vectors share (all but the partial loads and stores, which AVX-512VL does
+/// with mask registers).
+macro_rules! ymm_ops {
+    () => {
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            _mm256_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            _mm256_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn clamp(v: __m256, lo: __m256, hi: __m256) -> __m256 {
+            // max/min return their second operand when one is NaN, as f32::max/min return
+            // the non-NaN one: a NaN input becomes `lo`, as in the scalar reference.
+            _mm256_min_ps(_mm256_max_ps(v, lo), hi)
+        }
+    };
+}
+
 pub mod avx2;
 pub mod avx512;
 
