@@ -15,7 +15,8 @@ use axum::http::header::{HeaderValue, CONTENT_TYPE};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::api::{http, oip_grpc, oip_http};
+use crate::api::grpc::oip as oip_grpc;
+use crate::api::http::{self, oip as oip_http};
 use crate::engine::import::import_bytes;
 use crate::engine::model::Model;
 use crate::kernels::{KernelSet, TierChoice};

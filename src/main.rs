@@ -7,16 +7,17 @@ use std::time::Duration;
 
 use clap::Parser;
 use mobilenet_serve::api::auth::{ApiKey, Auth};
-use mobilenet_serve::batcher::BatchPolicy;
-use mobilenet_serve::client;
-use mobilenet_serve::config::{ClassifyArgs, ServeArgs};
-use mobilenet_serve::config::{Cli, Command, GlobalOptions};
+use mobilenet_serve::commands::cli::{ClassifyArgs, ServeArgs};
+use mobilenet_serve::commands::cli::{Cli, Command, GlobalOptions};
+use mobilenet_serve::commands::client;
+use mobilenet_serve::commands::{bench, classify, eval, serve, verify};
 use mobilenet_serve::engine::catalog::format_alpha;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::KernelSet;
 use mobilenet_serve::pipeline::decode::DecodeLimits;
-use mobilenet_serve::service::{Service, ServiceConfig};
-use mobilenet_serve::{bench, classify, eval, serve, telemetry, verify, Error};
+use mobilenet_serve::serving::batcher::BatchPolicy;
+use mobilenet_serve::serving::{Service, ServiceConfig};
+use mobilenet_serve::{telemetry, Error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

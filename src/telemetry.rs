@@ -2,7 +2,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::commands::cli::LogFormat;
 
 /// Installs the global subscriber (once; later calls are ignored). `default_level` applies when
 /// `RUST_LOG` is not set.

@@ -12,7 +12,7 @@ use mobilenet_serve::app;
 use tower::ServiceExt;
 
 async fn status(
-    s: &Arc<mobilenet_serve::service::Service>,
+    s: &Arc<mobilenet_serve::serving::Service>,
     uri: &str,
     body: Vec<u8>,
 ) -> StatusCode {

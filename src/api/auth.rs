@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::service::Service;
+use crate::serving::Service;
 
 /// A secret API key, held as its digest.
 #[derive(Clone, PartialEq, Eq)]
@@ -166,8 +166,8 @@ pub async fn require_key(
         Ok(()) => next.run(request).await,
         Err(e) => {
             tracing::debug!(path, "refused: no valid API key");
-            let mut response = if super::oip_http::is_oip_path(path) {
-                super::oip_http::error(e)
+            let mut response = if super::http::oip::is_oip_path(path) {
+                super::http::oip::error(e)
             } else {
                 e.into_response()
             };

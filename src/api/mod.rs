@@ -1,12 +1,9 @@
-//! Protocol front ends over the [`crate::service::Service`]: HTTP (axum) and gRPC (tonic), each
+//! Protocol front ends over the [`crate::serving::Service`]: HTTP (axum) and gRPC (tonic), each
 //! with our own API and the Open Inference Protocol.
 
 pub mod auth;
-pub mod body;
 pub mod grpc;
 pub mod http;
-pub mod oip_grpc;
-pub mod oip_http;
 pub mod openapi;
 pub mod request_id;
 pub mod web;

@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{access, Access};
-use crate::service::Service;
+use crate::serving::Service;
 
 /// The document's frame: title, description, tags. The paths come from the routes.
 #[derive(OpenApi)]
@@ -44,7 +44,7 @@ struct Frame;
 pub fn router() -> OpenApiRouter<Arc<Service>> {
     OpenApiRouter::with_openapi(Frame::openapi())
         .merge(super::http::routes())
-        .merge(super::oip_http::routes())
+        .merge(super::http::oip::routes())
         .merge(super::web::routes())
         .routes(routes!(openapi_json))
 }
@@ -66,7 +66,7 @@ fn describe_auth(api: &mut utoipa::openapi::OpenApi) {
         if access(path) == Access::Public {
             continue;
         }
-        let error_schema = if super::oip_http::is_oip_path(path) {
+        let error_schema = if super::http::oip::is_oip_path(path) {
             "OipErrorBody"
         } else {
             "ErrorBody"

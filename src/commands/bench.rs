@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::BenchArgs;
+use crate::commands::cli::BenchArgs;
+use crate::commands::verify::random_inputs;
 use crate::engine::model::Workspace;
 use crate::engine::plan::{ConvKind, Layer};
 use crate::engine::pool::{ModelPool, Variant};
@@ -14,7 +15,6 @@ use crate::engine::reference::{ProtoCache, TractReference};
 use crate::engine::team::Team;
 use crate::error::{Error, Result};
 use crate::kernels::KernelSet;
-use crate::verify::random_inputs;
 
 /// Timing of one variant at one batch size.
 #[derive(Debug, Clone, Serialize)]
@@ -96,7 +96,7 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
         .map(|&t| Team::new(t.into(), "bench", || {}))
         .collect::<Result<Vec<_>>>()?;
     let streams = usize::from(args.streams).max(1);
-    let progress = crate::progress::bar(
+    let progress = crate::commands::progress::bar(
         (pool.variants().len() * args.batch.len() * teams.len()) as u64,
         "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
     );
@@ -168,7 +168,7 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
     }
     if let Some(path) = &args.svg {
         let title = format!("mobilenet-serve bench ({} kernels)", report.kernels);
-        let svg = crate::chart::speed_vs_batch(&title, &speed_series(&report.results));
+        let svg = crate::commands::chart::speed_vs_batch(&title, &speed_series(&report.results));
         std::fs::write(path, svg).map_err(|e| Error::io(path, e))?;
         println!("wrote {}", path.display());
     }
@@ -176,13 +176,13 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
 }
 
 /// One line per variant over batch sizes.
-fn speed_series(results: &[BenchResult]) -> Vec<crate::chart::Series> {
-    let mut series: Vec<crate::chart::Series> = Vec::new();
+fn speed_series(results: &[BenchResult]) -> Vec<crate::commands::chart::Series> {
+    let mut series: Vec<crate::commands::chart::Series> = Vec::new();
     for r in results {
         let point = (r.batch, r.median_ms, r.gflops);
         match series.iter_mut().find(|s| s.label == r.name) {
             Some(s) => s.points.push(point),
-            None => series.push(crate::chart::Series {
+            None => series.push(crate::commands::chart::Series {
                 label: r.name.clone(),
                 points: vec![point],
             }),

@@ -9,12 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::client;
-use crate::config::ClassifyArgs;
+use crate::commands::cli::ClassifyArgs;
+use crate::commands::client;
 use crate::engine::pool::ModelPool;
 use crate::error::{Error, Result};
-use crate::router::{Selection, SelectionParams};
-use crate::service::{ClassifyRequest, Service, ServiceConfig, Timings};
+use crate::serving::router::{Selection, SelectionParams};
+use crate::serving::{ClassifyRequest, Service, ServiceConfig, Timings};
 
 /// Protocol label of in-process requests in the metrics.
 const PROTOCOL: &str = "cli";

@@ -9,8 +9,8 @@ use image::RgbImage;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::chart::{self, Point};
-use crate::dataset::{self, LabeledImage};
+use crate::commands::chart::{self, Point};
+use crate::commands::dataset::{self, LabeledImage};
 use crate::engine::model::Workspace;
 use crate::engine::pool::{ModelPool, Variant};
 use crate::error::{Error, Result};
@@ -173,12 +173,12 @@ fn eval_all(
 }
 
 /// The `eval` command: prints a table, and writes JSON and SVG when asked.
-pub fn run(pool: &ModelPool, args: &crate::config::EvalArgs) -> Result<EvalReport> {
+pub fn run(pool: &ModelPool, args: &crate::commands::cli::EvalArgs) -> Result<EvalReport> {
     let (images, decoding) = load_images(&args.data, args.limit)?;
     let decode_ms = decoding.as_secs_f64() * 1000.0 / images.len() as f64;
     println!("decoded {} images: {decode_ms:.3} ms/img", images.len());
     let batch = args.batch as usize;
-    let progress = crate::progress::bar(
+    let progress = crate::commands::progress::bar(
         (images.len() * pool.variants().len()) as u64,
         "{elapsed_precise} [{bar:40}] {pos}/{len} images x variants, {eta} left",
     );
@@ -242,7 +242,7 @@ pub fn run(pool: &ModelPool, args: &crate::config::EvalArgs) -> Result<EvalRepor
 }
 
 /// The `preprocess` command: writes our model inputs for a labelled folder as one .npy file.
-pub fn dump_inputs(args: &crate::config::PreprocessArgs) -> Result<usize> {
+pub fn dump_inputs(args: &crate::commands::cli::PreprocessArgs) -> Result<usize> {
     let (images, _) = load_images(&args.data, args.limit)?;
     let r = args.size;
     let per = r * r * 3;
@@ -252,7 +252,7 @@ pub fn dump_inputs(args: &crate::config::PreprocessArgs) -> Result<usize> {
     }
     let file = std::fs::File::create(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let mut w = std::io::BufWriter::new(file);
-    crate::npy::write_f32(&mut w, &[images.len(), r, r, 3], &data)
+    crate::commands::npy::write_f32(&mut w, &[images.len(), r, r, 3], &data)
         .map_err(|e| Error::io(&args.out, e))?;
     Ok(images.len())
 }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::api::grpc;
 use crate::api::http::app;
 use crate::error::{Error, Result};
-use crate::service::Service;
+use crate::serving::Service;
 
 /// The sockets the service answers on.
 #[derive(Debug)]
@@ -194,5 +194,11 @@ pub async fn run(
     drain_timeout: Duration,
 ) -> Result<()> {
     let listeners = Listeners::bind(host, http_port, grpc_port).await?;
-    serve_until(service, listeners, crate::shutdown::signal(), drain_timeout).await
+    serve_until(
+        service,
+        listeners,
+        crate::serving::shutdown::signal(),
+        drain_timeout,
+    )
+    .await
 }

@@ -118,7 +118,7 @@ pub fn image_inputs(files: &[PathBuf], variant: &Variant) -> Result<Vec<Vec<f32>
 pub fn run(pool: &ModelPool, images: Option<&Path>, count: usize) -> Result<bool> {
     let files = match images {
         Some(dir) => {
-            let mut f = crate::dataset::image_files(dir)?;
+            let mut f = crate::commands::dataset::image_files(dir)?;
             f.truncate(count);
             if f.is_empty() {
                 return Err(Error::Catalog(format!("no images in {}", dir.display())));

@@ -250,7 +250,7 @@ pub fn derive_spec(file: &Path, plan: &Plan, resolution: Option<usize>) -> Resul
 
 /// The ONNX files directly inside `dir`, sorted by name.
 pub fn onnx_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    crate::dataset::files_with_extensions(dir, &["onnx"])
+    crate::commands::dataset::files_with_extensions(dir, &["onnx"])
 }
 
 /// The 1000 ImageNet class names from `dir/imagenet_classes.txt`, or `class_<i>` when absent.

@@ -1,5 +1,5 @@
-//! Our inference engine: ONNX import into a plan, the plan run by our kernels, the variant pool,
-//! the engine threads that serve batches, and tract as the independent reference.
+//! Our inference engine: ONNX import into a plan, the plan run by our kernels, the variant pool
+//! and tract as the independent reference.
 
 pub mod catalog;
 pub mod import;
@@ -9,4 +9,3 @@ pub mod plan;
 pub mod pool;
 pub mod reference;
 pub mod team;
-pub mod worker;

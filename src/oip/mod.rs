@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::engine::pool::Variant;
 use crate::error::{Error, Result};
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
-use crate::service::{millis, request_span, Admission, Images, InferRequest, Service, Timings};
+use crate::serving::{millis, request_span, Admission, Images, InferRequest, Service, Timings};
 use tracing::Instrument;
 
 /// The one version every model has.

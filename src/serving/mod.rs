@@ -2,6 +2,13 @@
 //! blocking pool, batching onto the engine threads, postprocessing, and the metrics of each step.
 //! HTTP (and later gRPC) handlers only translate to and from it.
 
+pub mod batcher;
+pub mod latency;
+pub mod metrics;
+pub mod router;
+pub mod shutdown;
+pub mod workers;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,17 +20,17 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::api::auth::Auth;
-use crate::batcher::{BatchPolicy, Batcher, Incoming, Job, JobOutput};
+use crate::commands::eval::EvalReport;
 use crate::engine::pool::{ModelPool, Unavailable, Variant};
-use crate::engine::worker::{EngineContext, EngineThreads};
 use crate::error::{Error, Result};
-use crate::eval::EvalReport;
-use crate::latency::LatencyTracker;
-use crate::metrics::{Metrics, NO_VARIANT};
 use crate::pipeline::decode::{decode, DecodeLimits};
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
 use crate::pipeline::preprocess::{preprocess, Normalization};
-use crate::router::{self, Candidate, Selection};
+use crate::serving::batcher::{BatchPolicy, Batcher, Incoming, Job, JobOutput};
+use crate::serving::latency::LatencyTracker;
+use crate::serving::metrics::{Metrics, NO_VARIANT};
+use crate::serving::router::{Candidate, Selection};
+use crate::serving::workers::{EngineContext, EngineThreads};
 
 /// File name of the accuracy results (`eval --json`) looked for in the models directory.
 pub const EVAL_RESULTS: &str = "eval.json";

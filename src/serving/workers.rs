@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::model::{resident_vec, Workspace};
-use super::pool::Variant;
-use super::team::Team;
-use crate::batcher::{Batch, Batcher, JobOutput};
+use crate::engine::model::{resident_vec, Workspace};
+use crate::engine::pool::Variant;
+use crate::engine::team::Team;
 use crate::error::{Error, Result};
-use crate::latency::LatencyTracker;
-use crate::metrics::Metrics;
+use crate::serving::batcher::{Batch, Batcher, JobOutput};
+use crate::serving::latency::LatencyTracker;
+use crate::serving::metrics::Metrics;
 
 /// What the engine threads share.
 #[derive(Debug, Clone)]

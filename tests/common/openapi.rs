@@ -8,7 +8,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use mobilenet_serve::api::openapi;
 use mobilenet_serve::app;
-use mobilenet_serve::service::Service;
+use mobilenet_serve::serving::Service;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 

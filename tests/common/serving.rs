@@ -11,14 +11,14 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use mobilenet_serve::api::grpc;
-use mobilenet_serve::batcher::BatchPolicy;
+use mobilenet_serve::commands::serve::{serve_until, Listeners};
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::{KernelSet, TierChoice};
 use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
 use mobilenet_serve::pipeline::postprocess::argmax;
 use mobilenet_serve::pipeline::preprocess::preprocess;
-use mobilenet_serve::serve::{serve_until, Listeners};
-use mobilenet_serve::service::{Service, ServiceConfig};
+use mobilenet_serve::serving::batcher::BatchPolicy;
+use mobilenet_serve::serving::{Service, ServiceConfig};
 
 /// The cheapest variant.
 pub const SMALL: &str = "mobilenet_v1_0.25_128";
@@ -106,7 +106,7 @@ pub fn predicted_fastest(s: &Service) -> String {
     s.models()
         .into_iter()
         .min_by(|a, b| {
-            let p = |m: &mobilenet_serve::service::ModelInfo| m.latency_ms.predicted.unwrap();
+            let p = |m: &mobilenet_serve::serving::ModelInfo| m.latency_ms.predicted.unwrap();
             p(a).total_cmp(&p(b))
         })
         .unwrap()

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{DynamicImage, Frame, ImageBuffer, ImageFormat, Luma, Rgb, RgbImage, Rgba, RgbaImage};
-use mobilenet_serve::service::Service;
+use mobilenet_serve::serving::Service;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

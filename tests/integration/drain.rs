@@ -6,12 +6,12 @@ use crate::common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mobilenet_serve::batcher::BatchPolicy;
+use mobilenet_serve::commands::serve::{serve_until, Listeners};
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::{KernelSet, TierChoice};
 use mobilenet_serve::pipeline::decode::DecodeLimits;
-use mobilenet_serve::serve::{serve_until, Listeners};
-use mobilenet_serve::service::{Service, ServiceConfig};
+use mobilenet_serve::serving::batcher::BatchPolicy;
+use mobilenet_serve::serving::{Service, ServiceConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

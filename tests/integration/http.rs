@@ -14,8 +14,8 @@ use axum::http::{header, Request, StatusCode};
 use base64::Engine as _;
 use http_body_util::BodyExt;
 use mobilenet_serve::app;
-use mobilenet_serve::eval::{EvalReport, VariantResult};
-use mobilenet_serve::service::Service;
+use mobilenet_serve::commands::eval::{EvalReport, VariantResult};
+use mobilenet_serve::serving::Service;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -754,7 +754,7 @@ async fn the_web_page_and_its_assets_are_served_from_the_binary() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_threads_run_nicer_than_the_threads_that_answer() {
-    use mobilenet_serve::engine::worker::ENGINE_NICENESS;
+    use mobilenet_serve::serving::workers::ENGINE_NICENESS;
     use std::time::Duration;
     // Field 19 of /proc/.../stat, counted after the parenthesised name (which may hold spaces).
     let nice = |stat: &str| -> i32 {

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use mobilenet_serve::app;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::KernelSet;
-use mobilenet_serve::service::Service;
+use mobilenet_serve::serving::Service;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;

@@ -14,6 +14,7 @@ mod http;
 mod import;
 mod integrity;
 mod kernels;
+mod layers;
 mod oip;
 mod openapi;
 mod pipeline;

@@ -8,14 +8,16 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use mobilenet_serve::dataset::read_labels;
+use mobilenet_serve::commands::dataset::read_labels;
+use mobilenet_serve::commands::verify::{
+    check_variant, image_inputs, random_inputs, REL_TOLERANCE,
+};
 use mobilenet_serve::engine::model::Workspace;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::engine::reference::ProtoCache;
 use mobilenet_serve::engine::team::Team;
 use mobilenet_serve::kernels::{KernelSet, Tier};
 use mobilenet_serve::pipeline::postprocess::argmax;
-use mobilenet_serve::verify::{check_variant, image_inputs, random_inputs, REL_TOLERANCE};
 use mobilenet_serve::Error;
 
 fn options() -> LoadOptions {
@@ -82,7 +84,7 @@ fn zoo_per_tier() -> Vec<ModelPool> {
 
 #[test]
 fn every_variant_matches_tract_on_random_and_real_inputs_with_every_tier() {
-    let images = mobilenet_serve::dataset::image_files(&common::imagenet_dir()).unwrap();
+    let images = mobilenet_serve::commands::dataset::image_files(&common::imagenet_dir()).unwrap();
     for pool in zoo_per_tier() {
         let mut protos = ProtoCache::default();
         for v in pool.variants() {
@@ -134,7 +136,7 @@ fn golden_images_get_their_labels_from_1_0_224() {
 
 #[test]
 fn batched_outputs_equal_single_image_outputs_with_every_tier() {
-    let files = mobilenet_serve::dataset::image_files(&common::imagenet_dir()).unwrap();
+    let files = mobilenet_serve::commands::dataset::image_files(&common::imagenet_dir()).unwrap();
     for pool in zoo_per_tier() {
         for name in ["mobilenet_v1_0.25_128", "mobilenet_v1_0.75_224"] {
             let v = pool.get(name).unwrap();

@@ -1,6 +1,8 @@
 //! The gRPC API (tonic): our `mobilenet.v1.Classifier` service, `grpc.health.v1.Health`
 //! following readiness, and server reflection, all over the same [`Service`] as HTTP; the
-//! Open Inference Protocol's service ([`super::oip_grpc`]) shares the server.
+//! Open Inference Protocol's service ([`oip`]) shares the server.
+
+pub mod oip;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,11 +18,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::auth::Access;
+use crate::api::auth::Access;
 use crate::error::{Error, Result};
-use crate::metrics::NO_VARIANT;
-use crate::router::SelectionParams;
-use crate::service::{ClassifyRequest, ClassifyResponse, ModelInfo, Service};
+use crate::serving::metrics::NO_VARIANT;
+use crate::serving::router::SelectionParams;
+use crate::serving::{ClassifyRequest, ClassifyResponse, ModelInfo, Service};
 
 /// The code generated from `proto/mobilenet.proto`, and its descriptors for reflection.
 pub mod pb {
@@ -335,7 +337,7 @@ pub async fn serve(
                 tonic_health::ServingStatus::NotServing
             };
             // "" is the whole server, as health-checking clients ask by default.
-            for name in ["", SERVICE_NAME, super::oip_grpc::SERVICE_NAME] {
+            for name in ["", SERVICE_NAME, oip::SERVICE_NAME] {
                 reporter.set_service_status(name, status).await;
             }
         }
@@ -362,17 +364,15 @@ pub async fn serve(
     })
     // The images of one message may use the whole body limit, as over HTTP.
     .max_decoding_message_size(body_limit.saturating_add(64 << 10));
-    let inference = super::oip_grpc::GrpcInferenceServiceServer::new(
-        super::oip_grpc::InferenceApi::new(service.clone()),
-    )
-    .max_decoding_message_size(body_limit.saturating_add(64 << 10));
+    let inference = oip::GrpcInferenceServiceServer::new(oip::InferenceApi::new(service.clone()))
+        .max_decoding_message_size(body_limit.saturating_add(64 << 10));
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
     tracing::info!(%addr, "gRPC listening");
     let auth = service.config().auth.clone();
     tonic::transport::Server::builder()
-        .trace_fn(super::request_id::grpc_span)
+        .trace_fn(crate::api::request_id::grpc_span)
         // HTTP/2 connections live long: without an age limit, pods added by an autoscaler
         // would get no traffic from clients already connected. Calls in flight get a grace.
         .max_connection_age(Duration::from_secs(300))

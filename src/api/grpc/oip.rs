@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-use super::grpc::{grpc_timeout, request_timeout, status};
+use super::{grpc_timeout, request_timeout, status};
 use crate::error::{Error, Result};
 use crate::oip::{self, tensor, ElementLimits, InputData, InputTensor, RequestedOutput};
-use crate::service::Service;
+use crate::serving::Service;
 
 /// The code generated from `proto/inference.proto`.
 pub mod pb {

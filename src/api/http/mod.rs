@@ -1,6 +1,9 @@
 //! The HTTP API (axum): routes, request parsing, response bodies, and the one mapping from
 //! [`Error`] to a status code with a JSON body.
 
+pub mod body;
+pub mod oip;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +19,12 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::body::{check_declared_length, read_body, within};
+use self::body::{check_declared_length, read_body, within};
 use crate::engine::pool::Unavailable;
 use crate::error::Error;
-use crate::metrics::NO_VARIANT;
-use crate::router::{Selection, SelectionParams};
-use crate::service::{ClassifyRequest, ClassifyResponse, ModelInfo, Prediction, Service, Timings};
+use crate::serving::metrics::NO_VARIANT;
+use crate::serving::router::{Selection, SelectionParams};
+use crate::serving::{ClassifyRequest, ClassifyResponse, ModelInfo, Prediction, Service, Timings};
 
 /// Protocol label of HTTP requests in the metrics.
 const PROTOCOL: &str = "http";
@@ -32,7 +35,7 @@ const DEFAULT_TOP_K: usize = 5;
 pub fn app(service: Arc<Service>) -> Router {
     // Multipart bodies obey axum's body limit (2 MB unless set): make it ours.
     let body_limit = DefaultBodyLimit::max(service.config().decode_limits.max_bytes);
-    let (routes, _) = super::openapi::router().split_for_parts();
+    let (routes, _) = crate::api::openapi::router().split_for_parts();
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -40,10 +43,10 @@ pub fn app(service: Arc<Service>) -> Router {
         // A request without the key costs nothing else.
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
-            super::auth::require_key,
+            crate::api::auth::require_key,
         ))
         // Outermost, so that even a refusal is logged under its request id.
-        .layer(axum::middleware::from_fn(super::request_id::propagate))
+        .layer(axum::middleware::from_fn(crate::api::request_id::propagate))
         .with_state(service)
 }
 
@@ -553,8 +556,8 @@ async fn metrics(State(service): State<Arc<Service>>) -> Response {
 
 /// Unknown routes; under `/v2` in the Open Inference Protocol's error format.
 async fn not_found(uri: Uri) -> Response {
-    if super::oip_http::is_oip_path(uri.path()) {
-        return super::oip_http::error(Error::NotFound(
+    if oip::is_oip_path(uri.path()) {
+        return oip::error(Error::NotFound(
             "no such route of the Open Inference Protocol".into(),
         ));
     }
@@ -568,8 +571,8 @@ async fn not_found(uri: Uri) -> Response {
 
 async fn method_not_allowed(uri: Uri) -> Response {
     let e = Error::MethodNotAllowed("this route does not take that method".into());
-    if super::oip_http::is_oip_path(uri.path()) {
-        super::oip_http::error(e)
+    if oip::is_oip_path(uri.path()) {
+        oip::error(e)
     } else {
         e.into_response()
     }

@@ -19,12 +19,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::body::{check_declared_length, read_body, within};
-use super::http::error_response;
+use super::error_response;
 use crate::error::Error;
 use crate::oip::{
     self, json, tensor, ElementLimits, InputData, InputTensor, OutputData, RequestedOutput,
 };
-use crate::service::Service;
+use crate::serving::Service;
 
 /// Protocol label of these requests in the metrics.
 const PROTOCOL: &str = "oip_http";
@@ -688,7 +688,7 @@ fn infer_response(answer: oip::Response, id: Option<String>, binary: &BinaryOutp
         Ok(h) => h,
         Err(e) => return error(Error::Internal(format!("response JSON: {e}"))),
     };
-    let timing = super::http::server_timing(&answer.timings);
+    let timing = super::server_timing(&answer.timings);
     let mut response = if tail.is_empty() {
         ([(CONTENT_TYPE, "application/json")], head).into_response()
     } else {

@@ -9,11 +9,11 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-const INDEX: &str = include_str!("web/index.html");
-const SCRIPT: &str = include_str!("web/app.js");
-const STYLE: &str = include_str!("web/style.css");
-const DOCS: &str = include_str!("web/docs.html");
-const DOCS_SCRIPT: &str = include_str!("web/docs.js");
+const INDEX: &str = include_str!("index.html");
+const SCRIPT: &str = include_str!("app.js");
+const STYLE: &str = include_str!("style.css");
+const DOCS: &str = include_str!("docs.html");
+const DOCS_SCRIPT: &str = include_str!("docs.js");
 
 const HTML: &str = "text/html; charset=utf-8";
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 pub use self::policy::{BatchPolicy, Decision, QueueView};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::serving::metrics::Metrics;
 
 /// What an engine thread sends back for one image.
 #[derive(Debug, Clone)]
