@@ -1,5 +1,5 @@
-//! The crate's error type: one enum, so that every front end (CLI now, HTTP and gRPC later) maps
-//! the same kinds to its own status codes in one place.
+//! The crate's error type: one enum, and the one classification of its variants for clients
+//! ([`ErrorKind`]) from which every front end (HTTP, gRPC, the CLI) derives its own statuses.
 
 use std::path::PathBuf;
 
@@ -124,11 +124,67 @@ impl Error {
     }
 }
 
-/// How an error is reported to a client: an HTTP status, a stable machine-readable code, and a
-/// suggested retry delay when retrying can help.
+/// What a client is told an error was. Each protocol maps a class to its own status in one
+/// place (`api::errors`); the HTTP status of each class is also the `code` label of the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is malformed or its content cannot be used.
+    BadRequest,
+    /// The API key is missing or wrong.
+    Unauthorized,
+    /// No such model or route.
+    NotFound,
+    /// The route does not take that method.
+    MethodNotAllowed,
+    /// The body arrived too slowly.
+    RequestTimeout,
+    /// Over a size limit.
+    TooLarge,
+    /// A media type or image format we do not take.
+    UnsupportedMediaType,
+    /// Valid, but no variant can serve it.
+    Unprocessable,
+    /// Overloaded: retry later.
+    TooManyRequests,
+    /// Warming up or draining: retry later.
+    Unavailable,
+    /// The request's deadline passed.
+    DeadlineExceeded,
+    /// A fault of ours, not the client's.
+    Internal,
+}
+
+impl ErrorClass {
+    /// The HTTP status of the class.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorClass::BadRequest => 400,
+            ErrorClass::Unauthorized => 401,
+            ErrorClass::NotFound => 404,
+            ErrorClass::MethodNotAllowed => 405,
+            ErrorClass::RequestTimeout => 408,
+            ErrorClass::TooLarge => 413,
+            ErrorClass::UnsupportedMediaType => 415,
+            ErrorClass::Unprocessable => 422,
+            ErrorClass::TooManyRequests => 429,
+            ErrorClass::Unavailable => 503,
+            ErrorClass::DeadlineExceeded => 504,
+            ErrorClass::Internal => 500,
+        }
+    }
+}
+
+/// The wait suggested to a client refused for overload or while draining (`Retry-After`, gRPC's
+/// `RetryInfo`), in seconds: long enough for a batch or two to drain, short next to a deadline.
+pub const RETRY_AFTER_S: u64 = 1;
+
+/// How an error is reported to a client: its class, its HTTP status, a stable machine-readable
+/// code, and a suggested retry delay when retrying can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorKind {
-    /// HTTP status code.
+    /// What the client is told the error was.
+    pub class: ErrorClass,
+    /// HTTP status code (of `class`).
     pub status: u16,
     /// Stable identifier for clients (`error.code` in JSON bodies).
     pub code: &'static str,
@@ -137,36 +193,45 @@ pub struct ErrorKind {
 }
 
 impl Error {
-    /// The one mapping from error to client-facing kind (HTTP status and code); gRPC maps from
-    /// the same kinds.
+    /// The one classification of errors for clients; every protocol maps from it.
     pub fn kind(&self) -> ErrorKind {
-        let (status, code, retry_after_s) = match self {
-            Error::BadRequest(_) | Error::BadInput(_) => (400, "bad_request", None),
-            Error::Undecodable(_) => (400, "undecodable_image", None),
-            Error::UnknownModel { .. } => (404, "unknown_model", None),
-            Error::ModelUnavailable { .. } => (404, "model_unavailable", None),
-            Error::NotFound(_) => (404, "not_found", None),
-            Error::MethodNotAllowed(_) => (405, "method_not_allowed", None),
-            Error::RequestTimeout(_) => (408, "request_timeout", None),
-            Error::TooLarge(_) => (413, "too_large", None),
-            Error::UnsupportedMediaType(_) => (415, "unsupported_media_type", None),
-            Error::UnsupportedFormat(_) => (415, "unsupported_image_format", None),
-            Error::TargetUnreachable(_) => (422, "target_unreachable", None),
-            Error::QueueFull { retry_after_s, .. } => (429, "queue_full", Some(*retry_after_s)),
-            Error::Overloaded { retry_after_s, .. } => (429, "overloaded", Some(*retry_after_s)),
-            Error::Unauthorized(_) => (401, "unauthorized", None),
-            Error::Unavailable(_) => (503, "unavailable", Some(1)),
-            Error::DeadlineExceeded(_) => (504, "deadline_exceeded", None),
+        use ErrorClass as C;
+        let (class, code, retry_after_s) = match self {
+            Error::BadRequest(_) | Error::BadInput(_) => (C::BadRequest, "bad_request", None),
+            Error::Undecodable(_) => (C::BadRequest, "undecodable_image", None),
+            Error::UnknownModel { .. } => (C::NotFound, "unknown_model", None),
+            Error::ModelUnavailable { .. } => (C::NotFound, "model_unavailable", None),
+            Error::NotFound(_) => (C::NotFound, "not_found", None),
+            Error::MethodNotAllowed(_) => (C::MethodNotAllowed, "method_not_allowed", None),
+            Error::RequestTimeout(_) => (C::RequestTimeout, "request_timeout", None),
+            Error::TooLarge(_) => (C::TooLarge, "too_large", None),
+            Error::UnsupportedMediaType(_) => {
+                (C::UnsupportedMediaType, "unsupported_media_type", None)
+            }
+            Error::UnsupportedFormat(_) => {
+                (C::UnsupportedMediaType, "unsupported_image_format", None)
+            }
+            Error::TargetUnreachable(_) => (C::Unprocessable, "target_unreachable", None),
+            Error::QueueFull { retry_after_s, .. } => {
+                (C::TooManyRequests, "queue_full", Some(*retry_after_s))
+            }
+            Error::Overloaded { retry_after_s, .. } => {
+                (C::TooManyRequests, "overloaded", Some(*retry_after_s))
+            }
+            Error::Unauthorized(_) => (C::Unauthorized, "unauthorized", None),
+            Error::Unavailable(_) => (C::Unavailable, "unavailable", Some(RETRY_AFTER_S)),
+            Error::DeadlineExceeded(_) => (C::DeadlineExceeded, "deadline_exceeded", None),
             Error::Unsupported { .. }
             | Error::MalformedModel(_)
             | Error::Catalog(_)
             | Error::Reference(_)
             | Error::Config(_)
             | Error::Internal(_)
-            | Error::Io { .. } => (500, "internal", None),
+            | Error::Io { .. } => (C::Internal, "internal", None),
         };
         ErrorKind {
-            status,
+            class,
+            status: class.http_status(),
             code,
             retry_after_s,
         }

@@ -16,10 +16,11 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::api::grpc::oip as oip_grpc;
-use crate::api::http::{self, oip as oip_http};
+use crate::api::http::classifier as http;
+use crate::api::http::oip as oip_http;
 use crate::engine::import::import_bytes;
 use crate::engine::model::Model;
-use crate::kernels::{KernelSet, TierChoice};
+use crate::kernels::{KernelSet, Tier, TierChoice};
 use crate::oip::{ElementLimits, InputData};
 use crate::pipeline::decode::{decode, DecodeLimits};
 use crate::pipeline::preprocess::{preprocess, Normalization};
@@ -66,7 +67,8 @@ pub fn decode_and_preprocess(data: &[u8]) -> bool {
         "decoded beyond the pixel limit"
     );
     let rho = [224, 192, 160, 128][data.len() % 4];
-    let tensor = preprocess(&img, rho, Normalization::default())
+    let tier = *Tier::supported().last().unwrap_or(&Tier::Scalar);
+    let tensor = preprocess(&img, rho, Normalization::default(), tier)
         .unwrap_or_else(|e| panic!("a decoded image failed to preprocess: {e}"));
     assert_eq!(tensor.len(), rho * rho * 3, "wrong tensor size");
     // One ulp of slack: 255 / 127.5 - 1 is exactly 1 only as long as it is not computed fused.

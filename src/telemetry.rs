@@ -1,8 +1,16 @@
 //! Logging set-up: `RUST_LOG`-style filtering, text or JSON lines on stderr.
 
+use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::cli::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber (once; later calls are ignored). `default_level` applies when
 /// `RUST_LOG` is not set.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use common::serving::{config, jpegs, service, SMALL};
+use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::app;
 use tower::ServiceExt;
 
@@ -21,7 +22,10 @@ async fn status(
         .header("x-request-id", "trace-me-7")
         .body(Body::from(body))
         .unwrap();
-    let response = app(s.clone()).oneshot(request).await.unwrap();
+    let response = app(s.clone(), Auth::default())
+        .oneshot(request)
+        .await
+        .unwrap();
     assert_eq!(response.headers()["x-request-id"], "trace-me-7");
     response.status()
 }

@@ -11,11 +11,11 @@ use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use sha2::{Digest, Sha256};
 
+use super::errors::for_path;
 use crate::error::{Error, Result};
-use crate::serving::Service;
 
 /// A secret API key, held as its digest.
 #[derive(Clone, PartialEq, Eq)]
@@ -152,12 +152,7 @@ impl Auth {
 
 /// The HTTP middleware: refuses requests without the key where it is required, with 401 and
 /// `WWW-Authenticate: Bearer`, in the error format of the route's protocol.
-pub async fn require_key(
-    State(service): State<Arc<Service>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let auth = &service.config().auth;
+pub async fn require_key(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if !auth.required(access(path)) {
         return next.run(request).await;
@@ -166,11 +161,7 @@ pub async fn require_key(
         Ok(()) => next.run(request).await,
         Err(e) => {
             tracing::debug!(path, "refused: no valid API key");
-            let mut response = if super::http::oip::is_oip_path(path) {
-                super::http::oip::error(e)
-            } else {
-                e.into_response()
-            };
+            let mut response = for_path(path, e);
             response
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -15,6 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{access, Access};
+use super::errors::is_oip_path;
 use crate::serving::Service;
 
 /// The document's frame: title, description, tags. The paths come from the routes.
@@ -43,7 +44,7 @@ struct Frame;
 /// Every route of the HTTP application with its description; `api::http::app` serves them.
 pub fn router() -> OpenApiRouter<Arc<Service>> {
     OpenApiRouter::with_openapi(Frame::openapi())
-        .merge(super::http::routes())
+        .merge(super::http::classifier::routes())
         .merge(super::http::oip::routes())
         .merge(super::web::routes())
         .routes(routes!(openapi_json))
@@ -66,7 +67,7 @@ fn describe_auth(api: &mut utoipa::openapi::OpenApi) {
         if access(path) == Access::Public {
             continue;
         }
-        let error_schema = if super::http::oip::is_oip_path(path) {
+        let error_schema = if is_oip_path(path) {
             "OipErrorBody"
         } else {
             "ErrorBody"

@@ -1,17 +1,26 @@
 //! Request ids: every HTTP and gRPC request runs in a span carrying one, so that each log line
 //! of a request names it. A client's own `x-request-id` (visible ASCII, at most 128 bytes) is
-//! kept, so ids follow a request across services; otherwise one is made. HTTP answers echo it.
+//! kept, so ids follow a request across services; otherwise one is made. HTTP answers echo it,
+//! and the id is the request's task-local [`current`] one, so that an error can name it.
 
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use tokio::task::futures::TaskLocalFuture;
+use tracing::instrument::Instrumented;
 use tracing::Instrument;
+
+tokio::task_local! {
+    static CURRENT: String;
+}
 
 /// The header carrying the id, both ways.
 pub const HEADER: &str = "x-request-id";
@@ -41,20 +50,63 @@ pub fn span(protocol: &'static str, id: &str, path: &str) -> tracing::Span {
     tracing::info_span!("req", request_id = id, protocol, path)
 }
 
-/// HTTP middleware: runs the request in its span and echoes the id.
+/// The id of the request this task serves, if any.
+pub fn current() -> Option<String> {
+    CURRENT.try_with(String::clone).ok()
+}
+
+/// Runs `work` as the request `id`.
+pub fn scope<F: Future>(id: String, work: F) -> TaskLocalFuture<String, F> {
+    CURRENT.scope(id, work)
+}
+
+/// HTTP middleware: runs the request in its span and as its id, and echoes the id.
 pub async fn propagate(request: Request, next: Next) -> Response {
     let id = of(request.headers());
     let span = span("http", &id, request.uri().path());
-    let mut response = next.run(request).instrument(span).await;
+    let mut response = scope(id.clone(), next.run(request)).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }
     response
 }
 
-/// The span of a gRPC call (tonic's `trace_fn`).
-pub fn grpc_span(request: &axum::http::Request<()>) -> tracing::Span {
-    span("grpc", &of(request.headers()), request.uri().path())
+/// gRPC middleware (a layer of the tonic server): runs each call in its span and as its id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcRequestIds;
+
+impl<S> tower::Layer<S> for GrpcRequestIds {
+    type Service = WithRequestId<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WithRequestId { inner }
+    }
+}
+
+/// A gRPC service whose calls run in their span and as their id (see [`GrpcRequestIds`]).
+#[derive(Debug, Clone)]
+pub struct WithRequestId<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for WithRequestId<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Instrumented<TaskLocalFuture<String, S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let id = of(request.headers());
+        let span = span("grpc", &id, request.uri().path());
+        let call = span.in_scope(|| self.inner.call(request));
+        scope(id, call).instrument(span)
+    }
 }
 
 #[cfg(test)]

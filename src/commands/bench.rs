@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::commands::cli::BenchArgs;
-use crate::commands::verify::random_inputs;
+use crate::engine::crosscheck::random_inputs;
 use crate::engine::model::Workspace;
 use crate::engine::plan::{ConvKind, Layer};
 use crate::engine::pool::{ModelPool, Variant};
@@ -15,6 +15,7 @@ use crate::engine::reference::{ProtoCache, TractReference};
 use crate::engine::team::Team;
 use crate::error::{Error, Result};
 use crate::kernels::KernelSet;
+use crate::serving::latency::quantile;
 
 /// Timing of one variant at one batch size.
 #[derive(Debug, Clone, Serialize)]
@@ -56,10 +57,11 @@ pub struct BenchReport {
     pub results: Vec<BenchResult>,
 }
 
-/// Minimum, median and 90th percentile of `samples` (sorted in place).
+/// Minimum, median and 90th percentile of `samples` (sorted in place; nearest rank, as the
+/// service's latency statistics), zeros when there is none.
 fn quantiles(samples: &mut [f64]) -> (f64, f64, f64) {
     samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let at = |q: f64| quantile(samples, q).unwrap_or(0.0);
     (at(0.0), at(0.5), at(0.9))
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::commands::cli::ClassifyArgs;
+use crate::commands::cli::{ClassifyArgs, ServeArgs};
 use crate::commands::client;
 use crate::engine::pool::ModelPool;
 use crate::error::{Error, Result};
@@ -70,7 +70,7 @@ pub fn run_local(
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
-    let service = Service::new(pool, config, true)?;
+    let service = Service::new(pool, config)?;
     let answers = runtime.block_on(async {
         // A latency target needs every variant measured first, as the server does at start.
         if matches!(selection, Selection::Target { .. }) {
@@ -100,7 +100,7 @@ async fn classify_local(
         top_k: args.top_k,
         timeout: None,
     };
-    let mut answer = service.classify(admission, request, PROTOCOL).await?;
+    let mut answer = service.classify(admission, request).await?;
     Ok(FileAnswer {
         file: file.to_path_buf(),
         model: answer.model,
@@ -238,6 +238,22 @@ pub fn json(answers: &[Result<FileAnswer>], files: &[PathBuf]) -> String {
         })
         .collect();
     serde_json::to_string_pretty(&items).unwrap_or_default()
+}
+
+/// The service settings of in-process `classify`: those `serve` would run with here (its
+/// defaults and environment), with `classify`'s deadline.
+pub fn local_config(args: &ClassifyArgs) -> Result<ServiceConfig> {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    let defaults = <Defaults as clap::Parser>::try_parse_from(["serve"])
+        .map_err(|e| Error::Config(format!("the serve settings of the environment: {e}")))?;
+    let mut config = super::serve::service_config(&defaults.serve);
+    config.request_timeout = Duration::from_millis(args.timeout_ms);
+    config.max_request_timeout = config.max_request_timeout.max(config.request_timeout);
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::kernels::TierChoice;
+use crate::telemetry::LogFormat;
 
 /// MobileNet v1 classification with our own CPU engine, cross-checked against tract.
 #[derive(Debug, Parser)]
@@ -43,15 +44,6 @@ pub struct GlobalOptions {
 
 fn parse_tier(s: &str) -> Result<TierChoice, String> {
     s.parse()
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.

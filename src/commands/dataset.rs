@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::engine::catalog::files_with_extensions;
 use crate::error::{Error, Result};
 
 /// One labelled image.
@@ -46,22 +47,6 @@ fn parse_labels(dir: &Path, text: &str) -> Result<Vec<LabeledImage>, String> {
 /// Image files directly inside `dir` (by extension), sorted by name.
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     files_with_extensions(dir, &["jpg", "jpeg", "png", "webp", "bmp", "gif"])
-}
-
-/// Files directly inside `dir` whose extension is one of `extensions` (lower case; matched
-/// case-insensitively), sorted by name.
-pub fn files_with_extensions(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| {
-                extensions.contains(&x.to_string_lossy().to_ascii_lowercase().as_str())
-            })
-        })
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 #[cfg(test)]

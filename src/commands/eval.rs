@@ -14,6 +14,7 @@ use crate::commands::dataset::{self, LabeledImage};
 use crate::engine::model::Workspace;
 use crate::engine::pool::{ModelPool, Variant};
 use crate::error::{Error, Result};
+use crate::kernels::Tier;
 use crate::pipeline::decode::{decode, DecodeLimits};
 use crate::pipeline::postprocess::top_k;
 use crate::pipeline::preprocess::preprocess_into;
@@ -107,7 +108,7 @@ pub fn eval_variant(
     for chunk in images.chunks(batch) {
         let started = Instant::now();
         for (slot, (_, img)) in input.chunks_exact_mut(per).zip(chunk) {
-            preprocess_into(img, r, v.spec.normalization, slot)?;
+            preprocess_into(img, r, v.spec.normalization, v.model.kernels().tier, slot)?;
         }
         preprocess_time += started.elapsed();
         let n = chunk.len();
@@ -242,13 +243,13 @@ pub fn run(pool: &ModelPool, args: &crate::commands::cli::EvalArgs) -> Result<Ev
 }
 
 /// The `preprocess` command: writes our model inputs for a labelled folder as one .npy file.
-pub fn dump_inputs(args: &crate::commands::cli::PreprocessArgs) -> Result<usize> {
+pub fn dump_inputs(args: &crate::commands::cli::PreprocessArgs, tier: Tier) -> Result<usize> {
     let (images, _) = load_images(&args.data, args.limit)?;
     let r = args.size;
     let per = r * r * 3;
     let mut data = vec![0.0f32; images.len() * per];
     for ((_, img), slot) in images.iter().zip(data.chunks_exact_mut(per)) {
-        preprocess_into(img, r, Default::default(), slot)?;
+        preprocess_into(img, r, Default::default(), tier, slot)?;
     }
     let file = std::fs::File::create(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let mut w = std::io::BufWriter::new(file);

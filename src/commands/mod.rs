@@ -1,4 +1,6 @@
-//! The binary's subcommands: serve, bench, eval, verify, classify, and their helpers.
+//! The binary's subcommands: `serve`, `models`, `verify`, `eval`, `bench`, `classify`,
+//! `preprocess`, `openapi`, `healthcheck`, and what they print (tables, charts, `.npy` files,
+//! progress bars). The top layer: may use every other.
 
 pub mod bench;
 pub mod chart;
@@ -7,7 +9,114 @@ pub mod cli;
 pub mod client;
 pub mod dataset;
 pub mod eval;
+pub mod models;
 pub mod npy;
 pub mod progress;
 pub mod serve;
 pub mod verify;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use self::cli::{Cli, Command, GlobalOptions};
+use crate::engine::pool::{LoadOptions, ModelPool};
+use crate::error::{Error, Result};
+use crate::kernels::KernelSet;
+
+/// How `global` says to load `variants` (all when `None`).
+fn load_options(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result<LoadOptions> {
+    let kernels = KernelSet::select(global.kernels).map_err(Error::Catalog)?;
+    tracing::info!(tier = %kernels.tier, "kernels selected");
+    Ok(LoadOptions {
+        variants,
+        resolution: global.resolution,
+        kernels,
+    })
+}
+
+/// Every variant asked for, or an error.
+fn load(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result<ModelPool> {
+    ModelPool::load(&global.models_dir, &load_options(global, variants)?)
+}
+
+/// Runs the command line's command; its exit code when it ran (a check may fail), an error when
+/// it could not.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let opts = load_options(&cli.global, args.variants.clone())?;
+            serve::command(&cli.global.models_dir, &opts, args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models => {
+            models::print(&load(&cli.global, None)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            let pool = load(&cli.global, args.variants.clone())?;
+            let ok = verify::run(&pool, args.images.as_deref(), args.count as usize)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Eval(args) => {
+            let pool = load(&cli.global, args.variants.clone())?;
+            eval::run(&pool, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            let pool = load(&cli.global, args.variants.clone())?;
+            bench::run(&pool, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Classify(args) => {
+            let answers = match &args.url {
+                Some(url) => classify::run_remote(url, &args)?,
+                None => {
+                    // Only the chosen variant is loaded when the choice is a name.
+                    let variants = args.model.clone().map(|m| vec![m]);
+                    let pool = load(&cli.global, variants)?;
+                    classify::run_local(pool, classify::local_config(&args)?, &args)?
+                }
+            };
+            if args.json {
+                println!("{}", classify::json(&answers, &args.files));
+            } else {
+                print!("{}", classify::table(&answers, &args.files));
+            }
+            Ok(if answers.iter().all(|a| a.is_ok()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Healthcheck(args) => {
+            let url = args.url();
+            let status = client::probe(
+                &url,
+                Duration::from_millis(args.timeout_ms),
+                args.api_key.as_deref(),
+            )?;
+            if (200..300).contains(&status) {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{url}: HTTP {status}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Openapi => {
+            println!("{}", crate::api::openapi::document());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Preprocess(args) => {
+            let tier = KernelSet::select(cli.global.kernels)
+                .map_err(Error::Catalog)?
+                .tier;
+            let n = eval::dump_inputs(&args, tier)?;
+            println!("wrote {n} images to {}", args.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

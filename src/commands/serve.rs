@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +13,16 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::auth::{ApiKey, Auth};
 use crate::api::grpc;
 use crate::api::http::app;
+use crate::commands::cli::ServeArgs;
+use crate::engine::pool::{LoadOptions, ModelPool};
 use crate::error::{Error, Result};
-use crate::serving::Service;
+use crate::pipeline::decode::DecodeLimits;
+use crate::serving::batcher::BatchPolicy;
+use crate::serving::config::MAX_REQUEST_TIMEOUT;
+use crate::serving::{Service, ServiceConfig};
 
 /// The sockets the service answers on.
 #[derive(Debug)]
@@ -47,6 +54,7 @@ impl Listeners {
 /// (for at most `drain_timeout`), the engine threads finish their queues and stop.
 pub async fn serve_until(
     service: Arc<Service>,
+    auth: Auth,
     listeners: Listeners,
     stop: impl Future<Output = ()> + Send + 'static,
     drain_timeout: Duration,
@@ -74,8 +82,12 @@ pub async fn serve_until(
     let signalled = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let http = serve_http(listeners.http, app(service.clone()), stopping.clone());
-    let grpc = grpc::serve(service.clone(), listeners.grpc, stopping.clone());
+    let http = serve_http(
+        listeners.http,
+        app(service.clone(), auth.clone()),
+        stopping.clone(),
+    );
+    let grpc = grpc::serve(service.clone(), auth, listeners.grpc, stopping.clone());
     // The first server to fail stops the other: a half-up service must not look healthy.
     let both = async { tokio::try_join!(http, grpc).map(|_| ()) };
     let deadline = async move {
@@ -188,6 +200,7 @@ async fn protocol_known(tcp: &tokio::net::TcpStream) -> bool {
 /// Binds the ports and serves until SIGTERM or ctrl-c.
 pub async fn run(
     service: Arc<Service>,
+    auth: Auth,
     host: IpAddr,
     http_port: u16,
     grpc_port: u16,
@@ -196,9 +209,87 @@ pub async fn run(
     let listeners = Listeners::bind(host, http_port, grpc_port).await?;
     serve_until(
         service,
+        auth,
         listeners,
         crate::serving::shutdown::signal(),
         drain_timeout,
     )
     .await
+}
+
+/// The `serve` command: loads what loads (or everything, with `--require-all-models`), starts
+/// the engine and serves until SIGTERM or ctrl-c.
+pub fn command(models_dir: &Path, opts: &LoadOptions, args: ServeArgs) -> Result<()> {
+    // Validated here, not by clap, whose errors would print the rejected value: the secret.
+    let key = args.api_key.as_deref().map(ApiKey::new).transpose()?;
+    let pool = if args.require_all_models {
+        ModelPool::load(models_dir, opts)?
+    } else {
+        ModelPool::load_available(models_dir, opts)?
+    };
+    for u in pool.unavailable() {
+        tracing::error!(variant = %u.name, file = %u.file.display(), error = %u.error,
+            "variant not served: it failed to load");
+    }
+    let unverified: Vec<&str> = pool
+        .variants()
+        .iter()
+        .filter(|v| !v.verified)
+        .map(|v| v.spec.name.as_str())
+        .collect();
+    if !unverified.is_empty() {
+        tracing::warn!(variants = %unverified.join(","),
+            "no expected sha256 (manifest or SHA256SUMS): model files not verified");
+    }
+    let config = service_config(&args);
+    let auth = Auth {
+        key,
+        protect_health: args.auth_health,
+    };
+    let engine_threads = config.engine_threads;
+    tracing::info!(variants = pool.variants().len(), engine_threads, "starting");
+    let service = Service::new(pool, config)?;
+    // Decoding runs on the blocking pool. Tokio would grow it to 512 threads under overload,
+    // each decoding into its own buffers on the same cores; a few threads keep the work and
+    // the memory bounded (requests beyond them wait as encoded bytes, already bounded by the
+    // in-flight limit).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads((2 * cores).max(4))
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(run(
+        service,
+        auth,
+        args.host,
+        args.http_port,
+        args.grpc_port,
+        Duration::from_secs(args.drain_timeout_s),
+    ))
+}
+
+/// The service settings of `serve`'s arguments.
+pub fn service_config(args: &ServeArgs) -> ServiceConfig {
+    ServiceConfig {
+        batch: BatchPolicy {
+            max_batch: args.max_batch_size as usize,
+            max_delay: Duration::from_micros(args.max_batch_delay_us),
+        },
+        max_queue: args.max_queue as usize,
+        max_concurrent_requests: args.max_concurrent_requests as usize,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        max_request_timeout: MAX_REQUEST_TIMEOUT,
+        max_images_per_request: args.max_images_per_request as usize,
+        decode_limits: DecodeLimits {
+            max_bytes: args.max_body_bytes as usize,
+            max_pixels: args.max_pixels,
+        },
+        default_model: args.default_model.clone(),
+        engine_threads: match args.engine_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
+        eval_results: args.eval_results.clone(),
+    }
 }

@@ -250,7 +250,23 @@ pub fn derive_spec(file: &Path, plan: &Plan, resolution: Option<usize>) -> Resul
 
 /// The ONNX files directly inside `dir`, sorted by name.
 pub fn onnx_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    crate::commands::dataset::files_with_extensions(dir, &["onnx"])
+    files_with_extensions(dir, &["onnx"])
+}
+
+/// Files directly inside `dir` whose extension is one of `extensions` (lower case; matched
+/// case-insensitively), sorted by name.
+pub fn files_with_extensions(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| {
+                extensions.contains(&x.to_string_lossy().to_ascii_lowercase().as_str())
+            })
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// The 1000 ImageNet class names from `dir/imagenet_classes.txt`, or `class_<i>` when absent.

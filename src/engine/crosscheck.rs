@@ -1,10 +1,11 @@
-//! The `verify` command: our engine against tract-onnx on the same ONNX files.
+//! Our engine against tract-onnx on the same ONNX files: the comparison, its tolerance, and the
+//! inputs it runs (deterministic random tensors, or real images).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::engine::onnx::pb;
-use crate::engine::pool::{ModelPool, Variant};
-use crate::engine::reference::{ProtoCache, TractReference};
+use super::onnx::pb;
+use super::pool::Variant;
+use super::reference::TractReference;
 use crate::error::{Error, Result};
 use crate::pipeline::decode::{decode, DecodeLimits};
 use crate::pipeline::postprocess::argmax;
@@ -109,50 +110,12 @@ pub fn image_inputs(files: &[PathBuf], variant: &Variant) -> Result<Vec<Vec<f32>
         .map(|f| {
             let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
             let img = decode(&bytes, &DecodeLimits::default())?;
-            preprocess(&img, variant.spec.resolution, variant.spec.normalization)
+            preprocess(
+                &img,
+                variant.spec.resolution,
+                variant.spec.normalization,
+                variant.model.kernels().tier,
+            )
         })
         .collect()
-}
-
-/// The `verify` command: prints one line per variant and the summary; returns whether all passed.
-pub fn run(pool: &ModelPool, images: Option<&Path>, count: usize) -> Result<bool> {
-    let files = match images {
-        Some(dir) => {
-            let mut f = crate::commands::dataset::image_files(dir)?;
-            f.truncate(count);
-            if f.is_empty() {
-                return Err(Error::Catalog(format!("no images in {}", dir.display())));
-            }
-            Some(f)
-        }
-        None => None,
-    };
-    let mut protos = ProtoCache::default();
-    let (mut worst, mut agree, mut total, mut all_ok) = (0.0f32, 0, 0, true);
-    for v in pool.variants() {
-        let inputs = match &files {
-            Some(f) => image_inputs(f, v)?,
-            None => random_inputs(count, v.input_len(), 0x5EED),
-        };
-        let c = check_variant(v, protos.get(pool, v)?, &inputs)?;
-        println!(
-            "{:<24} inputs {:>3}  max|diff| {:.3e}  rel {:.3e}  top-1 {}/{}  {}",
-            c.name,
-            c.inputs,
-            c.max_abs_diff,
-            c.max_rel_diff,
-            c.top1_agree,
-            c.inputs,
-            if c.passed() { "ok" } else { "FAILED" }
-        );
-        worst = worst.max(c.max_rel_diff);
-        agree += c.top1_agree;
-        total += c.inputs;
-        all_ok &= c.passed();
-    }
-    println!(
-        "verified {} variants: max rel diff {worst:.3e}, top-1 agreement {agree}/{total}",
-        pool.variants().len()
-    );
-    Ok(all_ok)
 }

@@ -1,7 +1,10 @@
-//! Our inference engine: ONNX import into a plan, the plan run by our kernels, the variant pool
-//! and tract as the independent reference.
+//! Our inference engine: models and how to run them. ONNX import into a plan, the plan run by
+//! our kernels (on one thread or a team), the catalogue and pool of variants, and tract as the
+//! independent reference with the cross-check against it. Knows no queue, request or transport:
+//! uses `kernels`, `pipeline` and `error` only.
 
 pub mod catalog;
+pub mod crosscheck;
 pub mod import;
 pub mod model;
 pub mod onnx;

@@ -2,7 +2,8 @@
 //! with one version, two alternative inputs (`input`: normalised FP32 NCHW tensors as the ONNX
 //! file takes them; `image`: encoded images that the server preprocesses) and two outputs
 //! (`logits` as the ONNX file gives them, `probs` their softmax), plus the classification
-//! extension. The REST and gRPC front ends translate to and from these types.
+//! extension. The REST and gRPC front ends translate to and from these types. Uses `serving`
+//! and below, never `api`.
 
 pub mod json;
 pub mod tensor;
@@ -15,8 +16,9 @@ use serde::Serialize;
 use crate::engine::pool::Variant;
 use crate::error::{Error, Result};
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
-use crate::serving::{millis, request_span, Admission, Images, InferRequest, Service, Timings};
 use tracing::Instrument;
+
+use crate::serving::{millis, Admission, Images, InferRequest, Service, Timings};
 
 /// The one version every model has.
 pub const MODEL_VERSION: &str = "1";
@@ -239,27 +241,25 @@ pub struct Response {
 }
 
 /// Runs an inference request through the service's batcher and builds the outputs it asks
-/// for. Records the request's outcome and timings under `protocol`, refusals of malformed
-/// requests included, once.
+/// for. `admission` counts the request's outcome and timings, refusals of malformed requests
+/// included, once.
 pub async fn infer(
     service: &Service,
-    admission: Admission,
+    mut admission: Admission,
     request: Request,
-    protocol: &str,
 ) -> Result<Response> {
-    let label = service.metrics_label(&request.model).to_string();
-    let span = request_span(protocol);
-    span.record("variant", label.as_str());
-    let result = infer_inner(service, admission, request)
-        .instrument(span.clone())
+    admission.count_as(service.metrics_label(&request.model));
+    let span = admission.span().clone();
+    let result = infer_inner(service, &mut admission, request)
+        .instrument(span)
         .await;
-    span.in_scope(|| service.record_outcome(&label, protocol, result.as_ref().map(|r| &r.timings)));
+    admission.settle(result.as_ref().map(|r| &r.timings));
     result
 }
 
 async fn infer_inner(
     service: &Service,
-    admission: Admission,
+    admission: &mut Admission,
     request: Request,
 ) -> Result<Response> {
     let started = admission.admitted();

@@ -1,4 +1,6 @@
-//! Image bytes -> model input -> labelled predictions.
+//! Image bytes -> model input -> labelled predictions, as pure functions: decode, preprocess
+//! (resize, crop, normalise), postprocess (softmax, top-k). Uses `kernels` (for its SIMD choice)
+//! and `error` only.
 
 pub mod decode;
 pub mod postprocess;

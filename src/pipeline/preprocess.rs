@@ -10,6 +10,7 @@
 use image::RgbImage;
 
 use crate::error::{Error, Result};
+use crate::kernels::Tier;
 
 /// Affine map from 8-bit pixel values to model input: `x * scale + offset`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,18 +67,20 @@ pub fn crop_plan(w: usize, h: usize, rho: usize) -> CropPlan {
     }
 }
 
-/// Preprocesses one image into a new `rho x rho x 3` NHWC buffer.
-pub fn preprocess(img: &RgbImage, rho: usize, norm: Normalization) -> Result<Vec<f32>> {
+/// Preprocesses one image into a new `rho x rho x 3` NHWC buffer, with the instructions of
+/// kernel tier `tier` (the engine's: `--kernels` chooses both). Every tier gives the same values.
+pub fn preprocess(img: &RgbImage, rho: usize, norm: Normalization, tier: Tier) -> Result<Vec<f32>> {
     let mut out = vec![0.0; rho * rho * 3];
-    preprocess_into(img, rho, norm, &mut out)?;
+    preprocess_into(img, rho, norm, tier, &mut out)?;
     Ok(out)
 }
 
-/// Preprocesses one image into `out` (`rho * rho * 3` values, NHWC).
+/// Preprocesses one image into `out` (`rho * rho * 3` values, NHWC); see [`preprocess`].
 pub fn preprocess_into(
     img: &RgbImage,
     rho: usize,
     norm: Normalization,
+    tier: Tier,
     out: &mut [f32],
 ) -> Result<()> {
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -97,12 +100,15 @@ pub fn preprocess_into(
     let cols = Taps::new(w, plan.resized_w, plan.left, rho);
     let rows = Taps::new(h, plan.resized_h, plan.top, rho);
     let src = img.as_raw();
+    // The vector tiers' resampler needs AVX2 only; the scalar tier runs the baseline build.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if tier != Tier::Scalar && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
         unsafe { resample_avx2(src, w, &cols, &rows, rho, norm, out) };
         return Ok(());
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = tier;
     resample(src, w, &cols, &rows, rho, norm, out);
     Ok(())
 }
@@ -288,7 +294,7 @@ mod tests {
     #[test]
     fn a_flat_image_stays_flat() {
         let img = RgbImage::from_pixel(300, 200, image::Rgb([10, 128, 255]));
-        let out = preprocess(&img, 128, Normalization::default()).unwrap();
+        let out = preprocess(&img, 128, Normalization::default(), Tier::Scalar).unwrap();
         for px in out.chunks_exact(3) {
             assert_eq!(
                 px,
@@ -345,7 +351,7 @@ mod tests {
     fn tiny_and_extreme_images_do_not_panic() {
         for (w, h) in [(1, 1), (10_000, 1), (1, 3000), (2, 2)] {
             let img = RgbImage::from_pixel(w, h, image::Rgb([1, 2, 3]));
-            let out = preprocess(&img, 96, Normalization::default()).unwrap();
+            let out = preprocess(&img, 96, Normalization::default(), Tier::Scalar).unwrap();
             assert_eq!(out.len(), 96 * 96 * 3);
         }
     }

@@ -52,10 +52,12 @@ fn yield_to_io_threads() {
     }
 }
 
-/// The running engine threads.
+/// The running engine threads. Dropping them closes the batcher's queues and waits for the
+/// threads to finish what is queued and stop, so that no thread outlives its service.
 #[derive(Debug)]
 pub struct EngineThreads {
     handles: Vec<JoinHandle<()>>,
+    batcher: Arc<Batcher>,
 }
 
 impl EngineThreads {
@@ -75,6 +77,7 @@ impl EngineThreads {
         }
         // The helpers are named engine-1.. and the thread taking batches engine-0.
         let team = Team::new(threads, "engine", yield_to_io_threads)?;
+        let batcher = ctx.batcher.clone();
         let handle = std::thread::Builder::new()
             .name("engine-0".into())
             .spawn(move || {
@@ -91,12 +94,16 @@ impl EngineThreads {
             .map_err(|e| Error::Internal(format!("cannot start an engine thread: {e}")))?;
         Ok(EngineThreads {
             handles: vec![handle],
+            batcher,
         })
     }
+}
 
-    /// Waits for every thread to finish (after [`Batcher::close`], once the queues are empty).
-    pub fn join(self) {
-        for h in self.handles {
+impl Drop for EngineThreads {
+    fn drop(&mut self) {
+        self.batcher.close();
+        for h in self.handles.drain(..) {
+            // engine-0 owns the team: the helpers stop when it does.
             if h.join().is_err() {
                 tracing::error!("an engine thread panicked");
             }

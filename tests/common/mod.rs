@@ -39,7 +39,7 @@ pub fn imagenet_dir() -> PathBuf {
 
 /// Deterministic pseudo-random floats in [-scale, scale].
 pub fn random_vec(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    mobilenet_serve::commands::verify::random_inputs(1, len, seed)
+    mobilenet_serve::engine::crosscheck::random_inputs(1, len, seed)
         .remove(0)
         .into_iter()
         .map(|v| v * scale)

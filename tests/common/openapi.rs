@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::api::openapi;
 use mobilenet_serve::app;
 use mobilenet_serve::serving::Service;
@@ -26,9 +27,17 @@ impl Reply {
     }
 }
 
-/// Sends `request` to the application over `service`.
+/// Sends `request` to the application over `service`, without an API key.
 pub async fn send(service: &Arc<Service>, request: Request<Body>) -> Reply {
-    let response = app(service.clone()).oneshot(request).await.unwrap();
+    send_as(service, &Auth::default(), request).await
+}
+
+/// Sends `request` to the application over `service` asking for the API key as `auth` says.
+pub async fn send_as(service: &Arc<Service>, auth: &Auth, request: Request<Body>) -> Reply {
+    let response = app(service.clone(), auth.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let content_type = response

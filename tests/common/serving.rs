@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::api::grpc;
 use mobilenet_serve::commands::serve::{serve_until, Listeners};
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
@@ -51,14 +52,17 @@ pub fn config() -> ServiceConfig {
         default_model: None,
         engine_threads: 2,
         eval_results: None,
-        auth: Default::default(),
     }
 }
 
 /// A service over [`pool`]; with `start_engine` false, images wait in the queues until
 /// [`Service::start_engine`].
 pub fn service(config: ServiceConfig, start_engine: bool) -> Arc<Service> {
-    Service::new(pool(), config, start_engine).unwrap()
+    if start_engine {
+        Service::new(pool(), config).unwrap()
+    } else {
+        Service::without_engine(pool(), config).unwrap()
+    }
 }
 
 /// The first `n` JPEGs of the labelled sample.
@@ -78,7 +82,7 @@ pub fn direct_top1(pool: &ModelPool, variant: &str, jpeg: &[u8]) -> u64 {
     let v = pool.get(variant).unwrap();
     let rgb = decode(jpeg, &DecodeLimits::default()).unwrap();
     let r = v.spec.resolution;
-    let input = preprocess(&rgb, r, v.spec.normalization).unwrap();
+    let input = preprocess(&rgb, r, v.spec.normalization, v.model.kernels().tier).unwrap();
     let out = v.model.run(&input, 1, r, r).unwrap();
     (argmax(&out[v.spec.label_offset..])) as u64
 }
@@ -116,6 +120,14 @@ pub fn predicted_fastest(s: &Service) -> String {
 /// The whole server (HTTP and gRPC, as `serve` runs them) over `service` on free ports; the
 /// HTTP address, and the sender that starts its drain (when sent or dropped).
 pub async fn serve_http(service: Arc<Service>) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    serve_http_with(service, Auth::default()).await
+}
+
+/// [`serve_http`] asking for the API key as `auth` says.
+pub async fn serve_http_with(
+    service: Arc<Service>,
+    auth: Auth,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listeners = Listeners {
         http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -124,6 +136,7 @@ pub async fn serve_http(service: Arc<Service>) -> (SocketAddr, tokio::sync::ones
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve_until(
         service,
+        auth,
         listeners,
         async move {
             let _ = stopped.await;
@@ -136,10 +149,18 @@ pub async fn serve_http(service: Arc<Service>) -> (SocketAddr, tokio::sync::ones
 /// A gRPC server over `service` on a free port; it drains when the returned sender sends true
 /// (or is dropped).
 pub async fn start_grpc(service: Arc<Service>) -> (SocketAddr, watch::Sender<bool>) {
+    start_grpc_with(service, Auth::default()).await
+}
+
+/// [`start_grpc`] asking for the API key as `auth` says.
+pub async fn start_grpc_with(
+    service: Arc<Service>,
+    auth: Auth,
+) -> (SocketAddr, watch::Sender<bool>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopping) = watch::channel(false);
-    tokio::spawn(grpc::serve(service, listener, stopping));
+    tokio::spawn(grpc::serve(service, auth, listener, stopping));
     (addr, stop)
 }
 

@@ -3,8 +3,8 @@
 
 use crate::common;
 
-use common::openapi::{conforms, document, operations, send};
-use common::serving::{config, grpc_channel, jpegs, pool, serve_http, start_grpc, SMALL};
+use common::openapi::{conforms, document, operations, send_as};
+use common::serving::{config, grpc_channel, jpegs, pool, serve_http_with, start_grpc_with, SMALL};
 
 use std::sync::Arc;
 
@@ -22,13 +22,13 @@ use tonic_health::pb::HealthCheckRequest;
 
 const KEY: &str = "s3cret-key-for-the-tests";
 
-fn secured(protect_health: bool) -> Arc<Service> {
-    let mut c = config();
-    c.auth = Auth {
+/// A service, and the key asked of its clients.
+fn secured(protect_health: bool) -> (Arc<Service>, Auth) {
+    let auth = Auth {
         key: Some(ApiKey::new(KEY).unwrap()),
         protect_health,
     };
-    Service::new(pool(), c, true).unwrap()
+    (Service::new(pool(), config()).unwrap(), auth)
 }
 
 /// `message` with the key in its metadata.
@@ -46,7 +46,7 @@ fn fill(path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_asks_for_the_key_as_its_class_says() {
     for protect_health in [false, true] {
-        let s = secured(protect_health);
+        let (s, auth) = secured(protect_health);
         s.warm_up().await.unwrap();
         let doc = document();
         for (path, method, op) in operations(&doc) {
@@ -82,9 +82,9 @@ async fn every_route_asks_for_the_key_as_its_class_says() {
             } else {
                 true
             };
-            let anonymous = send(&s, request(None)).await;
-            let wrong = send(&s, request(Some("Bearer not-the-key-at-all"))).await;
-            let right = send(&s, request(Some(&format!("Bearer {KEY}")))).await;
+            let anonymous = send_as(&s, &auth, request(None)).await;
+            let wrong = send_as(&s, &auth, request(Some("Bearer not-the-key-at-all"))).await;
+            let right = send_as(&s, &auth, request(Some(&format!("Bearer {KEY}")))).await;
             if needed {
                 for reply in [&anonymous, &wrong] {
                     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}");
@@ -105,7 +105,7 @@ async fn every_route_asks_for_the_key_as_its_class_says() {
 /// (they must never reach a handler without it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_variants_do_not_get_around_the_key() {
-    let s = secured(false);
+    let (s, auth) = secured(false);
     for (method, path) in [
         ("POST", "/classify/"),
         ("POST", "//classify"),
@@ -123,18 +123,18 @@ async fn path_variants_do_not_get_around_the_key() {
             .uri(path)
             .body(Body::empty())
             .unwrap();
-        let reply = send(&s, request).await;
+        let reply = send_as(&s, &auth, request).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{method} {path}");
     }
     for path in ["/", "/healthz", "/static/app.js", "/openapi.json"] {
-        let reply = send(&s, Request::get(path).body(Body::empty()).unwrap()).await;
+        let reply = send_as(&s, &auth, Request::get(path).body(Body::empty()).unwrap()).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_right_key_classifies_and_errors_keep_their_protocol_format() {
-    let s = secured(false);
+    let (s, auth) = secured(false);
     let jpeg = jpegs(1).remove(0);
     let classify = |authorization: &str| {
         Request::post(format!("/classify?model={SMALL}"))
@@ -143,15 +143,15 @@ async fn the_right_key_classifies_and_errors_keep_their_protocol_format() {
             .body(Body::from(jpeg.clone()))
             .unwrap()
     };
-    let ok = send(&s, classify(&format!("Bearer {KEY}"))).await;
+    let ok = send_as(&s, &auth, classify(&format!("Bearer {KEY}"))).await;
     assert_eq!(ok.status, StatusCode::OK);
-    let refused = send(&s, classify(&format!("Basic {KEY}"))).await;
+    let refused = send_as(&s, &auth, classify(&format!("Basic {KEY}"))).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert_eq!(refused.json()["error"]["code"], "unauthorized");
     let oip = Request::post(format!("/v2/models/{SMALL}/infer"))
         .body(Body::from("{}"))
         .unwrap();
-    let refused = send(&s, oip).await;
+    let refused = send_as(&s, &auth, oip).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert!(refused.json()["error"]
         .as_str()
@@ -162,9 +162,9 @@ async fn the_right_key_classifies_and_errors_keep_their_protocol_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_services_ask_for_the_key_in_metadata() {
     for protect_health in [false, true] {
-        let s = secured(protect_health);
+        let (s, auth) = secured(protect_health);
         s.warm_up().await.unwrap();
-        let (addr, _stop) = start_grpc(s.clone()).await;
+        let (addr, _stop) = start_grpc_with(s.clone(), auth.clone()).await;
         let channel = grpc_channel(addr).await;
 
         let mut classifier = ClassifierClient::new(channel.clone());
@@ -212,9 +212,9 @@ async fn grpc_services_ask_for_the_key_in_metadata() {
 /// `--auth-health`) and `classify --url`, both reading API_KEY as the server does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_sends_the_key_from_the_environment() {
-    let s = secured(true);
+    let (s, auth) = secured(true);
     s.warm_up().await.unwrap();
-    let (addr, _stop) = serve_http(s).await;
+    let (addr, _stop) = serve_http_with(s, auth).await;
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("x.jpg");
     std::fs::write(&image, jpegs(1).remove(0)).unwrap();

@@ -428,7 +428,7 @@ async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let mut c = config();
     c.request_timeout = REQUEST_TIMEOUT;
     c.decode_limits.max_bytes = 1 << 20;
-    let service = Service::new(pool(), c, true).unwrap();
+    let service = Service::new(pool(), c).unwrap();
     service.warm_up().await.unwrap();
     serve_http(service).await
 }

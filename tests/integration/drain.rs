@@ -6,6 +6,7 @@ use crate::common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::commands::serve::{serve_until, Listeners};
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::{KernelSet, TierChoice};
@@ -32,7 +33,6 @@ fn config() -> ServiceConfig {
         default_model: None,
         engine_threads: 2,
         eval_results: None,
-        auth: Default::default(),
     }
 }
 
@@ -75,7 +75,7 @@ async fn shutdown_answers_every_admitted_request_and_refuses_new_ones() {
     };
     let pool = ModelPool::load(&common::zoo_dir(), &opts).unwrap();
     // The engine starts later, so that requests are provably admitted and waiting at shutdown.
-    let service = Service::new(pool, config(), false).unwrap();
+    let service = Service::without_engine(pool, config()).unwrap();
     let listeners = Listeners {
         http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -84,6 +84,7 @@ async fn shutdown_answers_every_admitted_request_and_refuses_new_ones() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve_until(
         service.clone(),
+        Auth::default(),
         listeners,
         async move {
             let _ = stop_rx.await;

@@ -10,6 +10,7 @@ use common::serving::{
     config, direct_top1, grpc_channel, jpegs, pool, predicted_fastest, service, start_grpc,
     until_queued, MID, SMALL,
 };
+use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::api::grpc::pb::classifier_client::ClassifierClient;
 use mobilenet_serve::api::grpc::pb::{ClassifyRequest, GetModelRequest, ListModelsRequest};
 use mobilenet_serve::api::grpc::{self, SERVICE_NAME};
@@ -293,7 +294,7 @@ async fn draining_ends_open_streams_and_the_server() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopping) = watch::channel(false);
-    let server = tokio::spawn(grpc::serve(s.clone(), listener, stopping));
+    let server = tokio::spawn(grpc::serve(s.clone(), Auth::default(), listener, stopping));
     let mut c = client(addr).await;
     // A stream that stays open: one request, then nothing more from the client.
     let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use base64::Engine as _;
 use http_body_util::BodyExt;
+use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::app;
 use mobilenet_serve::commands::eval::{EvalReport, VariantResult};
 use mobilenet_serve::serving::Service;
@@ -26,7 +27,10 @@ struct Reply {
 }
 
 async fn send(service: &Arc<Service>, request: Request<Body>) -> Reply {
-    let response = app(service.clone()).oneshot(request).await.unwrap();
+    let response = app(service.clone(), Auth::default())
+        .oneshot(request)
+        .await
+        .unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -518,14 +522,14 @@ async fn an_expired_request_gets_504_and_is_never_computed() {
 fn a_configuration_that_cannot_work_is_refused_at_start() {
     let mut cfg = config();
     cfg.max_images_per_request = cfg.max_queue + 1;
-    let err = Service::new(pool(), cfg, false).unwrap_err();
+    let err = Service::without_engine(pool(), cfg).unwrap_err();
     assert!(err.to_string().contains("never fit"), "{err}");
     let mut cfg = config();
     cfg.batch.max_batch = 0;
-    assert!(Service::new(pool(), cfg, false).is_err());
+    assert!(Service::without_engine(pool(), cfg).is_err());
     let mut cfg = config();
     cfg.engine_threads = 0;
-    assert!(Service::new(pool(), cfg, false).is_err());
+    assert!(Service::without_engine(pool(), cfg).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -678,7 +682,10 @@ async fn metrics_describe_the_traffic() {
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let response = app(s.clone()).oneshot(get("/metrics")).await.unwrap();
+    let response = app(s.clone(), Auth::default())
+        .oneshot(get("/metrics"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()[header::CONTENT_TYPE]
         .to_str()
@@ -737,7 +744,10 @@ async fn the_web_page_and_its_assets_are_served_from_the_binary() {
         ("/static/app.js", "text/javascript", "/v1/models"),
         ("/static/style.css", "text/css", "#chart"),
     ] {
-        let response = app(s.clone()).oneshot(get(path)).await.unwrap();
+        let response = app(s.clone(), Auth::default())
+            .oneshot(get(path))
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         let content_type = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
         assert!(content_type.starts_with(media), "{path}: {content_type}");

@@ -11,6 +11,7 @@ use std::process::Command;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use http_body_util::BodyExt;
+use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::app;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::KernelSet;
@@ -198,7 +199,10 @@ fn without_a_manifest_a_broken_file_is_listed_by_its_name() {
 
 async fn get(service: &std::sync::Arc<Service>, uri: &str) -> (StatusCode, Value) {
     let request = Request::get(uri).body(Body::empty()).unwrap();
-    let response = app(service.clone()).oneshot(request).await.unwrap();
+    let response = app(service.clone(), Auth::default())
+        .oneshot(request)
+        .await
+        .unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
@@ -208,7 +212,7 @@ async fn get(service: &std::sync::Arc<Service>, uri: &str) -> (StatusCode, Value
 async fn the_service_starts_with_the_rest_and_says_what_is_missing() {
     let dir = damaged_dir();
     let pool = ModelPool::load_available(dir.path(), &options()).unwrap();
-    let s = Service::new(pool, config(), true).unwrap();
+    let s = Service::new(pool, config()).unwrap();
     s.warm_up().await.unwrap();
 
     let (status, ready) = get(&s, "/readyz").await;
@@ -244,7 +248,10 @@ async fn the_service_starts_with_the_rest_and_says_what_is_missing() {
             .header(header::CONTENT_TYPE, "image/jpeg")
             .body(Body::from(jpeg.clone()))
             .unwrap();
-        let response = app(s.clone()).oneshot(request).await.unwrap();
+        let response = app(s.clone(), Auth::default())
+            .oneshot(request)
+            .await
+            .unwrap();
         assert_eq!(response.status(), expected, "{model}");
     }
 }

@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use common::serving::{config, direct_top1, grpc_channel, jpegs, pool, service, start_grpc, SMALL};
 use http_body_util::BodyExt;
+use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::api::grpc::oip::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use mobilenet_serve::api::grpc::oip::pb::{self, model_infer_request};
 use mobilenet_serve::api::grpc::oip::SERVICE_NAME;
@@ -73,7 +74,10 @@ fn counted(metrics: &str, protocol: &str, code: u16) -> u64 {
 }
 
 async fn send(service: &Arc<Service>, request: Request<Body>) -> Reply {
-    let response = app(service.clone()).oneshot(request).await.unwrap();
+    let response = app(service.clone(), Auth::default())
+        .oneshot(request)
+        .await
+        .unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let body = response
@@ -120,7 +124,7 @@ fn nchw(jpeg: &[u8]) -> Vec<f32> {
     let v = p.get(SMALL).unwrap();
     let r = v.spec.resolution;
     let rgb = decode(jpeg, &DecodeLimits::default()).unwrap();
-    let nhwc = preprocess(&rgb, r, v.spec.normalization).unwrap();
+    let nhwc = preprocess(&rgb, r, v.spec.normalization, v.model.kernels().tier).unwrap();
     let mut out = vec![0.0; nhwc.len()];
     for p in 0..r * r {
         for c in 0..3 {

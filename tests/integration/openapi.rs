@@ -213,13 +213,21 @@ async fn the_examples_are_answered_as_described() {
 /// and method from its description: a route added any other way would be served undescribed.
 #[test]
 fn no_route_is_registered_without_its_description() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
-    let mut handlers = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("rs") {
-            continue;
+    let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api")];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().and_then(|e| e.to_str()) == Some("rs") {
+                files.push(path);
+            }
         }
+    }
+    assert!(files.len() > 10, "the API's sources: {files:?}");
+    let mut handlers = 0;
+    for path in files {
         let source = std::fs::read_to_string(&path).unwrap();
         for forbidden in [".route(", ".route_service(", ".nest(", ".nest_service("] {
             assert!(

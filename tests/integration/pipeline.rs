@@ -6,6 +6,7 @@ use crate::common;
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use mobilenet_serve::kernels::Tier;
 use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
 use mobilenet_serve::pipeline::preprocess::{preprocess, Normalization};
 use mobilenet_serve::Error;
@@ -32,17 +33,25 @@ fn limits() -> DecodeLimits {
     DecodeLimits::default()
 }
 
-/// Our preprocessing with the identity normalisation, back to bytes.
+/// Our preprocessing with the identity normalisation, back to bytes; every kernel tier of this
+/// CPU must give the same.
 fn our_crop(img: &RgbImage, rho: usize) -> Vec<u8> {
     let id = Normalization {
         scale: 1.0,
         offset: 0.0,
     };
-    preprocess(img, rho, id)
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u8)
-        .collect()
+    let crop = |tier| -> Vec<u8> {
+        preprocess(img, rho, id, tier)
+            .unwrap()
+            .into_iter()
+            .map(|v| v as u8)
+            .collect()
+    };
+    let scalar = crop(Tier::Scalar);
+    for tier in Tier::supported() {
+        assert_eq!(crop(tier), scalar, "{tier} differs from the scalar tier");
+    }
+    scalar
 }
 
 #[test]
@@ -83,7 +92,7 @@ fn normalisation_maps_to_minus_one_one() {
             Rgb([255, 255, 255])
         }
     });
-    let out = preprocess(&img, 32, Normalization::default()).unwrap();
+    let out = preprocess(&img, 32, Normalization::default(), Tier::Scalar).unwrap();
     let (lo, hi) = out
         .iter()
         .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));

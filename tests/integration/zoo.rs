@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use mobilenet_serve::commands::dataset::read_labels;
-use mobilenet_serve::commands::verify::{
+use mobilenet_serve::engine::crosscheck::{
     check_variant, image_inputs, random_inputs, REL_TOLERANCE,
 };
 use mobilenet_serve::engine::model::Workspace;

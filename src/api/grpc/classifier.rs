@@ -1,26 +1,19 @@
-//! The gRPC API (tonic): our `mobilenet.v1.Classifier` service, `grpc.health.v1.Health`
-//! following readiness, and server reflection, all over the same [`Service`] as HTTP; the
-//! Open Inference Protocol's service ([`oip`]) shares the server.
-
-pub mod oip;
+//! Our gRPC service, `mobilenet.v1.Classifier`: classify (one message or a stream), list and
+//! describe the models, over the same [`Service`] as HTTP.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
-use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::{Code, Request, Response, Status, Streaming};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::auth::Access;
-use crate::error::{Error, Result};
-use crate::serving::metrics::NO_VARIANT;
+use super::deadline::{grpc_timeout, request_timeout};
+use crate::api::errors::status;
+use crate::error::Result;
 use crate::serving::router::SelectionParams;
 use crate::serving::{ClassifyRequest, ClassifyResponse, ModelInfo, Service};
 
@@ -34,7 +27,8 @@ pub mod pb {
         tonic::include_file_descriptor_set!("mobilenet_descriptor");
 }
 
-use pb::classifier_server::{Classifier, ClassifierServer};
+use pb::classifier_server::Classifier;
+pub use pb::classifier_server::ClassifierServer;
 
 /// Protocol label of gRPC requests in the metrics.
 const PROTOCOL: &str = "grpc";
@@ -42,59 +36,6 @@ const PROTOCOL: &str = "grpc";
 pub const SERVICE_NAME: &str = "mobilenet.v1.Classifier";
 /// Predictions per image when the request says 0.
 const DEFAULT_TOP_K: usize = 5;
-
-/// The one mapping from our error kinds to gRPC status codes; retryable refusals carry a
-/// `google.rpc.RetryInfo` detail and a `retry-after` header, as HTTP's 429 and 503 do.
-pub fn status(error: Error) -> Status {
-    let kind = error.kind();
-    let code = match kind.status {
-        400 | 413 | 415 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        404 => Code::NotFound,
-        405 => Code::Unimplemented,
-        422 => Code::FailedPrecondition,
-        429 => Code::ResourceExhausted,
-        503 => Code::Unavailable,
-        408 | 504 => Code::DeadlineExceeded,
-        _ => Code::Internal,
-    };
-    let message = error.to_string();
-    let Some(seconds) = kind.retry_after_s else {
-        return Status::new(code, message);
-    };
-    let details = ErrorDetails::with_retry_info(Some(Duration::from_secs(seconds)));
-    let mut status = Status::with_error_details(code, message, details);
-    status
-        .metadata_mut()
-        .insert("retry-after", MetadataValue::from(seconds));
-    status
-}
-
-/// Our deadline for a client's `grpc-timeout` header (`<up to 8 digits><H|M|S|m|u|n>`): a
-/// little earlier than the client's, because tonic's own timeout answers CANCELLED at the
-/// client's instant, and the client should learn DEADLINE_EXCEEDED from us first.
-pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let timeout = parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)?;
-    let margin = (timeout / 10).min(Duration::from_millis(20));
-    Some(timeout - margin)
-}
-
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
 
 /// Translates a protobuf request; `deadline` is the client's grpc-timeout, if any, and
 /// `longest` the server's largest request timeout.
@@ -125,25 +66,6 @@ fn to_request(
             k => k as usize,
         },
         timeout,
-    })
-}
-
-/// A request's timeout: the sooner of the one its message asks for and the client's
-/// grpc-timeout (`deadline`). A grpc-timeout beyond what the server allows (`longest`) is capped
-/// rather than refused; one that ran out already is DEADLINE_EXCEEDED.
-pub(crate) fn request_timeout(
-    asked: Option<Duration>,
-    deadline: Option<Duration>,
-    longest: Duration,
-) -> Result<Option<Duration>> {
-    if deadline.is_some_and(|d| d.is_zero()) {
-        return Err(Error::DeadlineExceeded(
-            "the grpc-timeout had run out on arrival".into(),
-        ));
-    }
-    Ok(match (asked, deadline) {
-        (None, d) => d.map(|d| d.min(longest)),
-        (Some(asked), d) => Some(d.map_or(asked, |d| d.min(asked))),
     })
 }
 
@@ -199,22 +121,19 @@ fn to_model_info(m: ModelInfo) -> pb::ModelInfo {
     }
 }
 
-/// Admits, translates and classifies one request, counting refusals like HTTP does.
+/// Admits, translates and classifies one request; the admission counts its outcome.
 async fn classify_one(
     service: &Service,
     msg: pb::ClassifyRequest,
     deadline: Option<Duration>,
 ) -> Result<pb::ClassifyResponse, Status> {
-    let admission = service.admit(PROTOCOL).map_err(status)?;
-    let request = match to_request(msg, deadline, service.config().max_request_timeout) {
-        Ok(r) => r,
-        Err(e) => {
-            service.record_outcome(NO_VARIANT, PROTOCOL, Err(&e));
-            return Err(status(e));
-        }
-    };
+    let mut admission = service.admit(PROTOCOL).map_err(status)?;
+    let longest = service.config().max_request_timeout;
+    let request = admission
+        .check(to_request(msg, deadline, longest))
+        .map_err(status)?;
     service
-        .classify(admission, request, PROTOCOL)
+        .classify(admission, request)
         .await
         .map(to_response)
         .map_err(status)
@@ -227,6 +146,13 @@ pub struct ClassifierApi {
     /// Becomes true when the server drains: open streams end, so shutdown need not wait for
     /// clients to close them.
     stopping: watch::Receiver<bool>,
+}
+
+impl ClassifierApi {
+    /// The service over `service`; its streams end when `stopping` turns true.
+    pub fn new(service: Arc<Service>, stopping: watch::Receiver<bool>) -> Self {
+        ClassifierApi { service, stopping }
+    }
 }
 
 /// Responses of `ClassifyStream`.
@@ -313,143 +239,7 @@ impl Classifier for ClassifierApi {
 }
 
 /// Resolves once `stopping` is true (or its sender is gone).
-async fn drained(stopping: &mut watch::Receiver<bool>) {
+pub async fn drained(stopping: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is dropped here, never held across another await.
     let _ = stopping.wait_for(|s| *s).await.map(|_| ());
-}
-
-/// Serves gRPC on `listener` until `stopping` turns true, then lets the calls in flight finish
-/// and ends open streams. Health follows the service's readiness: NOT_SERVING while warming up
-/// and once draining.
-pub async fn serve(
-    service: Arc<Service>,
-    listener: TcpListener,
-    mut stopping: watch::Receiver<bool>,
-) -> Result<()> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let mut readiness = service.watch_readiness();
-    let report = move |ready: bool| {
-        let reporter = reporter.clone();
-        async move {
-            let status = if ready {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            // "" is the whole server, as health-checking clients ask by default.
-            for name in ["", SERVICE_NAME, oip::SERVICE_NAME] {
-                reporter.set_service_status(name, status).await;
-            }
-        }
-    };
-    // The reporter starts as SERVING: correct it before the first connection is accepted.
-    let ready = *readiness.borrow_and_update();
-    report(ready).await;
-    tokio::spawn(async move {
-        while readiness.changed().await.is_ok() {
-            // Copied out first: the borrow must not be held across the await.
-            let ready = *readiness.borrow_and_update();
-            report(ready).await;
-        }
-    });
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Internal(format!("gRPC reflection: {e}")))?;
-    let body_limit = service.config().decode_limits.max_bytes;
-    let classifier = ClassifierServer::new(ClassifierApi {
-        service: service.clone(),
-        stopping: stopping.clone(),
-    })
-    // The images of one message may use the whole body limit, as over HTTP.
-    .max_decoding_message_size(body_limit.saturating_add(64 << 10));
-    let inference = oip::GrpcInferenceServiceServer::new(oip::InferenceApi::new(service.clone()))
-        .max_decoding_message_size(body_limit.saturating_add(64 << 10));
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
-    tracing::info!(%addr, "gRPC listening");
-    let auth = service.config().auth.clone();
-    tonic::transport::Server::builder()
-        .trace_fn(crate::api::request_id::grpc_span)
-        // HTTP/2 connections live long: without an age limit, pods added by an autoscaler
-        // would get no traffic from clients already connected. Calls in flight get a grace.
-        .max_connection_age(Duration::from_secs(300))
-        .max_connection_age_grace(Duration::from_secs(30))
-        .add_service(InterceptedService::new(
-            health,
-            auth.interceptor(Access::Health),
-        ))
-        .add_service(reflection)
-        .add_service(InterceptedService::new(
-            classifier,
-            auth.interceptor(Access::Protected),
-        ))
-        .add_service(InterceptedService::new(
-            inference,
-            auth.interceptor(Access::Protected),
-        ))
-        .serve_with_incoming_shutdown(
-            // No Nagle delay on small replies (see the HTTP server).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move { drained(&mut stopping).await },
-        )
-        .await
-        .map_err(|e| Error::Internal(format!("gRPC server: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse_in_every_unit() {
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
-        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
-        for bad in ["", "m", "10", "10x", "-1m", "123456789m", "1.5S"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn error_kinds_map_to_grpc_codes() {
-        let cases = [
-            (Error::BadRequest("x".into()), Code::InvalidArgument),
-            (Error::Undecodable("x".into()), Code::InvalidArgument),
-            (Error::TooLarge("x".into()), Code::InvalidArgument),
-            (
-                Error::UnknownModel {
-                    name: "x".into(),
-                    known: "y".into(),
-                },
-                Code::NotFound,
-            ),
-            (
-                Error::TargetUnreachable("x".into()),
-                Code::FailedPrecondition,
-            ),
-            (Error::Unavailable("x".into()), Code::Unavailable),
-            (Error::DeadlineExceeded("x".into()), Code::DeadlineExceeded),
-            (Error::Internal("x".into()), Code::Internal),
-        ];
-        for (error, code) in cases {
-            assert_eq!(status(error).code(), code);
-        }
-        let full = status(Error::QueueFull {
-            variant: "v".into(),
-            capacity: 1,
-            retry_after_s: 2,
-        });
-        assert_eq!(full.code(), Code::ResourceExhausted);
-        assert_eq!(full.metadata().get("retry-after").unwrap(), "2");
-        assert_eq!(
-            full.get_details_retry_info().unwrap().retry_delay,
-            Some(Duration::from_secs(2))
-        );
-    }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-use super::{grpc_timeout, request_timeout, status};
+use super::deadline::{grpc_timeout, request_timeout};
+use crate::api::errors::status;
 use crate::error::{Error, Result};
 use crate::oip::{self, tensor, ElementLimits, InputData, InputTensor, RequestedOutput};
 use crate::serving::Service;
@@ -223,20 +224,16 @@ impl GrpcInferenceService for InferenceApi {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let deadline = grpc_timeout(request.metadata());
-        let admission = self.service.admit(PROTOCOL).map_err(status)?;
+        let mut admission = self.service.admit(PROTOCOL).map_err(status)?;
         let msg = request.into_inner();
         let id = msg.id.clone();
         let longest = self.service.config().max_request_timeout;
         let limits = ElementLimits::of(&self.service);
-        let label = self.service.metrics_label(&msg.model_name).to_string();
-        let parsed = match to_request(msg, deadline, longest, &limits) {
-            Ok(r) => r,
-            Err(e) => {
-                self.service.record_outcome(&label, PROTOCOL, Err(&e));
-                return Err(status(e));
-            }
-        };
-        oip::infer(&self.service, admission, parsed, PROTOCOL)
+        admission.count_as(self.service.metrics_label(&msg.model_name));
+        let parsed = admission
+            .check(to_request(msg, deadline, longest, &limits))
+            .map_err(status)?;
+        oip::infer(&self.service, admission, parsed)
             .await
             .map(|answer| Response::new(to_response(answer, id)))
             .map_err(status)

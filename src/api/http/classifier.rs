@@ -1,28 +1,26 @@
-//! The HTTP API (axum): routes, request parsing, response bodies, and the one mapping from
-//! [`Error`] to a status code with a JSON body.
-
-pub mod body;
-pub mod oip;
+//! Our HTTP API: `POST /classify` (its query and the three body forms), `/v1/models`, health,
+//! readiness and metrics, each route with its OpenAPI description.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, RawQuery, Request, State};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use self::body::{check_declared_length, read_body, within};
+use super::body::{check_declared_length, read_body, within};
+use super::timing::server_timing;
+use crate::api::errors::ErrorBody;
 use crate::engine::pool::Unavailable;
 use crate::error::Error;
-use crate::serving::metrics::NO_VARIANT;
 use crate::serving::router::{Selection, SelectionParams};
 use crate::serving::{ClassifyRequest, ClassifyResponse, ModelInfo, Prediction, Service, Timings};
 
@@ -31,28 +29,9 @@ const PROTOCOL: &str = "http";
 /// Predictions per image when the request does not say.
 const DEFAULT_TOP_K: usize = 5;
 
-/// The HTTP application over `service`; tests drive it without a socket.
-pub fn app(service: Arc<Service>) -> Router {
-    // Multipart bodies obey axum's body limit (2 MB unless set): make it ours.
-    let body_limit = DefaultBodyLimit::max(service.config().decode_limits.max_bytes);
-    let (routes, _) = crate::api::openapi::router().split_for_parts();
-    routes
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(body_limit)
-        // A request without the key costs nothing else.
-        .layer(axum::middleware::from_fn_with_state(
-            service.clone(),
-            crate::api::auth::require_key,
-        ))
-        // Outermost, so that even a refusal is logged under its request id.
-        .layer(axum::middleware::from_fn(crate::api::request_id::propagate))
-        .with_state(service)
-}
-
 /// This API's own routes (`/classify`, `/v1/models`, health, metrics), each with its OpenAPI
 /// description.
-pub(crate) fn routes() -> OpenApiRouter<Arc<Service>> {
+pub fn routes() -> OpenApiRouter<Arc<Service>> {
     OpenApiRouter::new()
         .routes(routes!(classify))
         .routes(routes!(list_models))
@@ -60,57 +39,6 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<Service>> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
-}
-
-/// `{"error": {"code", "message"}}`.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"error": {"code": "bad_request",
-    "message": "bad request: top_k must be between 1 and 1000, got 0"}}))]
-pub(crate) struct ErrorBody {
-    error: ErrorDetail,
-}
-
-/// What went wrong.
-#[derive(Debug, Serialize, ToSchema)]
-struct ErrorDetail {
-    /// Stable machine-readable code: bad_request, unauthorized, undecodable_image,
-    /// unknown_model, model_unavailable, not_found,
-    /// method_not_allowed, request_timeout, too_large, unsupported_media_type,
-    /// unsupported_image_format, target_unreachable, queue_full, overloaded, unavailable,
-    /// deadline_exceeded or internal.
-    #[schema(value_type = String)]
-    code: &'static str,
-    /// For people: what was wrong and, where it helps, how to fix it.
-    message: String,
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.kind().code,
-                message: self.to_string(),
-            },
-        };
-        error_response(&self, body)
-    }
-}
-
-/// The response to `error` with `body` (each protocol has its own error body): the status of its
-/// kind, `Retry-After` when retrying can help, and a log line for faults of ours.
-pub(crate) fn error_response(error: &Error, body: impl Serialize) -> Response {
-    let kind = error.kind();
-    if kind.status >= 500 && kind.status != 503 && kind.status != 504 {
-        tracing::error!(error = %error, "request failed");
-    }
-    let status = StatusCode::from_u16(kind.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, Json(body)).into_response();
-    if let Some(s) = kind.retry_after_s {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(s));
-    }
-    response
 }
 
 /// The query string of `POST /classify`. The variant is chosen one way at most: by `model`, by
@@ -283,32 +211,15 @@ async fn classify(
     State(service): State<Arc<Service>>,
     RawQuery(query): RawQuery,
     request: Request,
-) -> Response {
+) -> Result<Response, Error> {
     // Admission first: a refused request costs no body read.
-    let admission = match service.admit(PROTOCOL) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    let parsed = within(
-        service.config().request_timeout,
-        parse_classify(
-            service.config().decode_limits.max_bytes,
-            query.as_deref(),
-            request,
-        ),
-    )
-    .await;
-    let (request, several) = match parsed {
-        Ok(p) => p,
-        Err(e) => {
-            service.record_outcome(NO_VARIANT, PROTOCOL, Err(&e));
-            return e.into_response();
-        }
-    };
-    match service.classify(admission, request, PROTOCOL).await {
-        Ok(answer) => classify_response(answer, several),
-        Err(e) => e.into_response(),
-    }
+    let mut admission = service.admit(PROTOCOL)?;
+    let limit = service.config().decode_limits.max_bytes;
+    let parse = parse_classify(limit, query.as_deref(), request);
+    let (request, several) =
+        admission.check(within(service.config().request_timeout, parse).await)?;
+    let answer = service.classify(admission, request).await?;
+    Ok(classify_response(answer, several))
 }
 
 fn classify_response(answer: ClassifyResponse, several: bool) -> Response {
@@ -330,15 +241,6 @@ fn classify_response(answer: ClassifyResponse, several: bool) -> Response {
         response.headers_mut().insert("server-timing", v);
     }
     response
-}
-
-/// The W3C `Server-Timing` header for the same timings.
-pub(crate) fn server_timing(t: &Timings) -> String {
-    t.stages()
-        .iter()
-        .map(|(name, ms)| format!("{name};dur={ms:.3}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Reads the query and the body (at most `limit` bytes per image). Returns the request and
@@ -552,28 +454,4 @@ async fn metrics(State(service): State<Arc<Service>>) -> Response {
         service.metrics().render(),
     )
         .into_response()
-}
-
-/// Unknown routes; under `/v2` in the Open Inference Protocol's error format.
-async fn not_found(uri: Uri) -> Response {
-    if oip::is_oip_path(uri.path()) {
-        return oip::error(Error::NotFound(
-            "no such route of the Open Inference Protocol".into(),
-        ));
-    }
-    Error::NotFound(
-        "no such route; see /docs or /openapi.json (every route), / (the web page), \
-         /v1/models, /classify, /v2 (Open Inference Protocol), /healthz, /readyz, /metrics"
-            .into(),
-    )
-    .into_response()
-}
-
-async fn method_not_allowed(uri: Uri) -> Response {
-    let e = Error::MethodNotAllowed("this route does not take that method".into());
-    if oip::is_oip_path(uri.path()) {
-        oip::error(e)
-    } else {
-        e.into_response()
-    }
 }

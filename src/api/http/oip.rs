@@ -19,7 +19,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::body::{check_declared_length, read_body, within};
-use super::error_response;
+use super::timing::server_timing;
+use crate::api::errors::{oip_error, OipErrorBody};
 use crate::error::Error;
 use crate::oip::{
     self, json, tensor, ElementLimits, InputData, InputTensor, OutputData, RequestedOutput,
@@ -45,14 +46,6 @@ pub fn routes() -> OpenApiRouter<Arc<Service>> {
         .routes(routes!(model_ready_v))
         .routes(routes!(infer))
         .routes(routes!(infer_v))
-}
-
-/// The protocol's error body.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"error": "bad request: invalid inference request JSON: EOF while parsing"}))]
-struct OipErrorBody {
-    /// What was wrong.
-    error: String,
 }
 
 /// `GET /v2/health/live`.
@@ -90,23 +83,8 @@ impl From<Error> for OipError {
 
 impl IntoResponse for OipError {
     fn into_response(self) -> Response {
-        error(self.0)
+        oip_error(self.0)
     }
-}
-
-/// The response to `e` in the protocol's format: `{"error": "<message>"}`.
-pub fn error(e: Error) -> Response {
-    error_response(
-        &e,
-        OipErrorBody {
-            error: e.to_string(),
-        },
-    )
-}
-
-/// Whether `path` belongs to the protocol (whose errors have its own format).
-pub fn is_oip_path(path: &str) -> bool {
-    path == "/v2" || path.starts_with("/v2/")
 }
 
 /// The server's name, version and protocol extensions.
@@ -261,7 +239,7 @@ async fn infer(
     State(service): State<Arc<Service>>,
     Path(name): Path<String>,
     request: Request,
-) -> Response {
+) -> Result<Response, OipError> {
     run_infer(service, name, String::new(), request).await
 }
 
@@ -309,7 +287,7 @@ async fn infer_v(
     State(service): State<Arc<Service>>,
     Path((name, version)): Path<(String, String)>,
     request: Request,
-) -> Response {
+) -> Result<Response, OipError> {
     run_infer(service, name, version, request).await
 }
 
@@ -318,23 +296,18 @@ async fn run_infer(
     model: String,
     version: String,
     request: Request,
-) -> Response {
+) -> Result<Response, OipError> {
     // Admission first: a refused request costs no body read.
-    let admission = match service.admit(PROTOCOL) {
-        Ok(a) => a,
-        Err(e) => return error(e),
-    };
+    let mut admission = service.admit(PROTOCOL)?;
     let limit = service.config().decode_limits.max_bytes;
     let limits = ElementLimits::of(&service);
-    let label = service.metrics_label(&model).to_string();
+    admission.count_as(service.metrics_label(&model));
     // An unknown model or version is refused before its body is read.
-    let known = service
-        .variant(&model)
-        .and_then(|_| oip::check_version(&model, &version));
-    if let Err(e) = known {
-        service.record_outcome(&label, PROTOCOL, Err(&e));
-        return error(e);
-    }
+    admission.check(
+        service
+            .variant(&model)
+            .and_then(|_| oip::check_version(&model, &version)),
+    )?;
     let parsed = within(service.config().request_timeout, async {
         check_declared_length(request.headers(), limit)?;
         let header_len = json_length(request.headers())?;
@@ -350,17 +323,9 @@ async fn run_infer(
         .map_err(|e| Error::Internal(format!("parsing stopped: {e}")))?
     })
     .await;
-    let parsed = match parsed {
-        Ok(p) => p,
-        Err(e) => {
-            service.record_outcome(&label, PROTOCOL, Err(&e));
-            return error(e);
-        }
-    };
-    match oip::infer(&service, admission, parsed.request, PROTOCOL).await {
-        Ok(answer) => infer_response(answer, parsed.id, &parsed.binary),
-        Err(e) => error(e),
-    }
+    let parsed = admission.check(parsed)?;
+    let answer = oip::infer(&service, admission, parsed.request).await?;
+    Ok(infer_response(answer, parsed.id, &parsed.binary))
 }
 
 /// The length of the JSON part, when the binary extension is used.
@@ -686,9 +651,9 @@ fn infer_response(answer: oip::Response, id: Option<String>, binary: &BinaryOutp
     };
     let head = match serde_json::to_vec(&head) {
         Ok(h) => h,
-        Err(e) => return error(Error::Internal(format!("response JSON: {e}"))),
+        Err(e) => return oip_error(Error::Internal(format!("response JSON: {e}"))),
     };
-    let timing = super::server_timing(&answer.timings);
+    let timing = server_timing(&answer.timings);
     let mut response = if tail.is_empty() {
         ([(CONTENT_TYPE, "application/json")], head).into_response()
     } else {

@@ -120,11 +120,6 @@ impl Batcher {
         self.policy
     }
 
-    /// The per-variant queue bound, in images.
-    pub fn max_queue(&self) -> usize {
-        self.max_queue
-    }
-
     /// Announces a request whose images are on their way (being read or decoded). While any
     /// request is announced, partial batches wait up to `max_delay` for it; when none is, they
     /// run at once, since nothing could join them. Under load batches fill up anyway; at low
@@ -165,7 +160,7 @@ impl Batcher {
             return Err(Error::QueueFull {
                 variant: self.names[variant].clone(),
                 capacity: self.max_queue,
-                retry_after_s: 1,
+                retry_after_s: crate::error::RETRY_AFTER_S,
             });
         }
         queue.extend(jobs);

@@ -1,0 +1,66 @@
+//! How the service runs: its limits, and the check that refuses settings it could not work under.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::batcher::BatchPolicy;
+use crate::error::{Error, Result};
+use crate::pipeline::decode::DecodeLimits;
+
+/// The longest deadline a request may ask for, by default (`serve` has no flag for it: a request
+/// that needs longer than ten minutes is not an image classification).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// Runs of each variant during warm-up: the first pages the weights in, the last one seeds the
+/// router's latency.
+pub const WARM_UP_RUNS: usize = 3;
+/// The deadline of one warm-up run (a cold 1.0_224 batch on a busy host takes well under 1 s).
+pub const WARM_UP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Batch size and delay limits.
+    pub batch: BatchPolicy,
+    /// Images each variant's queue holds at most.
+    pub max_queue: usize,
+    /// Requests handled at once in the whole process; more get 429.
+    pub max_concurrent_requests: usize,
+    /// Deadline of a request that gives none.
+    pub request_timeout: Duration,
+    /// Largest deadline a request may ask for.
+    pub max_request_timeout: Duration,
+    /// Images per request at most.
+    pub max_images_per_request: usize,
+    /// Byte and pixel limits of each image.
+    pub decode_limits: DecodeLimits,
+    /// The variant answering requests that select none (default: the most accurate).
+    pub default_model: Option<String>,
+    /// Engine threads.
+    pub engine_threads: usize,
+    /// Accuracy results to read (default: `eval.json` in the models directory, when present).
+    pub eval_results: Option<PathBuf>,
+}
+
+impl ServiceConfig {
+    /// Refuses settings under which the service could not work.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.batch.max_batch == 0 {
+            return bad("the batch size must be at least 1".into());
+        }
+        if self.engine_threads == 0 {
+            return bad("at least one engine thread is needed".into());
+        }
+        if self.max_concurrent_requests == 0 {
+            return bad("at least one concurrent request must be allowed".into());
+        }
+        if self.max_images_per_request > self.max_queue {
+            return bad(format!(
+                "a request of {} images would never fit a queue of {}: raise the queue bound or \
+                 lower the images per request",
+                self.max_images_per_request, self.max_queue
+            ));
+        }
+        Ok(())
+    }
+}
