@@ -43,9 +43,29 @@ pub fn check_variant(
     proto: &pb::ModelProto,
     inputs: &[Vec<f32>],
 ) -> Result<VariantCheck> {
+    compare(variant, inputs, &reference_outputs(variant, proto, inputs)?)
+}
+
+/// tract's outputs for `inputs` on the graph of `variant` (`proto`), one image at a time. They
+/// depend on the graph only, not on our kernel tier: a test of every tier computes them once.
+pub fn reference_outputs(
+    variant: &Variant,
+    proto: &pb::ModelProto,
+    inputs: &[Vec<f32>],
+) -> Result<Vec<Vec<f32>>> {
+    let reference = TractReference::for_variant(proto, variant)?;
+    inputs.iter().map(|i| reference.run_nhwc(i)).collect()
+}
+
+/// Our engine's outputs for `inputs`, as one batch, against `expected` (tract's, from
+/// [`reference_outputs`]).
+pub fn compare(
+    variant: &Variant,
+    inputs: &[Vec<f32>],
+    expected: &[Vec<f32>],
+) -> Result<VariantCheck> {
     let plan = variant.model.plan();
     let r = variant.spec.resolution;
-    let reference = TractReference::for_variant(proto, variant)?;
     let batch: Vec<f32> = inputs.concat();
     let ours = variant.model.run(&batch, inputs.len(), r, r)?;
     let classes = plan.classes;
@@ -56,8 +76,14 @@ pub fn check_variant(
         max_rel_diff: 0.0,
         top1_agree: 0,
     };
-    for (i, input) in inputs.iter().enumerate() {
-        let theirs = reference.run_nhwc(input)?;
+    if expected.len() != inputs.len() {
+        return Err(Error::Reference(format!(
+            "{} reference outputs for {} inputs",
+            expected.len(),
+            inputs.len()
+        )));
+    }
+    for (i, theirs) in expected.iter().enumerate() {
         let mine = &ours[i * classes..(i + 1) * classes];
         if theirs.len() != classes {
             return Err(Error::Reference(format!(
@@ -67,7 +93,7 @@ pub fn check_variant(
         }
         let diff = mine
             .iter()
-            .zip(&theirs)
+            .zip(theirs)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         let lo = theirs.iter().copied().fold(f32::INFINITY, f32::min);
@@ -79,7 +105,7 @@ pub fn check_variant(
         };
         check.max_abs_diff = check.max_abs_diff.max(diff);
         check.max_rel_diff = check.max_rel_diff.max(rel);
-        check.top1_agree += usize::from(argmax(mine) == argmax(&theirs));
+        check.top1_agree += usize::from(argmax(mine) == argmax(theirs));
     }
     Ok(check)
 }

@@ -58,8 +58,8 @@ impl Variant {
     }
 }
 
-/// All loaded variants plus the class names.
-#[derive(Debug)]
+/// All loaded variants plus the class names. Cloning is cheap: the models are shared.
+#[derive(Debug, Clone)]
 pub struct ModelPool {
     dir: PathBuf,
     variants: Vec<Variant>,

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -26,14 +26,19 @@ pub const SMALL: &str = "mobilenet_v1_0.25_128";
 /// A more accurate one, still quick.
 pub const MID: &str = "mobilenet_v1_0.5_160";
 
-/// The zoo's `SMALL` and `MID` variants.
+/// The zoo's `SMALL` and `MID` variants, loaded once for the whole test binary (a clone shares
+/// the models).
 pub fn pool() -> ModelPool {
-    let opts = LoadOptions {
-        variants: Some(vec![SMALL.into(), MID.into()]),
-        resolution: None,
-        kernels: KernelSet::select(TierChoice::Auto).unwrap(),
-    };
-    ModelPool::load(&super::zoo_dir(), &opts).unwrap()
+    static POOL: OnceLock<ModelPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let opts = LoadOptions {
+            variants: Some(vec![SMALL.into(), MID.into()]),
+            resolution: None,
+            kernels: KernelSet::select(TierChoice::Auto).unwrap(),
+        };
+        ModelPool::load(&super::zoo_dir(), &opts).unwrap()
+    })
+    .clone()
 }
 
 /// Small limits, quick batches; the manifest's published accuracy.

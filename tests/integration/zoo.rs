@@ -6,11 +6,11 @@ use crate::common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mobilenet_serve::commands::dataset::read_labels;
 use mobilenet_serve::engine::crosscheck::{
-    check_variant, image_inputs, random_inputs, REL_TOLERANCE,
+    compare, image_inputs, random_inputs, reference_outputs, REL_TOLERANCE,
 };
 use mobilenet_serve::engine::model::Workspace;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
@@ -28,8 +28,9 @@ fn options() -> LoadOptions {
     }
 }
 
-fn zoo() -> ModelPool {
-    ModelPool::load(&common::zoo_dir(), &options()).expect("load the zoo")
+/// The zoo with the scalar kernels (the first tier).
+fn zoo() -> &'static ModelPool {
+    &zoo_per_tier()[0]
 }
 
 #[test]
@@ -68,30 +69,38 @@ fn the_zoo_loads_16_variants_from_13_files() {
     }
 }
 
-/// The zoo once per kernel tier this CPU supports.
-fn zoo_per_tier() -> Vec<ModelPool> {
-    Tier::supported()
-        .into_iter()
-        .map(|t| {
-            let opts = LoadOptions {
-                kernels: KernelSet::for_tier(t).unwrap(),
-                ..options()
-            };
-            ModelPool::load(&common::zoo_dir(), &opts).unwrap()
-        })
-        .collect()
+/// The zoo once per kernel tier this CPU supports, slowest (scalar) first; loaded once for the
+/// whole test binary.
+fn zoo_per_tier() -> &'static [ModelPool] {
+    static POOLS: OnceLock<Vec<ModelPool>> = OnceLock::new();
+    POOLS.get_or_init(|| {
+        Tier::supported()
+            .into_iter()
+            .map(|t| {
+                let opts = LoadOptions {
+                    kernels: KernelSet::for_tier(t).unwrap(),
+                    ..options()
+                };
+                ModelPool::load(&common::zoo_dir(), &opts).expect("load the zoo")
+            })
+            .collect()
+    })
 }
 
 #[test]
 fn every_variant_matches_tract_on_random_and_real_inputs_with_every_tier() {
     let images = mobilenet_serve::commands::dataset::image_files(&common::imagenet_dir()).unwrap();
-    for pool in zoo_per_tier() {
-        let mut protos = ProtoCache::default();
-        for v in pool.variants() {
-            let proto = protos.get(&pool, v).unwrap();
-            let mut inputs = random_inputs(2, v.input_len(), 42);
-            inputs.extend(image_inputs(&images[..2], v).unwrap());
-            let c = check_variant(v, proto, &inputs).unwrap();
+    let pools = zoo_per_tier();
+    let mut protos = ProtoCache::default();
+    for (i, first) in pools[0].variants().iter().enumerate() {
+        // tract's outputs depend on the graph only: computed once, compared with every tier.
+        let proto = protos.get(&pools[0], first).unwrap();
+        let mut inputs = random_inputs(2, first.input_len(), 42);
+        inputs.extend(image_inputs(&images[..2], first).unwrap());
+        let expected = reference_outputs(first, proto, &inputs).unwrap();
+        for v in pools.iter().map(|p| &p.variants()[i]) {
+            assert_eq!(v.spec.name, first.spec.name);
+            let c = compare(v, &inputs, &expected).unwrap();
             let tier = v.model.kernels().tier;
             assert!(
                 c.passed(),
