@@ -17,7 +17,7 @@ use prost::Message;
 
 use crate::api::grpc::oip as oip_grpc;
 use crate::api::http::classifier as http;
-use crate::api::http::oip as oip_http;
+use crate::api::http::oip_body as oip_http;
 use crate::engine::import::import_bytes;
 use crate::engine::model::Model;
 use crate::kernels::{KernelSet, Tier, TierChoice};

@@ -1,11 +1,12 @@
 //! The HTTP server (axum): our API ([`classifier`]) and the Open Inference Protocol's REST binding
-//! ([`oip`]) side by side, with the pages, the API key where required, request ids, and one
+//! ([`oip`], its body format [`oip_body`]) side by side, with the pages, the API key where required, request ids, and one
 //! error format per protocol for unknown routes. The bindings share [`body`], [`timing`] and
 //! `api::errors`, not each other.
 
 pub mod body;
 pub mod classifier;
 pub mod oip;
+pub mod oip_body;
 pub mod timing;
 
 use std::sync::Arc;
