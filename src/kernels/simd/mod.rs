@@ -18,9 +18,16 @@ pub(crate) use peak::{fma_loop, fma_loop_flops};
 /// One SIMD register type and the few operations the kernels need.
 ///
 /// # Safety
-/// Implementations are only called from functions compiled with (and dispatched after detecting)
-/// the matching target features; pointers must be valid for the lanes they touch.
-pub(crate) trait Simd {
+/// The kernels size every pointer offset by these constants, so an implementation must keep
+/// them true: `V` holds `LANES` f32 lanes, `LANES <= 64`; `load` and `store` access exactly
+/// `LANES` consecutive values and `load_partial` and `store_partial` only the first `n`; `PANEL`
+/// is a multiple of `LANES`.
+///
+/// Its methods may use instructions of any of the CPU features the tier's entry points enable:
+/// callers must only run them in code compiled with those features (the `#[target_feature]`
+/// entry points, into which these `#[inline(always)]` methods are inlined), after run-time
+/// detection found them. Each method's own `# Safety` adds what its pointers must reach.
+pub(crate) unsafe trait Simd {
     /// The register type.
     type V: Copy;
     /// f32 lanes per register.

@@ -7,7 +7,11 @@ use crate::kernels::simd::Simd;
 #[derive(Clone, Copy)]
 struct Avx2;
 
-impl Simd for Avx2 {
+// SAFETY: `__m256` holds 8 f32 lanes (LANES); the loads and stores below access exactly 8
+// values, or the first `n` through a lane mask; PANEL (16) is a multiple of 8. The methods use
+// AVX, AVX2 and FMA instructions only, which the entry points below enable ("avx2,fma") after
+// `has_avx2_fma`.
+unsafe impl Simd for Avx2 {
     type V = __m256;
     const LANES: usize = 8;
     const MR: usize = 6;

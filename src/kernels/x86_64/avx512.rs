@@ -9,7 +9,10 @@ use crate::kernels::simd::Simd;
 #[derive(Clone, Copy)]
 struct Avx512;
 
-impl Simd for Avx512 {
+// SAFETY: `__m512` holds 16 f32 lanes (LANES); the loads and stores below access exactly 16
+// values, or the first `n` through a mask register; PANEL (64) is a multiple of 16. The methods
+// use AVX-512F instructions only, which the entry points below enable after `has_avx512`.
+unsafe impl Simd for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
     const MR: usize = 6;
@@ -74,7 +77,11 @@ fn mask(n: usize) -> __mmask16 {
 #[derive(Clone, Copy)]
 struct Avx512Narrow;
 
-impl Simd for Avx512Narrow {
+// SAFETY: `__m256` holds 8 f32 lanes (LANES); the loads and stores below and in `ymm_ops!`
+// access exactly 8 values, or the first `n` through a mask register; PANEL (64) is a multiple
+// of 8. The methods use AVX, FMA and AVX-512F+VL instructions only, which the entry points
+// below enable after `has_avx512`.
+unsafe impl Simd for Avx512Narrow {
     type V = __m256;
     const LANES: usize = 8;
     const MR: usize = 6;

@@ -22,6 +22,22 @@ macro_rules! entry_points {
                 nv >= 1 && nv <= 4 && mr * nv <= 24,
                 "tile shape outside the dispatch"
             );
+            // The layout constants `Simd`'s safety contract asks of both vector types.
+            let (lanes, panel) = (
+                <$simd as $crate::kernels::simd::Simd>::LANES,
+                <$simd as $crate::kernels::simd::Simd>::PANEL,
+            );
+            let (narrow_lanes, narrow_panel) = (
+                <$narrow as $crate::kernels::simd::Simd>::LANES,
+                <$narrow as $crate::kernels::simd::Simd>::PANEL,
+            );
+            assert!(
+                lanes <= 64
+                    && panel % lanes == 0
+                    && narrow_lanes <= 64
+                    && narrow_panel % narrow_lanes == 0,
+                "lanes or panel width outside Simd's contract"
+            );
         };
 
         /// Columns per panel of this tier's packed GEMM weights.
