@@ -17,6 +17,9 @@ use crate::kernels::{Clamp, ConvGeometry};
 /// walks A with one segment per kernel row. Only pixels whose taps reach the padding (and
 /// kernels of another height than [`MAX_SEGMENTS`]) are copied into an im2col matrix first, with
 /// zeros for the padding; copying every pixel cost about a third of the stem's time.
+///
+/// # Safety
+/// `S`'s CPU features must be enabled (see [`Simd`]). The slices' lengths are checked here.
 #[inline(always)]
 pub(crate) unsafe fn dense_conv<S: Simd>(
     g: &ConvGeometry,
@@ -37,9 +40,12 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
     );
     assert_eq!(bias.len(), n, "dense_conv bias length");
     assert_fits::<S>(n);
-    let e = Epilogue {
-        lo: S::splat(act.lo),
-        hi: S::splat(act.hi),
+    // SAFETY: the features are enabled (the caller's contract).
+    let e = unsafe {
+        Epilogue {
+            lo: S::splat(act.lo),
+            hi: S::splat(act.hi),
+        }
     };
     let direct = g.kh == MAX_SEGMENTS;
     let (ox_lo, ox_hi) = interior_columns(g);
@@ -48,17 +54,23 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
     let mut cols = IM2COL.take();
     for b in 0..g.batch {
         for oy in 0..g.out_h {
-            // SAFETY: the asserts above bound the output row, the weights and the bias; the image
-            // rows read are those of `interior_row`, which lie inside the input.
-            let out_row = out.as_mut_ptr().add((b * g.out_h + oy) * g.out_w * n);
+            // SAFETY: output row (b, oy) is out_w * n values of `out`'s asserted output_len(), as
+            // b < batch and oy < out_h.
+            let out_row = unsafe { out.as_mut_ptr().add((b * g.out_h + oy) * g.out_w * n) };
             let interior = interior_row(g, oy).filter(|_| direct && ox_hi > ox_lo);
             if let Some(y) = interior {
-                let first = input
-                    .as_ptr()
-                    .add((b * g.in_h + y) * in_row + (ox_lo * g.stride_w - g.pad_left) * c);
+                // SAFETY: input rows y..y + kh lie in image b (interior_row: y + kh <= in_h),
+                // and ox_lo * stride_w - pad_left, the first interior pixel's first tap, is a
+                // column of them; `input` has the asserted input_len().
+                let first = unsafe {
+                    input
+                        .as_ptr()
+                        .add((b * g.in_h + y) * in_row + (ox_lo * g.stride_w - g.pad_left) * c)
+                };
                 let mut ptrs = [first; MAX_SEGMENTS];
                 for (ky, ptr) in ptrs.iter_mut().enumerate().take(g.kh) {
-                    *ptr = first.add(ky * in_row);
+                    // SAFETY: row y + ky < y + kh of image b, as above.
+                    *ptr = unsafe { first.add(ky * in_row) };
                 }
                 let a = ATile {
                     ptrs,
@@ -66,13 +78,24 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
                     row_stride: g.stride_w * c,
                     k_stride: 1,
                 };
-                let (count, c_first) = (ox_hi - ox_lo, out_row.add(ox_lo * n));
-                if a.row_stride == STEM_ROW_STRIDE {
-                    run_tiles::<S, MAX_SEGMENTS, STEM_ROW_STRIDE>(
-                        &a, count, field, packed, bias, n, &e, c_first,
-                    );
-                } else {
-                    run_tiles::<S, MAX_SEGMENTS, 0>(&a, count, field, packed, bias, n, &e, c_first);
+                let count = ox_hi - ox_lo;
+                // SAFETY: the features are enabled (the caller's contract). Row r < count of A is
+                // interior pixel ox_lo + r: segment ky is its kernel row ky, kw * c values from
+                // ptrs[ky] + r * stride_w * c, all inside the input, and one past its end is
+                // still in it; kh = MAX_SEGMENTS such rows make the field of k = field values.
+                // RS is 0 or the row stride. `packed` and `bias` have the asserted lengths, and
+                // this output row holds the count pixels from ox_lo < ox_hi <= out_w.
+                unsafe {
+                    let c_first = out_row.add(ox_lo * n);
+                    if a.row_stride == STEM_ROW_STRIDE {
+                        run_tiles::<S, MAX_SEGMENTS, STEM_ROW_STRIDE>(
+                            &a, count, field, packed, bias, n, &e, c_first,
+                        );
+                    } else {
+                        run_tiles::<S, MAX_SEGMENTS, 0>(
+                            &a, count, field, packed, bias, n, &e, c_first,
+                        );
+                    }
                 }
             }
             // The rest of the row (all of it when the kernel rows reach the padding) via im2col.
@@ -86,8 +109,14 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
                     im2col_pixel(g, (ox_lo, ox_hi), input, b, oy, ox, row);
                 }
                 let a = ATile::single(cols.as_ptr(), field, field, 1);
-                let c_first = out_row.add(pixels.start * n);
-                run_tiles::<S, 1, 0>(&a, pixels.len(), field, packed, bias, n, &e, c_first);
+                // SAFETY: the features are enabled (the caller's contract). The im2col matrix
+                // holds pixels.len() rows of `field` values, one segment each; `packed` and
+                // `bias` have the asserted lengths, and this output row holds the pixels from
+                // pixels.start < pixels.end <= out_w.
+                unsafe {
+                    let c_first = out_row.add(pixels.start * n);
+                    run_tiles::<S, 1, 0>(&a, pixels.len(), field, packed, bias, n, &e, c_first);
+                }
             }
         }
     }
@@ -98,8 +127,11 @@ pub(crate) unsafe fn dense_conv<S: Simd>(
 /// in tiles of the microkernel's rows.
 ///
 /// # Safety
-/// `a` must be readable for `rows` rows of `k` values, `packed`, `bias` and `c` must hold the
-/// panels, `n` values and `rows x n` values.
+/// `S`'s CPU features must be enabled; `a` must meet the microkernel's contract on A (see
+/// `gemm::micro`) for `rows` rows and `k`: every segment of every row readable,
+/// `SEGMENTS * a.segment_len == k`, `RS` 0 or `a.row_stride`. `packed` must hold
+/// `n.div_ceil(PANEL)` panels of `k * PANEL` values and `bias` `n` values, and `c` must be
+/// writable for `rows` rows of `n` values at row stride `n`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_tiles<S: Simd, const SEGMENTS: usize, const RS: usize>(
@@ -119,20 +151,27 @@ unsafe fn run_tiles<S: Simd, const SEGMENTS: usize, const RS: usize>(
         while i < rows {
             let r = tile_rows::<S>(cols).min(rows - i);
             let mut t = *a;
-            for ptr in &mut t.ptrs[..SEGMENTS] {
-                *ptr = ptr.add(i * t.row_stride);
+            // SAFETY: the features are enabled (the caller's contract). Rows i..i + r are among
+            // the caller's `rows` (r <= rows - i), so each segment moved to row i meets micro's
+            // contract for the tile's r rows; panel j < n.div_ceil(nr) is the k * nr values from
+            // j * k * nr of `packed`, and its cols columns from j * nr are in `bias` and in rows
+            // i..i + r of `c`; r <= tile_rows(cols), cols <= nr.
+            unsafe {
+                for ptr in &mut t.ptrs[..SEGMENTS] {
+                    *ptr = ptr.add(i * t.row_stride);
+                }
+                tile::<S, SEGMENTS, RS>(
+                    r,
+                    k,
+                    &t,
+                    packed.as_ptr().add(j * k * nr),
+                    bias.as_ptr().add(j * nr),
+                    cols,
+                    e,
+                    c.add(i * n + j * nr),
+                    n,
+                );
             }
-            tile::<S, SEGMENTS, RS>(
-                r,
-                k,
-                &t,
-                packed.as_ptr().add(j * k * nr),
-                bias.as_ptr().add(j * nr),
-                cols,
-                e,
-                c.add(i * n + j * nr),
-                n,
-            );
             i += r;
         }
     }

@@ -48,6 +48,9 @@ fn l1_panel_bytes(caches: CacheSizes) -> usize {
 }
 
 /// GEMM on packed weights: `c = clamp(a . b + bias)`.
+///
+/// # Safety
+/// `S`'s CPU features must be enabled (see [`Simd`]). The slices' lengths are checked here.
 #[inline(always)]
 pub(crate) unsafe fn gemm<S: Simd>(
     s: &GemmShape,
@@ -73,9 +76,12 @@ pub(crate) unsafe fn gemm<S: Simd>(
     let caches = CacheSizes::detected();
     let rows_per_block =
         (l2_block_bytes(caches) / (k.max(1) * 4)).max(all_tiles) / all_tiles * all_tiles;
-    let ctx = Epilogue {
-        lo: S::splat(act.lo),
-        hi: S::splat(act.hi),
+    // SAFETY: the features are enabled (the caller's contract).
+    let ctx = unsafe {
+        Epilogue {
+            lo: S::splat(act.lo),
+            hi: S::splat(act.hi),
+        }
     };
     let panels = n.div_ceil(nr);
     let cols_of = |j: usize| nr.min(n - j * nr);
@@ -84,8 +90,6 @@ pub(crate) unsafe fn gemm<S: Simd>(
     let group = (l1_panel_bytes(caches) / (k.max(1) * nr * 4)).clamp(1, panels.max(1));
     // A repacked block pays for its copy once a few weight panels reuse it.
     let repack = S::REPACK_A && panels >= 3;
-    // Taken out of the thread-local rather than used in a closure: a closure would not inherit
-    // the caller's target features, and the SIMD code inside it would not be inlined.
     // Tiles are `MR` rows on repacked A; read in place, a partial last panel's are taller (see
     // `tile_rows`), and it then runs in a group of its own.
     let rows_of = |j: usize| {
@@ -95,6 +99,8 @@ pub(crate) unsafe fn gemm<S: Simd>(
             tile_rows::<S>(cols_of(j))
         }
     };
+    // Taken out of the thread-local rather than used in a closure: a closure would not inherit
+    // the caller's target features, and the SIMD code inside it would not be inlined.
     let mut scratch = A_TILES.take();
     for m0 in (0..m).step_by(rows_per_block) {
         let m1 = (m0 + rows_per_block).min(m);
@@ -110,25 +116,37 @@ pub(crate) unsafe fn gemm<S: Simd>(
             let mut i = m0;
             while i < m1 {
                 let rows = rows_of(j0).min(m1 - i);
-                // SAFETY: the asserts above bound every row, panel and column touched below;
-                // the scratch holds (m1 - m0) * k values when repacked.
-                let tile_a = if repack {
-                    ATile::single(scratch.as_ptr().add((i - m0) * k), k, 1, rows)
-                } else {
-                    ATile::single(a.as_ptr().add(i * k), k, k, 1)
+                // SAFETY: rows i..i + rows lie in the block (rows <= m1 - i). Repacked, their
+                // tile starts at (i - m0) * k in the scratch, which holds the block's
+                // (m1 - m0) * k values (i - m0 is a multiple of MR, where pack_a_tiles starts its
+                // tiles); in place, at i * k in `a`, whose m * k values are asserted.
+                let tile_a = unsafe {
+                    if repack {
+                        ATile::single(scratch.as_ptr().add((i - m0) * k), k, 1, rows)
+                    } else {
+                        ATile::single(a.as_ptr().add(i * k), k, k, 1)
+                    }
                 };
                 for j in j0..j1 {
-                    tile::<S, 1, 0>(
-                        rows,
-                        k,
-                        &tile_a,
-                        packed.as_ptr().add(j * k * nr),
-                        bias.as_ptr().add(j * nr),
-                        cols_of(j),
-                        &ctx,
-                        c.as_mut_ptr().add(i * n + j * nr),
-                        n,
-                    );
+                    // SAFETY: the features are enabled (the caller's contract). `tile_a` reaches
+                    // k values of each of its `rows` rows (above); j < panels, so panel j is the
+                    // k * nr values from j * k * nr of `packed`, and its cols_of(j) columns from
+                    // j * nr are in `bias` and, for rows i..i + rows <= m at stride n, in `c`
+                    // (all lengths asserted above). rows <= rows_of(j): the panels of a group
+                    // share their tile rows (j1 was cut back otherwise).
+                    unsafe {
+                        tile::<S, 1, 0>(
+                            rows,
+                            k,
+                            &tile_a,
+                            packed.as_ptr().add(j * k * nr),
+                            bias.as_ptr().add(j * nr),
+                            cols_of(j),
+                            &ctx,
+                            c.as_mut_ptr().add(i * n + j * nr),
+                            n,
+                        )
+                    };
                 }
                 i += rows;
             }
@@ -201,6 +219,12 @@ pub(super) struct Epilogue<V> {
 
 /// Dispatches a tile to the microkernel specialised for its row count and the vectors of
 /// columns in use in its panel (`rows <= tile_rows(cols)`).
+///
+/// # Safety
+/// As for [`micro`], with `R = rows` and `V = cols.div_ceil(LANES)`: `S`'s CPU features enabled,
+/// and `a`, `panel`, `bias` and `c` reaching the tile's values. Shapes outside the microkernel's
+/// dispatch (`rows` or `cols` of 0, `cols` above `NV * LANES`, `rows` above `tile_rows(cols)`)
+/// panic.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn tile<S: Simd, const SEGMENTS: usize, const RS: usize>(
@@ -223,18 +247,33 @@ pub(super) unsafe fn tile<S: Simd, const SEGMENTS: usize, const RS: usize>(
             }
         };
     }
-    match cols.div_ceil(S::LANES) {
-        1 => rows!(1: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24),
-        2 => rows!(2: 1 2 3 4 5 6 7 8 9 10 11 12),
-        3 => rows!(3: 1 2 3 4 5 6 7 8),
-        4 => rows!(4: 1 2 3 4 5 6),
-        v => unreachable!("a panel of {v} vectors"),
+    // SAFETY: each arm calls the microkernel with R = rows and V = cols.div_ceil(LANES), for
+    // which the caller guarantees micro's contract.
+    unsafe {
+        match cols.div_ceil(S::LANES) {
+            1 => rows!(1: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24),
+            2 => rows!(2: 1 2 3 4 5 6 7 8 9 10 11 12),
+            3 => rows!(3: 1 2 3 4 5 6 7 8),
+            4 => rows!(4: 1 2 3 4 5 6),
+            v => unreachable!("a panel of {v} vectors"),
+        }
     }
 }
 
 /// The microkernel: `R` rows x `V` vectors of columns of `c` (the panel's vectors in use; its
 /// all-padding vectors are not read), accumulated over all of `k` in registers, then bias,
 /// clamp and a (partial) store.
+///
+/// # Safety
+/// `S`'s CPU features must be enabled, and:
+/// - A: `SEGMENTS * a.segment_len == k`; for every segment `s < SEGMENTS`, row `r < R` and
+///   `q < a.segment_len`, the value at `a.ptrs[s] + r * a.row_stride + q * a.k_stride` is
+///   readable, and `a.ptrs[s] + a.segment_len * a.k_stride` (one step past row 0's last value)
+///   is in, or one past the end of, the same allocation; `RS` is 0 or `a.row_stride`;
+/// - packed B: `panel` is readable for `k * PANEL` values (one packed panel);
+/// - columns: `V == cols.div_ceil(LANES)`, `cols <= PANEL`, and `bias` is readable for `cols`
+///   values;
+/// - C: `c + r * ldc` is writable for `cols` values, for every `r < R`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro<S: Simd, const R: usize, const V: usize, const SEGMENTS: usize, const RS: usize>(
@@ -253,7 +292,8 @@ unsafe fn micro<S: Simd, const R: usize, const V: usize, const SEGMENTS: usize, 
         unreachable!("a {R} x {V} tile on a tier of {} x {}", S::MR, S::NV);
     }
     let (l, nr) = (S::LANES, panel_width::<S>());
-    let mut acc = [[S::zero(); V]; R];
+    // SAFETY: the features are enabled (the caller's contract).
+    let mut acc = unsafe { [[S::zero(); V]; R] };
     // A row stride known at compile time puts each row's offset in the instruction: with a
     // run-time stride the tall tiles kept their rows' offsets on the stack and reloaded one per
     // FMA. Specialised, the stems of 224 -> 32 and 128 -> 8 channels ran 1.15-1.35x and
@@ -266,17 +306,26 @@ unsafe fn micro<S: Simd, const R: usize, const V: usize, const SEGMENTS: usize, 
     // loop per segment LLVM stored the accumulators to the stack on every step.
     let (mut seg, mut ap, mut left) = (0, a.ptrs[0], a.segment_len);
     for p in 0..k {
-        let mut b = [S::zero(); V];
-        for (v, bv) in b.iter_mut().enumerate() {
-            *bv = S::load(panel.add(p * nr + v * l));
-        }
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = S::splat(*ap.add(r * rs));
-            for (acc_rv, bv) in acc_r.iter_mut().zip(&b) {
-                *acc_rv = S::fmadd(av, *bv, *acc_rv);
+        // SAFETY: the features are enabled (the caller's contract). Row p < k of the panel's k
+        // rows of PANEL values is read in vectors v < V, which end at V * LANES <= PANEL (cols <=
+        // PANEL, a multiple of LANES by Simd's contract). `ap` is value `segment_len - left` of
+        // row 0 of segment `seg` (the steps below keep it so), so `ap + r * rs` is that value of
+        // row r < R, readable by the caller's contract (rs is a.row_stride: RS is 0 or equal to
+        // it); its step lands on the segment's next value or one past its last, which the
+        // caller's contract keeps in the allocation.
+        unsafe {
+            let mut b = [S::zero(); V];
+            for (v, bv) in b.iter_mut().enumerate() {
+                *bv = S::load(panel.add(p * nr + v * l));
             }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = S::splat(*ap.add(r * rs));
+                for (acc_rv, bv) in acc_r.iter_mut().zip(&b) {
+                    *acc_rv = S::fmadd(av, *bv, *acc_rv);
+                }
+            }
+            ap = ap.add(ks);
         }
-        ap = ap.add(ks);
         left -= 1;
         if SEGMENTS > 1 && left == 0 && seg + 1 < SEGMENTS {
             seg += 1;
@@ -286,10 +335,14 @@ unsafe fn micro<S: Simd, const R: usize, const V: usize, const SEGMENTS: usize, 
     // Every vector below V holds at least one column (V = cols / LANES rounded up).
     for v in 0..V {
         let n = (cols - v * l).min(l);
-        let bias_v = load_n::<S>(bias.add(v * l), n);
-        for (r, acc_r) in acc.iter().enumerate() {
-            let x = S::clamp(S::add(acc_r[v], bias_v), e.lo, e.hi);
-            store_n::<S>(c.add(r * ldc + v * l), x, n);
+        // SAFETY: the features are enabled (the caller's contract). Columns v * l..v * l + n are
+        // below cols, which `bias` holds and each row r < R of `c` (at stride ldc) can take.
+        unsafe {
+            let bias_v = load_n::<S>(bias.add(v * l), n);
+            for (r, acc_r) in acc.iter().enumerate() {
+                let x = S::clamp(S::add(acc_r[v], bias_v), e.lo, e.hi);
+                store_n::<S>(c.add(r * ldc + v * l), x, n);
+            }
         }
     }
 }

@@ -45,38 +45,89 @@ pub(crate) unsafe trait Simd {
     /// microkernel runs on it, rather than reading A in place (see the tiers for what measured).
     const REPACK_A: bool;
 
+    /// A register of zeros.
+    ///
+    /// # Safety
+    /// The CPU features of the implementation must be enabled (see the trait).
     unsafe fn zero() -> Self::V;
+    /// `x` in every lane.
+    ///
+    /// # Safety
+    /// The CPU features of the implementation must be enabled (see the trait).
     unsafe fn splat(x: f32) -> Self::V;
+    /// Loads `LANES` values from `p` (no alignment needed).
+    ///
+    /// # Safety
+    /// The CPU features of the implementation must be enabled (see the trait), and `p` readable
+    /// for `LANES` values.
     unsafe fn load(p: *const f32) -> Self::V;
+    /// Stores `LANES` values at `p` (no alignment needed).
+    ///
+    /// # Safety
+    /// The CPU features of the implementation must be enabled (see the trait), and `p` writable
+    /// for `LANES` values.
     unsafe fn store(p: *mut f32, v: Self::V);
     /// Loads the first `n < LANES` lanes, zeroing the rest.
+    ///
+    /// # Safety
+    /// The CPU features of the implementation must be enabled (see the trait), and `p` readable
+    /// for `n` values; the lanes past them are not accessed.
     unsafe fn load_partial(p: *const f32, n: usize) -> Self::V;
     /// Stores the first `n < LANES` lanes.
+    ///
+    /// # Safety
+    /// The CPU features of the implementation must be enabled (see the trait), and `p` writable
+    /// for `n` values; the values past them are not accessed.
     unsafe fn store_partial(p: *mut f32, v: Self::V, n: usize);
     /// `a * b + c` with one rounding.
+    ///
+    /// # Safety
+    /// The CPU features of the implementation must be enabled (see the trait).
     unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a + b`.
+    ///
+    /// # Safety
+    /// The CPU features of the implementation must be enabled (see the trait).
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     /// `min(max(v, lo), hi)`, NaN-compatible with [`Clamp::apply`](crate::kernels::Clamp::apply).
+    ///
+    /// # Safety
+    /// The CPU features of the implementation must be enabled (see the trait).
     unsafe fn clamp(v: Self::V, lo: Self::V, hi: Self::V) -> Self::V;
 }
 
-/// Loads `n` lanes (all when `n >= LANES`).
+/// Loads `n` lanes (all when `n >= LANES`), zeroing the rest.
+///
+/// # Safety
+/// `S`'s CPU features must be enabled, and `p` readable for `min(n, LANES)` values.
 #[inline(always)]
 unsafe fn load_n<S: Simd>(p: *const f32, n: usize) -> S::V {
-    if n >= S::LANES {
-        S::load(p)
-    } else {
-        S::load_partial(p, n)
+    // SAFETY: the features are enabled and `p` reaches `min(n, LANES)` values (the caller's
+    // contract): all `LANES` that `load` reads when `n >= LANES`, else the `n` of `load_partial`.
+    unsafe {
+        if n >= S::LANES {
+            S::load(p)
+        } else {
+            S::load_partial(p, n)
+        }
     }
 }
 
 /// Stores `n` lanes (all when `n >= LANES`).
+///
+/// # Safety
+/// `S`'s CPU features must be enabled, and `p` writable for `min(n, LANES)` values.
 #[inline(always)]
 unsafe fn store_n<S: Simd>(p: *mut f32, v: S::V, n: usize) {
-    if n >= S::LANES {
-        S::store(p, v)
-    } else {
-        S::store_partial(p, v, n)
+    // SAFETY: the features are enabled and `p` reaches `min(n, LANES)` values (the caller's
+    // contract): all `LANES` that `store` writes when `n >= LANES`, else the `n` of
+    // `store_partial`.
+    unsafe {
+        if n >= S::LANES {
+            S::store(p, v)
+        } else {
+            S::store_partial(p, v, n)
+        }
     }
 }
 
