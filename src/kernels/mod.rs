@@ -4,6 +4,11 @@
 //! are tested against. Activations are NHWC (`[batch][row][col][channel]`); weights are prepacked
 //! by the importer with the output channel fastest, so every inner loop is contiguous.
 
+// Inside `unsafe fn`s too, unsafe operations go in `unsafe` blocks that say why they hold: the
+// caller's contract alone does not say which operation relies on which part of it.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod aligned;
 pub mod cache;
 pub mod generic;

@@ -9,7 +9,10 @@ use crate::kernels::simd::Simd;
 #[derive(Clone, Copy)]
 struct Avx512;
 
-impl Simd for Avx512 {
+// SAFETY: `__m512` holds 16 f32 lanes (LANES); the loads and stores below access exactly 16
+// values, or the first `n` through a mask register; PANEL (64) is a multiple of 16. The methods
+// use AVX-512F instructions only, which the entry points below enable after `has_avx512`.
+unsafe impl Simd for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
     const MR: usize = 6;
@@ -22,41 +25,56 @@ impl Simd for Avx512 {
 
     #[inline(always)]
     unsafe fn zero() -> __m512 {
-        _mm512_setzero_ps()
+        // SAFETY: AVX-512F is enabled (the caller's contract).
+        unsafe { _mm512_setzero_ps() }
     }
     #[inline(always)]
     unsafe fn splat(x: f32) -> __m512 {
-        _mm512_set1_ps(x)
+        // SAFETY: AVX-512F is enabled (the caller's contract).
+        unsafe { _mm512_set1_ps(x) }
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> __m512 {
-        _mm512_loadu_ps(p)
+        // SAFETY: AVX-512F is enabled and `p` is readable for 16 values (the caller's contract);
+        // the load takes any alignment.
+        unsafe { _mm512_loadu_ps(p) }
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: __m512) {
-        _mm512_storeu_ps(p, v)
+        // SAFETY: AVX-512F is enabled and `p` is writable for 16 values (the caller's contract);
+        // the store takes any alignment.
+        unsafe { _mm512_storeu_ps(p, v) }
     }
     #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize) -> __m512 {
-        _mm512_maskz_loadu_ps(mask(n), p)
+        // SAFETY: AVX-512F is enabled and `p` is readable for `n` values (the caller's
+        // contract); the mask enables the first `n` lanes only, and masked-off lanes are not
+        // accessed.
+        unsafe { _mm512_maskz_loadu_ps(mask(n), p) }
     }
     #[inline(always)]
     unsafe fn store_partial(p: *mut f32, v: __m512, n: usize) {
-        _mm512_mask_storeu_ps(p, mask(n), v)
+        // SAFETY: AVX-512F is enabled and `p` is writable for `n` values (the caller's
+        // contract); the mask enables the first `n` lanes only, and masked-off lanes are not
+        // accessed.
+        unsafe { _mm512_mask_storeu_ps(p, mask(n), v) }
     }
     #[inline(always)]
     unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
-        _mm512_fmadd_ps(a, b, c)
+        // SAFETY: AVX-512F is enabled (the caller's contract).
+        unsafe { _mm512_fmadd_ps(a, b, c) }
     }
     #[inline(always)]
     unsafe fn add(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(a, b)
+        // SAFETY: AVX-512F is enabled (the caller's contract).
+        unsafe { _mm512_add_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn clamp(v: __m512, lo: __m512, hi: __m512) -> __m512 {
         // max/min return their second operand when one is NaN, as f32::max/min return the
         // non-NaN one: a NaN input becomes `lo`, as in the scalar reference.
-        _mm512_min_ps(_mm512_max_ps(v, lo), hi)
+        // SAFETY: AVX-512F is enabled (the caller's contract).
+        unsafe { _mm512_min_ps(_mm512_max_ps(v, lo), hi) }
     }
 }
 
@@ -74,7 +92,11 @@ fn mask(n: usize) -> __mmask16 {
 #[derive(Clone, Copy)]
 struct Avx512Narrow;
 
-impl Simd for Avx512Narrow {
+// SAFETY: `__m256` holds 8 f32 lanes (LANES); the loads and stores below and in `ymm_ops!`
+// access exactly 8 values, or the first `n` through a mask register; PANEL (64) is a multiple
+// of 8. The methods use AVX, FMA and AVX-512F+VL instructions only, which the entry points
+// below enable after `has_avx512`.
+unsafe impl Simd for Avx512Narrow {
     type V = __m256;
     const LANES: usize = 8;
     const MR: usize = 6;
@@ -88,11 +110,17 @@ impl Simd for Avx512Narrow {
 
     #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize) -> __m256 {
-        _mm256_maskz_loadu_ps(mask(n.min(8)) as __mmask8, p)
+        // SAFETY: AVX-512F+VL are enabled and `p` is readable for `n` values (the caller's
+        // contract); the mask enables the first `n` lanes only, and masked-off lanes are not
+        // accessed.
+        unsafe { _mm256_maskz_loadu_ps(mask(n.min(8)) as __mmask8, p) }
     }
     #[inline(always)]
     unsafe fn store_partial(p: *mut f32, v: __m256, n: usize) {
-        _mm256_mask_storeu_ps(p, mask(n.min(8)) as __mmask8, v)
+        // SAFETY: AVX-512F+VL are enabled and `p` is writable for `n` values (the caller's
+        // contract); the mask enables the first `n` lanes only, and masked-off lanes are not
+        // accessed.
+        unsafe { _mm256_mask_storeu_ps(p, mask(n.min(8)) as __mmask8, v) }
     }
 }
 

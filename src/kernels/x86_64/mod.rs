@@ -22,6 +22,22 @@ macro_rules! entry_points {
                 nv >= 1 && nv <= 4 && mr * nv <= 24,
                 "tile shape outside the dispatch"
             );
+            // The layout constants `Simd`'s safety contract asks of both vector types.
+            let (lanes, panel) = (
+                <$simd as $crate::kernels::simd::Simd>::LANES,
+                <$simd as $crate::kernels::simd::Simd>::PANEL,
+            );
+            let (narrow_lanes, narrow_panel) = (
+                <$narrow as $crate::kernels::simd::Simd>::LANES,
+                <$narrow as $crate::kernels::simd::Simd>::PANEL,
+            );
+            assert!(
+                lanes <= 64
+                    && panel % lanes == 0
+                    && narrow_lanes <= 64
+                    && narrow_panel % narrow_lanes == 0,
+                "lanes or panel width outside Simd's contract"
+            );
         };
 
         /// Columns per panel of this tier's packed GEMM weights.
@@ -45,14 +61,24 @@ macro_rules! entry_points {
             )
         }
 
+        /// The FMA peak loop on the tier's vectors.
+        ///
+        /// # Safety
+        /// The CPU must have the tier's target features (as `$detect` checks).
         #[target_feature(enable = $features)]
         unsafe fn fma_peak_impl(iters: usize) -> f32 {
-            $crate::kernels::simd::fma_loop::<$simd>(std::hint::black_box(iters))
+            // SAFETY: compiled with the tier's features, which the caller guarantees the CPU has.
+            unsafe { $crate::kernels::simd::fma_loop::<$simd>(std::hint::black_box(iters)) }
         }
 
+        /// The FMA peak loop on the tier's narrow vectors.
+        ///
+        /// # Safety
+        /// The CPU must have the tier's target features (as `$detect` checks).
         #[target_feature(enable = $features)]
         unsafe fn narrow_fma_peak_impl(iters: usize) -> f32 {
-            $crate::kernels::simd::fma_loop::<$narrow>(std::hint::black_box(iters))
+            // SAFETY: compiled with the tier's features, which the caller guarantees the CPU has.
+            unsafe { $crate::kernels::simd::fma_loop::<$narrow>(std::hint::black_box(iters)) }
         }
 
         /// Whether a layer `n` values wide (GEMM columns, output or depthwise channels) runs on
@@ -139,6 +165,10 @@ macro_rules! entry_points {
             unsafe { gemm_impl(s, a, packed, bias, act, c) }
         }
 
+        /// [`gemm`] compiled with the tier's features.
+        ///
+        /// # Safety
+        /// The CPU must have the tier's target features (as `$detect` checks).
         #[target_feature(enable = $features)]
         unsafe fn gemm_impl(
             s: &$crate::kernels::GemmShape,
@@ -148,10 +178,14 @@ macro_rules! entry_points {
             act: $crate::kernels::Clamp,
             c: &mut [f32],
         ) {
-            if narrow(s.n) {
-                $crate::kernels::simd::gemm::<$narrow>(s, a, packed, bias, act, c)
-            } else {
-                $crate::kernels::simd::gemm::<$simd>(s, a, packed, bias, act, c)
+            // SAFETY: compiled with the tier's features, which the caller guarantees the CPU has;
+            // the kernel checks every length.
+            unsafe {
+                if narrow(s.n) {
+                    $crate::kernels::simd::gemm::<$narrow>(s, a, packed, bias, act, c)
+                } else {
+                    $crate::kernels::simd::gemm::<$simd>(s, a, packed, bias, act, c)
+                }
             }
         }
 
@@ -174,6 +208,10 @@ macro_rules! entry_points {
             unsafe { dense_conv_impl(g, input, packed, bias, act, out) }
         }
 
+        /// [`dense_conv`] compiled with the tier's features.
+        ///
+        /// # Safety
+        /// The CPU must have the tier's target features (as `$detect` checks).
         #[target_feature(enable = $features)]
         unsafe fn dense_conv_impl(
             g: &$crate::kernels::ConvGeometry,
@@ -183,10 +221,14 @@ macro_rules! entry_points {
             act: $crate::kernels::Clamp,
             out: &mut [f32],
         ) {
-            if narrow(g.out_c) {
-                $crate::kernels::simd::dense_conv::<$narrow>(g, input, packed, bias, act, out)
-            } else {
-                $crate::kernels::simd::dense_conv::<$simd>(g, input, packed, bias, act, out)
+            // SAFETY: compiled with the tier's features, which the caller guarantees the CPU has;
+            // the kernel checks every length.
+            unsafe {
+                if narrow(g.out_c) {
+                    $crate::kernels::simd::dense_conv::<$narrow>(g, input, packed, bias, act, out)
+                } else {
+                    $crate::kernels::simd::dense_conv::<$simd>(g, input, packed, bias, act, out)
+                }
             }
         }
 
@@ -210,6 +252,11 @@ macro_rules! entry_points {
             }
         }
 
+        /// [`depthwise`] compiled with the tier's features; `false` when it left the layer to
+        /// the scalar reference.
+        ///
+        /// # Safety
+        /// The CPU must have the tier's target features (as `$detect` checks).
         #[target_feature(enable = $features)]
         unsafe fn depthwise_impl(
             g: &$crate::kernels::ConvGeometry,
@@ -219,10 +266,14 @@ macro_rules! entry_points {
             act: $crate::kernels::Clamp,
             out: &mut [f32],
         ) -> bool {
-            if narrow(g.in_c) {
-                $crate::kernels::simd::depthwise::<$narrow>(g, input, weights, bias, act, out)
-            } else {
-                $crate::kernels::simd::depthwise::<$simd>(g, input, weights, bias, act, out)
+            // SAFETY: compiled with the tier's features, which the caller guarantees the CPU has;
+            // the kernel checks every length.
+            unsafe {
+                if narrow(g.in_c) {
+                    $crate::kernels::simd::depthwise::<$narrow>(g, input, weights, bias, act, out)
+                } else {
+                    $crate::kernels::simd::depthwise::<$simd>(g, input, weights, bias, act, out)
+                }
             }
         }
     };
@@ -235,33 +286,42 @@ macro_rules! ymm_ops {
     () => {
         #[inline(always)]
         unsafe fn zero() -> __m256 {
-            _mm256_setzero_ps()
+            // SAFETY: AVX and FMA are enabled (the caller's contract).
+            unsafe { _mm256_setzero_ps() }
         }
         #[inline(always)]
         unsafe fn splat(x: f32) -> __m256 {
-            _mm256_set1_ps(x)
+            // SAFETY: AVX and FMA are enabled (the caller's contract).
+            unsafe { _mm256_set1_ps(x) }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> __m256 {
-            _mm256_loadu_ps(p)
+            // SAFETY: AVX is enabled and `p` is readable for 8 values (the caller's contract);
+            // the load takes any alignment.
+            unsafe { _mm256_loadu_ps(p) }
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m256) {
-            _mm256_storeu_ps(p, v)
+            // SAFETY: AVX is enabled and `p` is writable for 8 values (the caller's contract);
+            // the store takes any alignment.
+            unsafe { _mm256_storeu_ps(p, v) }
         }
         #[inline(always)]
         unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-            _mm256_fmadd_ps(a, b, c)
+            // SAFETY: AVX and FMA are enabled (the caller's contract).
+            unsafe { _mm256_fmadd_ps(a, b, c) }
         }
         #[inline(always)]
         unsafe fn add(a: __m256, b: __m256) -> __m256 {
-            _mm256_add_ps(a, b)
+            // SAFETY: AVX and FMA are enabled (the caller's contract).
+            unsafe { _mm256_add_ps(a, b) }
         }
         #[inline(always)]
         unsafe fn clamp(v: __m256, lo: __m256, hi: __m256) -> __m256 {
             // max/min return their second operand when one is NaN, as f32::max/min return
             // the non-NaN one: a NaN input becomes `lo`, as in the scalar reference.
-            _mm256_min_ps(_mm256_max_ps(v, lo), hi)
+            // SAFETY: AVX and FMA are enabled (the caller's contract).
+            unsafe { _mm256_min_ps(_mm256_max_ps(v, lo), hi) }
         }
     };
 }
