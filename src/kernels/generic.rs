@@ -4,7 +4,7 @@
 //! the compiler can vectorise them and the whole zoo stays usable on the reference tier.
 
 use super::aligned::AlignedVec;
-use super::{Clamp, ConvGeometry, GemmShape};
+use super::shapes::{Clamp, ConvGeometry, GemmShape};
 
 /// Dense NHWC convolution; weights `[kh][kw][in_c][out_c]` (the scalar tier's packing is the
 /// identity), bias `[out_c]`.

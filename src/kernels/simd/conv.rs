@@ -2,10 +2,10 @@
 //! geometry helpers (interior rows and columns, taps) the depthwise kernel shares.
 
 use super::gemm::{tile, tile_rows, ATile, Epilogue, MAX_SEGMENTS, STEM_ROW_STRIDE};
-use super::{assert_fits, panel_width, Simd};
+use super::register::{assert_fits, panel_width, Simd};
 use crate::kernels::aligned::AlignedVec;
 use crate::kernels::generic::tap;
-use crate::kernels::{Clamp, ConvGeometry};
+use crate::kernels::shapes::{Clamp, ConvGeometry};
 
 /// Dense convolution (the stem) as a GEMM over receptive fields: each output pixel's
 /// `kh x kw x in_c` input values form one row of A, multiplied by the weights, which were packed at

@@ -1,8 +1,8 @@
 //! Depthwise convolution on vectors of channels.
 
 use super::conv::{interior_columns, interior_row, visit_taps};
-use super::{load_n, store_n, Simd};
-use crate::kernels::{Clamp, ConvGeometry};
+use super::register::{load_n, store_n, Simd};
+use crate::kernels::shapes::{Clamp, ConvGeometry};
 
 /// Depthwise convolution, vectorised along channels. Returns `false` (doing nothing) for kernels
 /// larger than 3x3, which the caller then runs on the scalar reference.

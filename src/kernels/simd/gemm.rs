@@ -5,10 +5,10 @@
 //! microkernel reads them contiguously; activations are broadcast one value per row, read in
 //! place or from blocks repacked into tiles, as the tier chose (`Simd::REPACK_A`).
 
-use super::{assert_fits, load_n, panel_width, store_n, Simd};
+use super::register::{assert_fits, load_n, panel_width, store_n, Simd};
 use crate::kernels::aligned::AlignedVec;
 use crate::kernels::cache::CacheSizes;
-use crate::kernels::{Clamp, GemmShape};
+use crate::kernels::shapes::{Clamp, GemmShape};
 
 /// Rows of the microkernel's tile for a panel with `cols` columns: a panel whose last vectors
 /// are all padding leaves their accumulators free for more rows, so every tile keeps

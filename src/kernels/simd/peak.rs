@@ -1,6 +1,6 @@
 //! The FMA peak loop that GFLOP/s are compared against.
 
-use super::Simd;
+use super::register::Simd;
 
 /// Independent FMA chains in the peak loop: enough to cover FMA latency x throughput.
 const PEAK_CHAINS: usize = 12;

@@ -51,4 +51,4 @@ unsafe fn mask(n: usize) -> __m256i {
     }
 }
 
-entry_points!(Avx2, narrow: Avx2, "avx2,fma", super::has_avx2_fma, "AVX2+FMA");
+entry_points!(Avx2, narrow: Avx2, "avx2,fma", super::detect::has_avx2_fma, "AVX2+FMA");

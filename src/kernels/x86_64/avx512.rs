@@ -128,6 +128,6 @@ entry_points!(
     Avx512,
     narrow: Avx512Narrow,
     "avx512f,avx512vl,avx2,fma",
-    super::has_avx512,
+    super::detect::has_avx512,
     "AVX-512F+VL"
 );

@@ -132,7 +132,7 @@ macro_rules! entry_points {
         }
 
         /// Packs GEMM weights into this tier's panels (which the narrow vectors read too).
-        pub fn pack_gemm_b(k: usize, n: usize, b: &[f32]) -> $crate::kernels::AlignedVec {
+        pub fn pack_gemm_b(k: usize, n: usize, b: &[f32]) -> $crate::kernels::aligned::AlignedVec {
             const {
                 assert!(
                     $crate::kernels::simd::panel_width::<$simd>()
@@ -150,11 +150,11 @@ macro_rules! entry_points {
 
         /// GEMM on weights packed by [`pack_gemm_b`].
         pub fn gemm(
-            s: &$crate::kernels::GemmShape,
+            s: &$crate::kernels::shapes::GemmShape,
             a: &[f32],
             packed: &[f32],
             bias: &[f32],
-            act: $crate::kernels::Clamp,
+            act: $crate::kernels::shapes::Clamp,
             c: &mut [f32],
         ) {
             assert!(
@@ -171,11 +171,11 @@ macro_rules! entry_points {
         /// The CPU must have the tier's target features (as `$detect` checks).
         #[target_feature(enable = $features)]
         unsafe fn gemm_impl(
-            s: &$crate::kernels::GemmShape,
+            s: &$crate::kernels::shapes::GemmShape,
             a: &[f32],
             packed: &[f32],
             bias: &[f32],
-            act: $crate::kernels::Clamp,
+            act: $crate::kernels::shapes::Clamp,
             c: &mut [f32],
         ) {
             // SAFETY: compiled with the tier's features, which the caller guarantees the CPU has;
@@ -193,11 +193,11 @@ macro_rules! entry_points {
         /// through im2col at the padding), on weights packed by [`pack_gemm_b`]
         /// (`kh * kw * in_c` rows, `out_c` columns).
         pub fn dense_conv(
-            g: &$crate::kernels::ConvGeometry,
+            g: &$crate::kernels::shapes::ConvGeometry,
             input: &[f32],
             packed: &[f32],
             bias: &[f32],
-            act: $crate::kernels::Clamp,
+            act: $crate::kernels::shapes::Clamp,
             out: &mut [f32],
         ) {
             assert!(
@@ -214,11 +214,11 @@ macro_rules! entry_points {
         /// The CPU must have the tier's target features (as `$detect` checks).
         #[target_feature(enable = $features)]
         unsafe fn dense_conv_impl(
-            g: &$crate::kernels::ConvGeometry,
+            g: &$crate::kernels::shapes::ConvGeometry,
             input: &[f32],
             packed: &[f32],
             bias: &[f32],
-            act: $crate::kernels::Clamp,
+            act: $crate::kernels::shapes::Clamp,
             out: &mut [f32],
         ) {
             // SAFETY: compiled with the tier's features, which the caller guarantees the CPU has;
@@ -235,11 +235,11 @@ macro_rules! entry_points {
         /// Depthwise convolution vectorised along channels (kernels above 3x3 fall back to the
         /// scalar reference).
         pub fn depthwise(
-            g: &$crate::kernels::ConvGeometry,
+            g: &$crate::kernels::shapes::ConvGeometry,
             input: &[f32],
             weights: &[f32],
             bias: &[f32],
-            act: $crate::kernels::Clamp,
+            act: $crate::kernels::shapes::Clamp,
             out: &mut [f32],
         ) {
             assert!(
@@ -259,11 +259,11 @@ macro_rules! entry_points {
         /// The CPU must have the tier's target features (as `$detect` checks).
         #[target_feature(enable = $features)]
         unsafe fn depthwise_impl(
-            g: &$crate::kernels::ConvGeometry,
+            g: &$crate::kernels::shapes::ConvGeometry,
             input: &[f32],
             weights: &[f32],
             bias: &[f32],
-            act: $crate::kernels::Clamp,
+            act: $crate::kernels::shapes::Clamp,
             out: &mut [f32],
         ) -> bool {
             // SAFETY: compiled with the tier's features, which the caller guarantees the CPU has;
@@ -328,14 +328,6 @@ macro_rules! ymm_ops {
 
 pub mod avx2;
 pub mod avx512;
+pub mod detect;
 
-/// Whether this CPU (and OS) supports the AVX2 + FMA tier.
-pub fn has_avx2_fma() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
-
-/// Whether this CPU (and OS) supports the AVX-512 tier (F and VL: the VL extension gives 256-bit
-/// code all 32 registers, which the narrow kernels need).
-pub fn has_avx512() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && has_avx2_fma()
-}
+pub use detect::{has_avx2_fma, has_avx512};
