@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong while loading models or classifying an image.
+/// Everything that can go wrong while loading models or classifying an image, grouped by when
+/// it happens (the groups map to client statuses in [`Error::kind`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    // Loading models and configuration: the service does not start, or a variant is not served.
     /// The ONNX graph uses something the engine does not implement; names the node and op.
     #[error("unsupported ONNX graph: node `{node}` (op {op}): {reason}")]
     Unsupported {
@@ -22,6 +24,40 @@ pub enum Error {
     /// The models directory or its manifest is unusable.
     #[error("model catalogue: {0}")]
     Catalog(String),
+    /// The reference runtime (tract) failed.
+    #[error("reference runtime: {0}")]
+    Reference(String),
+    /// The service was configured inconsistently.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    // A request's content.
+    /// A request that is malformed or asks for something contradictory (bad query, bad JSON).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// An input tensor whose shape or values do not fit the model, or malformed tensor data.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The bytes are not an image we can decode.
+    #[error("cannot decode image: {0}")]
+    Undecodable(String),
+    /// The image format is recognised but not supported.
+    #[error("unsupported image format: {0}")]
+    UnsupportedFormat(String),
+    /// The request body's media type is not one we accept.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// The encoded image or its decoded size exceeds the configured limits.
+    #[error("image too large: {0}")]
+    TooLarge(String),
     /// A variant name that is not loaded.
     #[error("unknown model `{name}`; known models: {known}")]
     UnknownModel {
@@ -38,36 +74,25 @@ pub enum Error {
         /// Why it failed to load.
         reason: String,
     },
-    /// An input tensor whose shape or values do not fit the model, or malformed tensor data.
-    #[error("bad input: {0}")]
-    BadInput(String),
-    /// The bytes are not an image we can decode.
-    #[error("cannot decode image: {0}")]
-    Undecodable(String),
-    /// The image format is recognised but not supported.
-    #[error("unsupported image format: {0}")]
-    UnsupportedFormat(String),
-    /// The encoded image or its decoded size exceeds the configured limits.
-    #[error("image too large: {0}")]
-    TooLarge(String),
-    /// The reference runtime (tract) failed.
-    #[error("reference runtime: {0}")]
-    Reference(String),
-    /// A request that is malformed or asks for something contradictory (bad query, bad JSON).
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    /// The request body's media type is not one we accept.
-    #[error("unsupported media type: {0}")]
-    UnsupportedMediaType(String),
+    /// A valid latency/accuracy target that no loaded variant is predicted to meet.
+    #[error("no variant meets the target: {0}")]
+    TargetUnreachable(String),
+
+    // Routing and transport.
     /// No such route.
     #[error("not found: {0}")]
     NotFound(String),
     /// The route exists but not with this method.
     #[error("method not allowed: {0}")]
     MethodNotAllowed(String),
-    /// A valid latency/accuracy target that no loaded variant is predicted to meet.
-    #[error("no variant meets the target: {0}")]
-    TargetUnreachable(String),
+    /// The request lacks the API key, or carries a wrong one.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The client took too long to send its request body.
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
+
+    // Capacity and time: retrying later may help.
     /// A variant's queue is full: try again later.
     #[error("the queue of `{variant}` is full ({capacity} images); retry later")]
     QueueFull {
@@ -86,32 +111,17 @@ pub enum Error {
         /// Suggested wait before retrying, in seconds.
         retry_after_s: u64,
     },
-    /// The request lacks the API key, or carries a wrong one.
-    #[error("unauthorized: {0}")]
-    Unauthorized(String),
     /// The service is shutting down or not ready yet.
     #[error("service unavailable: {0}")]
     Unavailable(String),
-    /// The client took too long to send its request body.
-    #[error("request timeout: {0}")]
-    RequestTimeout(String),
     /// The request's deadline passed before it was answered.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
-    /// The service was configured inconsistently.
-    #[error("configuration: {0}")]
-    Config(String),
+
+    // A fault of ours while serving.
     /// A fault of ours, not the client's (an engine thread stopped, a model failed).
     #[error("internal error: {0}")]
     Internal(String),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file concerned.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
 }
 
 impl Error {
