@@ -3,6 +3,9 @@
 //! Every kernel has a scalar reference in [`generic`]: it is the specification that faster tiers
 //! are tested against. Activations are NHWC (`[batch][row][col][channel]`); weights are prepacked
 //! by the importer with the output channel fastest, so every inner loop is contiguous.
+//!
+//! The lowest layer: it uses nothing else of this crate. This file holds the dispatch ([`Tier`],
+//! [`KernelSet`]) over its parts (shapes, generic, simd, x86_64), which never name it.
 
 // Inside `unsafe fn`s too, unsafe operations go in `unsafe` blocks that say why they hold: the
 // caller's contract alone does not say which operation relies on which part of it.

@@ -1,6 +1,7 @@
 //! The request path without a wire. [`Service`] is its façade: it wires the parts below and
 //! offers what every protocol needs (admit, classify, infer, describe the models, readiness).
-//! The parts never name the façade; this layer uses `engine`, `pipeline` and `error` only.
+//! The parts never name the façade; this layer uses `engine`, `pipeline`, `kernels` (a
+//! variant's tier) and `error` only.
 
 pub mod admission;
 pub mod batcher;

@@ -1,7 +1,7 @@
 //! The HTTP server (axum): our API ([`classifier`]) and the Open Inference Protocol's REST binding
-//! ([`oip`], its body format [`oip_body`]) side by side, with the pages, the API key where required, request ids, and one
-//! error format per protocol for unknown routes. The bindings share [`body`], [`timing`] and
-//! `api::errors`, not each other.
+//! ([`oip`], its body format [`oip_body`]) side by side, with the pages, the API key where
+//! required, request ids, and one error format per protocol for unknown routes. The bindings
+//! share [`body`], [`timing`] and `api::errors`, not each other.
 
 pub mod body;
 pub mod classifier;
