@@ -57,6 +57,30 @@ pub fn resident_vec(len: usize) -> Vec<f32> {
     v
 }
 
+/// A batch of NHWC images as a run reads them: the model's input, or the activations between
+/// two layers. One value, so that the methods of a run pass what they read as one argument and
+/// the buffer they write as another; the channels are not in it, being the model's or the
+/// layer's to know.
+#[derive(Debug, Clone, Copy)]
+pub struct Nhwc<'a> {
+    /// The values, image after image, row after row, each pixel's channels together.
+    pub data: &'a [f32],
+    /// How many images `data` holds.
+    pub batch: usize,
+    /// Rows per image.
+    pub h: usize,
+    /// Columns per image.
+    pub w: usize,
+}
+
+impl<'a> Nhwc<'a> {
+    /// `batch` images of `h x w` in `data`. Not checked here: only a run knows the channels, and
+    /// it checks its input before reading it.
+    pub fn new(data: &'a [f32], batch: usize, h: usize, w: usize) -> Self {
+        Nhwc { data, batch, h, w }
+    }
+}
+
 impl Model {
     /// Binds `plan` to `kernels`, prepacking the GEMM weights into the tier's layout and copying
     /// the depthwise weights into a buffer that starts on a cache line.
@@ -143,7 +167,8 @@ impl Model {
         w: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        self.run_timed(ws, input, batch, h, w, out, None, &Crew::ALONE)
+        let images = Nhwc::new(input, batch, h, w);
+        self.run_timed(ws, images, out, None, &Crew::ALONE)
     }
 
     /// Like [`Model::run_with`], with every layer split across the threads of `team`.
@@ -158,7 +183,8 @@ impl Model {
         w: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        team.install(|crew| self.run_timed(ws, input, batch, h, w, out, None, crew))
+        let images = Nhwc::new(input, batch, h, w);
+        team.install(|crew| self.run_timed(ws, images, out, None, crew))
     }
 
     /// Like [`Model::run_on`], also returning the time each layer took (for `bench --layers`).
@@ -174,24 +200,21 @@ impl Model {
         out: &mut Vec<f32>,
     ) -> Result<Vec<Duration>> {
         let mut times = Vec::with_capacity(self.plan.layers.len());
-        team.install(|crew| self.run_timed(ws, input, batch, h, w, out, Some(&mut times), crew))?;
+        let images = Nhwc::new(input, batch, h, w);
+        team.install(|crew| self.run_timed(ws, images, out, Some(&mut times), crew))?;
         Ok(times)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_timed(
         &self,
         ws: &mut Workspace,
-        input: &[f32],
-        batch: usize,
-        h: usize,
-        w: usize,
+        images: Nhwc<'_>,
         out: &mut Vec<f32>,
         times: Option<&mut Vec<Duration>>,
         crew: &Crew<'_>,
     ) -> Result<()> {
-        self.check_input(input, batch, h, w)?;
-        let result = self.run_steps(ws, input, batch, (h, w), out, times, crew);
+        self.check_input(images)?;
+        let result = self.run_steps(ws, images, out, times, crew);
         // Layers alternate between the two buffers, so the next run may need the larger one's
         // size in the other: grow both now, once, and steady-state runs never allocate.
         let capacity = ws.front.capacity().max(ws.back.capacity());
@@ -200,17 +223,20 @@ impl Model {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_steps(
         &self,
         ws: &mut Workspace,
-        input: &[f32],
-        batch: usize,
-        (h, w): (usize, usize),
+        images: Nhwc<'_>,
         out: &mut Vec<f32>,
         mut times: Option<&mut Vec<Duration>>,
         crew: &Crew<'_>,
     ) -> Result<()> {
+        let Nhwc {
+            data: input,
+            batch,
+            h,
+            w,
+        } = images;
         // Borrowed, not taken out: a panicking kernel leaves the workspace (and the memory it
         // made resident) in place for the next run.
         let (mut src, mut dst) = (&mut ws.front, &mut ws.back);
@@ -223,7 +249,7 @@ impl Model {
         let parts = crew.parts();
         if !profiled && batch > 1 && batch.is_multiple_of(parts) && batch >= 2 * parts {
             if let Some(prefix) = self.per_image_prefix(h, w)? {
-                self.run_prefix(&prefix, input, batch, (h, w), crew, src, dst)?;
+                self.run_prefix(&prefix, images, crew, src, dst)?;
                 (i, shape) = (prefix.end, prefix.out);
                 std::mem::swap(&mut src, &mut dst);
             }
@@ -234,7 +260,8 @@ impl Model {
             resize(dst, step.out_len(batch));
             // The first layer reads the caller's input in place: no copy into the workspace.
             let x: &[f32] = if i == 0 { input } else { src };
-            self.run_step(i, &step, crew, x, batch, shape, dst)?;
+            let x = Nhwc::new(x, batch, shape.0, shape.1);
+            self.run_step(i, &step, crew, x, shape.2, dst)?;
             if let (Some(times), Some(started)) = (times.as_mut(), started) {
                 times.push(started.elapsed());
             }
@@ -280,19 +307,23 @@ impl Model {
         }
     }
 
-    /// Runs `step`, which starts at layer `i`, on `batch` inputs `x` of `(h, w, c)` each, split
-    /// across `crew`, into `out` (of [`Step::out_len`] values).
-    #[allow(clippy::too_many_arguments)]
+    /// Runs `step`, which starts at layer `i`, on the images `x` of `c` channels, split across
+    /// `crew`, into `out` (of [`Step::out_len`] values).
     fn run_step(
         &self,
         i: usize,
         step: &Step,
         crew: &Crew<'_>,
-        x: &[f32],
-        batch: usize,
-        (h, w, c): (usize, usize, usize),
+        x: Nhwc<'_>,
+        c: usize,
         out: &mut [f32],
     ) -> Result<()> {
+        let Nhwc {
+            data: x,
+            batch,
+            h,
+            w,
+        } = x;
         let k = &self.kernels;
         let packed = &self.packed[i];
         match &self.plan.layers[i] {
@@ -326,7 +357,7 @@ impl Model {
                             k: conv.in_c,
                             n: conv.out_c,
                         };
-                        split_gemm(crew, k, &s, x, packed, &conv.bias, conv.act, out)
+                        split_gemm(crew, k, &s, x, (packed, &conv.bias, conv.act), out)
                     }
                 }
             }
@@ -337,7 +368,7 @@ impl Model {
                     k: fc.in_c,
                     n: fc.out_c,
                 };
-                split_gemm(crew, k, &s, x, packed, &fc.bias, fc.act, out);
+                split_gemm(crew, k, &s, x, (packed, &fc.bias, fc.act), out);
             }
         }
         Ok(())
@@ -379,21 +410,24 @@ impl Model {
         )
     }
 
-    /// Runs the layers of `prefix` on `batch` images, each part of the crew on as many whole
-    /// images (`batch` is a multiple of the parts), one image and one layer at a time on its
+    /// Runs the layers of `prefix` on the `images`, each part of the crew on as many whole
+    /// images (their batch is a multiple of the parts), one image and one layer at a time on its
     /// own thread: the images' outputs into `out`, the activations in between in the part's
     /// share of `scratch`.
-    #[allow(clippy::too_many_arguments)]
     fn run_prefix(
         &self,
         prefix: &PerImagePrefix,
-        input: &[f32],
-        batch: usize,
-        (h, w): (usize, usize),
+        images: Nhwc<'_>,
         crew: &Crew<'_>,
         scratch: &mut AlignedVec,
         out: &mut AlignedVec,
     ) -> Result<()> {
+        let Nhwc {
+            data: input,
+            batch,
+            h,
+            w,
+        } = images;
         let first = (h, w, self.plan.in_c);
         let in_len = first.0 * first.1 * first.2;
         let out_len = prefix.out.0 * prefix.out.1 * prefix.out.2;
@@ -424,13 +458,14 @@ impl Model {
                             }
                         };
                         let x: &[f32] = if i == 0 { image_in } else { &held[..held_len] };
+                        let x = Nhwc::new(x, 1, shape.0, shape.1);
                         let len = step.out_len(1);
                         let target: &mut [f32] = if i + step.layers < prefix.end {
                             &mut free[..len]
                         } else {
                             &mut *image_out
                         };
-                        if let Err(e) = self.run_step(i, &step, &Crew::ALONE, x, 1, shape, target) {
+                        if let Err(e) = self.run_step(i, &step, &Crew::ALONE, x, shape.2, target) {
                             *failed.lock().unwrap_or_else(|p| p.into_inner()) = Err(e);
                             return;
                         }
@@ -443,7 +478,13 @@ impl Model {
         failed.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn check_input(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Result<()> {
+    fn check_input(&self, images: Nhwc<'_>) -> Result<()> {
+        let Nhwc {
+            data: input,
+            batch,
+            h,
+            w,
+        } = images;
         let p = &self.plan;
         if batch == 0 {
             return Err(Error::BadInput("empty batch".into()));

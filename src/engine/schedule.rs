@@ -75,16 +75,14 @@ const FEW_ROWS_PER_PART: usize = 32;
 /// [`FEW_ROWS_PER_PART`] rows per thread (a batch-1 FC, the small maps of the last layers), by
 /// weight panels. Each part then computes its panels' columns, panel by panel, into the caller's
 /// scratch, and they are copied to their place in `c` afterwards. Either way every value is the
-/// same sum in the same order as in an unsplit GEMM.
-#[allow(clippy::too_many_arguments)]
+/// same sum in the same order as in an unsplit GEMM. The layer comes as one argument, its packed
+/// weights, bias and clamp, as every part passes them on to the kernel together.
 pub(super) fn split_gemm(
     crew: &Crew<'_>,
     k: &KernelSet,
     s: &GemmShape,
     a: &[f32],
-    packed: &[f32],
-    bias: &[f32],
-    act: Clamp,
+    (packed, bias, act): (&[f32], &[f32], Clamp),
     c: &mut [f32],
 ) {
     // (An empty GEMM has nothing to split, and no panel blocks to cut.)
@@ -168,7 +166,7 @@ mod tests {
                 (k.gemm)(&s, &a, &packed, &bias, Clamp::RELU6, &mut want);
                 let mut got = vec![f32::NAN; m * n];
                 team.install(|crew| {
-                    split_gemm(crew, &k, &s, &a, &packed, &bias, Clamp::RELU6, &mut got)
+                    split_gemm(crew, &k, &s, &a, (&packed, &bias, Clamp::RELU6), &mut got)
                 });
                 assert_eq!(got, want, "{tier} {m}x{kk}x{n}");
             }
