@@ -11,4 +11,5 @@ pub mod onnx;
 pub mod plan;
 pub mod pool;
 pub mod reference;
+pub mod schedule;
 pub mod team;

@@ -3,9 +3,10 @@
 use std::time::{Duration, Instant};
 
 use super::plan::{ConvKind, ConvLayer, Layer, Plan};
-use super::team::{split, split_pair, Crew, Team};
+use super::schedule::{split_gemm, split_rows};
+use super::team::{split_pair, Crew, Team};
 use crate::error::{Error, Result};
-use crate::kernels::{AlignedVec, Clamp, ConvGeometry, GemmShape, KernelSet};
+use crate::kernels::{AlignedVec, ConvGeometry, GemmShape, KernelSet};
 
 /// A network bound to the kernels that run it. Immutable and shareable between threads; each
 /// thread brings its own [`Workspace`].
@@ -54,6 +55,30 @@ pub fn resident_vec(len: usize) -> Vec<f32> {
     v.resize(len, 1.0);
     v.clear();
     v
+}
+
+/// A batch of NHWC images as a run reads them: the model's input, or the activations between
+/// two layers. One value, so that the methods of a run pass what they read as one argument and
+/// the buffer they write as another; the channels are not in it, being the model's or the
+/// layer's to know.
+#[derive(Debug, Clone, Copy)]
+pub struct Nhwc<'a> {
+    /// The values, image after image, row after row, each pixel's channels together.
+    pub data: &'a [f32],
+    /// How many images `data` holds.
+    pub batch: usize,
+    /// Rows per image.
+    pub h: usize,
+    /// Columns per image.
+    pub w: usize,
+}
+
+impl<'a> Nhwc<'a> {
+    /// `batch` images of `h x w` in `data`. Not checked here: only a run knows the channels, and
+    /// it checks its input before reading it.
+    pub fn new(data: &'a [f32], batch: usize, h: usize, w: usize) -> Self {
+        Nhwc { data, batch, h, w }
+    }
 }
 
 impl Model {
@@ -142,7 +167,8 @@ impl Model {
         w: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        self.run_timed(ws, input, batch, h, w, out, None, &Crew::ALONE)
+        let images = Nhwc::new(input, batch, h, w);
+        self.run_timed(ws, images, out, None, &Crew::ALONE)
     }
 
     /// Like [`Model::run_with`], with every layer split across the threads of `team`.
@@ -157,7 +183,8 @@ impl Model {
         w: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        team.install(|crew| self.run_timed(ws, input, batch, h, w, out, None, crew))
+        let images = Nhwc::new(input, batch, h, w);
+        team.install(|crew| self.run_timed(ws, images, out, None, crew))
     }
 
     /// Like [`Model::run_on`], also returning the time each layer took (for `bench --layers`).
@@ -173,24 +200,21 @@ impl Model {
         out: &mut Vec<f32>,
     ) -> Result<Vec<Duration>> {
         let mut times = Vec::with_capacity(self.plan.layers.len());
-        team.install(|crew| self.run_timed(ws, input, batch, h, w, out, Some(&mut times), crew))?;
+        let images = Nhwc::new(input, batch, h, w);
+        team.install(|crew| self.run_timed(ws, images, out, Some(&mut times), crew))?;
         Ok(times)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_timed(
         &self,
         ws: &mut Workspace,
-        input: &[f32],
-        batch: usize,
-        h: usize,
-        w: usize,
+        images: Nhwc<'_>,
         out: &mut Vec<f32>,
         times: Option<&mut Vec<Duration>>,
         crew: &Crew<'_>,
     ) -> Result<()> {
-        self.check_input(input, batch, h, w)?;
-        let result = self.run_steps(ws, input, batch, (h, w), out, times, crew);
+        self.check_input(images)?;
+        let result = self.run_steps(ws, images, out, times, crew);
         // Layers alternate between the two buffers, so the next run may need the larger one's
         // size in the other: grow both now, once, and steady-state runs never allocate.
         let capacity = ws.front.capacity().max(ws.back.capacity());
@@ -199,17 +223,20 @@ impl Model {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_steps(
         &self,
         ws: &mut Workspace,
-        input: &[f32],
-        batch: usize,
-        (h, w): (usize, usize),
+        images: Nhwc<'_>,
         out: &mut Vec<f32>,
         mut times: Option<&mut Vec<Duration>>,
         crew: &Crew<'_>,
     ) -> Result<()> {
+        let Nhwc {
+            data: input,
+            batch,
+            h,
+            w,
+        } = images;
         // Borrowed, not taken out: a panicking kernel leaves the workspace (and the memory it
         // made resident) in place for the next run.
         let (mut src, mut dst) = (&mut ws.front, &mut ws.back);
@@ -222,7 +249,7 @@ impl Model {
         let parts = crew.parts();
         if !profiled && batch > 1 && batch.is_multiple_of(parts) && batch >= 2 * parts {
             if let Some(prefix) = self.per_image_prefix(h, w)? {
-                self.run_prefix(&prefix, input, batch, (h, w), crew, src, dst)?;
+                self.run_prefix(&prefix, images, crew, src, dst)?;
                 (i, shape) = (prefix.end, prefix.out);
                 std::mem::swap(&mut src, &mut dst);
             }
@@ -233,7 +260,8 @@ impl Model {
             resize(dst, step.out_len(batch));
             // The first layer reads the caller's input in place: no copy into the workspace.
             let x: &[f32] = if i == 0 { input } else { src };
-            self.run_step(i, &step, crew, x, batch, shape, dst)?;
+            let x = Nhwc::new(x, batch, shape.0, shape.1);
+            self.run_step(i, &step, crew, x, shape.2, dst)?;
             if let (Some(times), Some(started)) = (times.as_mut(), started) {
                 times.push(started.elapsed());
             }
@@ -279,19 +307,23 @@ impl Model {
         }
     }
 
-    /// Runs `step`, which starts at layer `i`, on `batch` inputs `x` of `(h, w, c)` each, split
-    /// across `crew`, into `out` (of [`Step::out_len`] values).
-    #[allow(clippy::too_many_arguments)]
+    /// Runs `step`, which starts at layer `i`, on the images `x` of `c` channels, split across
+    /// `crew`, into `out` (of [`Step::out_len`] values).
     fn run_step(
         &self,
         i: usize,
         step: &Step,
         crew: &Crew<'_>,
-        x: &[f32],
-        batch: usize,
-        (h, w, c): (usize, usize, usize),
+        x: Nhwc<'_>,
+        c: usize,
         out: &mut [f32],
     ) -> Result<()> {
+        let Nhwc {
+            data: x,
+            batch,
+            h,
+            w,
+        } = x;
         let k = &self.kernels;
         let packed = &self.packed[i];
         match &self.plan.layers[i] {
@@ -325,7 +357,7 @@ impl Model {
                             k: conv.in_c,
                             n: conv.out_c,
                         };
-                        split_gemm(crew, k, &s, x, packed, &conv.bias, conv.act, out)
+                        split_gemm(crew, k, &s, x, (packed, &conv.bias, conv.act), out)
                     }
                 }
             }
@@ -336,7 +368,7 @@ impl Model {
                     k: fc.in_c,
                     n: fc.out_c,
                 };
-                split_gemm(crew, k, &s, x, packed, &fc.bias, fc.act, out);
+                split_gemm(crew, k, &s, x, (packed, &fc.bias, fc.act), out);
             }
         }
         Ok(())
@@ -378,21 +410,24 @@ impl Model {
         )
     }
 
-    /// Runs the layers of `prefix` on `batch` images, each part of the crew on as many whole
-    /// images (`batch` is a multiple of the parts), one image and one layer at a time on its
+    /// Runs the layers of `prefix` on the `images`, each part of the crew on as many whole
+    /// images (their batch is a multiple of the parts), one image and one layer at a time on its
     /// own thread: the images' outputs into `out`, the activations in between in the part's
     /// share of `scratch`.
-    #[allow(clippy::too_many_arguments)]
     fn run_prefix(
         &self,
         prefix: &PerImagePrefix,
-        input: &[f32],
-        batch: usize,
-        (h, w): (usize, usize),
+        images: Nhwc<'_>,
         crew: &Crew<'_>,
         scratch: &mut AlignedVec,
         out: &mut AlignedVec,
     ) -> Result<()> {
+        let Nhwc {
+            data: input,
+            batch,
+            h,
+            w,
+        } = images;
         let first = (h, w, self.plan.in_c);
         let in_len = first.0 * first.1 * first.2;
         let out_len = prefix.out.0 * prefix.out.1 * prefix.out.2;
@@ -423,13 +458,14 @@ impl Model {
                             }
                         };
                         let x: &[f32] = if i == 0 { image_in } else { &held[..held_len] };
+                        let x = Nhwc::new(x, 1, shape.0, shape.1);
                         let len = step.out_len(1);
                         let target: &mut [f32] = if i + step.layers < prefix.end {
                             &mut free[..len]
                         } else {
                             &mut *image_out
                         };
-                        if let Err(e) = self.run_step(i, &step, &Crew::ALONE, x, 1, shape, target) {
+                        if let Err(e) = self.run_step(i, &step, &Crew::ALONE, x, shape.2, target) {
                             *failed.lock().unwrap_or_else(|p| p.into_inner()) = Err(e);
                             return;
                         }
@@ -442,7 +478,13 @@ impl Model {
         failed.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn check_input(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Result<()> {
+    fn check_input(&self, images: Nhwc<'_>) -> Result<()> {
+        let Nhwc {
+            data: input,
+            batch,
+            h,
+            w,
+        } = images;
         let p = &self.plan;
         if batch == 0 {
             return Err(Error::BadInput("empty batch".into()));
@@ -545,177 +587,8 @@ fn fused_band(
     FUSED_BAND.set(scratch);
 }
 
-/// Runs a convolution split into bands of output rows: one per part (whole images when they
-/// divide evenly between the parts), cut again into bands of at most `max_rows` rows. `conv` gets
-/// a band's geometry, the input rows it reads and its output, `row_len` values per output row.
-fn split_rows<F>(
-    crew: &Crew<'_>,
-    g: &ConvGeometry,
-    input: &[f32],
-    out: &mut [f32],
-    row_len: usize,
-    max_rows: usize,
-    conv: &F,
-) where
-    F: Fn(&ConvGeometry, &[f32], &mut [f32]) + Sync,
-{
-    if crew.parts() <= 1 && max_rows >= g.out_h {
-        conv(g, input, out);
-        return;
-    }
-    // Whole images per part when they divide evenly; else bands of rows across images, which
-    // balance better (3 images on 2 threads: 1.5 each, not 2 and 1).
-    let align = if g.batch.is_multiple_of(crew.parts()) {
-        g.out_h
-    } else {
-        1
-    };
-    let in_row = g.in_w * g.in_c;
-    split(
-        crew,
-        g.batch * g.out_h,
-        align,
-        row_len,
-        out,
-        &|band, out| {
-            // A band may span images: one kernel call per image it touches and per max_rows.
-            let (mut row, mut done) = (band.start, 0);
-            while row < band.end {
-                let image = row / g.out_h;
-                let first = row - image * g.out_h;
-                let last = (band.end - image * g.out_h)
-                    .min(g.out_h)
-                    .min(first.saturating_add(max_rows));
-                let (geometry, in_rows) = g.row_band(first..last);
-                let image_input = &input[image * g.in_h * in_row..][..g.in_h * in_row];
-                let len = (last - first) * row_len;
-                conv(
-                    &geometry,
-                    &image_input[in_rows.start * in_row..in_rows.end * in_row],
-                    &mut out[done..done + len],
-                );
-                done += len;
-                row = image * g.out_h + last;
-            }
-        },
-    );
-}
-
-/// Below this many rows per thread a GEMM is split by weight panels rather than rows: each
-/// thread then streams half the weights instead of all of them. First set at 24 (two tiles of
-/// the former 12-row AVX-512 microkernel); 32 takes in the 7x7 maps of the 224 inputs at batch 1
-/// (49 rows, which a row split cut into 30 + 19). On two Zen 3 threads their 1024 -> 1024
-/// pointwise then took 0.875x the time (fastest of 6 interleaved `bench --layers` runs), and
-/// whole runs of the four 224 variants 0.985-0.994x (fastest runs, 6 interleaved rounds).
-const FEW_ROWS_PER_PART: usize = 32;
-
-/// Runs a GEMM split between the crew: by bands of rows, or, with fewer than
-/// [`FEW_ROWS_PER_PART`] rows per thread (a batch-1 FC, the small maps of the last layers), by
-/// weight panels. Each part then computes its panels' columns, panel by panel, into the caller's
-/// scratch, and they are copied to their place in `c` afterwards. Either way every value is the
-/// same sum in the same order as in an unsplit GEMM.
-#[allow(clippy::too_many_arguments)]
-fn split_gemm(
-    crew: &Crew<'_>,
-    k: &KernelSet,
-    s: &GemmShape,
-    a: &[f32],
-    packed: &[f32],
-    bias: &[f32],
-    act: Clamp,
-    c: &mut [f32],
-) {
-    // (An empty GEMM has nothing to split, and no panel blocks to cut.)
-    let few_rows = s.m > 0 && s.m < FEW_ROWS_PER_PART * crew.parts();
-    let nr = match k.gemm_panel_cols {
-        Some(nr) if crew.parts() > 1 && few_rows && s.n > nr => nr,
-        _ => {
-            return split(crew, s.m, k.gemm_rows, s.n, c, &|rows, out| {
-                let part = GemmShape {
-                    m: rows.len(),
-                    ..*s
-                };
-                (k.gemm)(
-                    &part,
-                    &a[rows.start * s.k..rows.end * s.k],
-                    packed,
-                    bias,
-                    act,
-                    out,
-                )
-            })
-        }
-    };
-    let panels = s.n.div_ceil(nr);
-    let cols = |j: usize| nr.min(s.n - j * nr);
-    let mut blocks = COLUMN_BLOCKS.take();
-    resize(&mut blocks, panels * s.m * nr);
-    split(crew, panels, 1, s.m * nr, &mut blocks, &|range, out| {
-        for (j, block) in range.zip(out.chunks_exact_mut(s.m * nr)) {
-            let part = GemmShape { n: cols(j), ..*s };
-            let weights = &packed[j * s.k * nr..(j + 1) * s.k * nr];
-            let bias = &bias[j * nr..j * nr + part.n];
-            (k.gemm)(&part, a, weights, bias, act, &mut block[..s.m * part.n]);
-        }
-    });
-    for (j, block) in blocks.chunks_exact(s.m * nr).enumerate() {
-        let n = cols(j);
-        for (row, values) in block[..s.m * n].chunks_exact(n).enumerate() {
-            c[row * s.n + j * nr..][..n].copy_from_slice(values);
-        }
-    }
-    COLUMN_BLOCKS.set(blocks);
-}
-
-thread_local! {
-    /// The calling thread's scratch for the column blocks of [`split_gemm`].
-    static COLUMN_BLOCKS: std::cell::Cell<AlignedVec> = const { std::cell::Cell::new(AlignedVec::new()) };
-}
-
 /// Sets the length of an activation buffer that a kernel then overwrites whole; capacity is
 /// kept, so this allocates only while the workspace is still growing.
 fn resize(buf: &mut AlignedVec, len: usize) {
     buf.resize_for_overwrite(len);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_gemm;
-    use crate::engine::team::Team;
-    use crate::kernels::{Clamp, GemmShape, KernelSet};
-
-    /// Every tier's GEMM split by rows or by panels on 2 threads equals the unsplit GEMM, bit for
-    /// bit, from no rows to many, with last panels of every kind; a GEMM without rows writes
-    /// nothing and does not panic.
-    #[test]
-    fn split_gemms_equal_unsplit_ones() {
-        let team = Team::new(2, "split-gemm-test", || {}).expect("team");
-        for tier in crate::kernels::Tier::supported() {
-            let k = KernelSet::for_tier(tier).expect("tier");
-            for (m, kk, n) in [
-                (0, 4, 40),
-                (1, 16, 100),
-                (5, 3, 33),
-                (30, 8, 70),
-                (49, 16, 100),
-                // A last panel of 24 columns, which AVX-512 may run on its narrow vectors.
-                (20, 9, 88),
-                (100, 5, 20),
-            ] {
-                let value = |i: usize| ((i * 37 % 23) as f32 - 11.0) / 7.0;
-                let a: Vec<f32> = (0..m * kk).map(value).collect();
-                let b: Vec<f32> = (0..kk * n).map(|i| value(i + 5)).collect();
-                let bias: Vec<f32> = (0..n).map(|i| value(i + 9)).collect();
-                let packed = (k.pack_gemm_b)(kk, n, &b);
-                let s = GemmShape { m, k: kk, n };
-                let mut want = vec![0.0; m * n];
-                (k.gemm)(&s, &a, &packed, &bias, Clamp::RELU6, &mut want);
-                let mut got = vec![f32::NAN; m * n];
-                team.install(|crew| {
-                    split_gemm(crew, &k, &s, &a, &packed, &bias, Clamp::RELU6, &mut got)
-                });
-                assert_eq!(got, want, "{tier} {m}x{kk}x{n}");
-            }
-        }
-    }
 }
