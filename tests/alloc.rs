@@ -7,7 +7,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mobilenet_serve::engine::model::Workspace;
+use mobilenet_serve::engine::model::{Nhwc, Workspace};
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::engine::team::Team;
 use mobilenet_serve::kernels::{KernelSet, Tier};
@@ -55,12 +55,12 @@ fn steady_state_inference_allocates_nothing_on_every_tier() {
                     // One warm-up run: part i of a layer always runs on thread i, so each
                     // thread's kernel scratch has met its largest size after one run.
                     v.model
-                        .run_on(team, &mut ws, &input, batch, r, r, &mut out)
+                        .run_on(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)
                         .unwrap();
                     let before = ALLOCATIONS.load(Ordering::Relaxed);
                     for _ in 0..3 {
                         v.model
-                            .run_on(team, &mut ws, &input, batch, r, r, &mut out)
+                            .run_on(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)
                             .unwrap();
                     }
                     let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::commands::cli::BenchArgs;
 use crate::engine::crosscheck::random_inputs;
-use crate::engine::model::Workspace;
+use crate::engine::model::{Nhwc, Workspace};
 use crate::engine::plan::{ConvKind, Layer};
 use crate::engine::pool::{ModelPool, Variant};
 use crate::engine::reference::{ProtoCache, TractReference};
@@ -213,12 +213,12 @@ fn bench_variant(
     let mut ws = Workspace::new();
     let mut out = Vec::new();
     v.model
-        .run_on(team, &mut ws, &input, batch, r, r, &mut out)?;
+        .run_on(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
     let (mut ours, mut theirs) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
     for _ in 0..iters {
         let started = Instant::now();
         v.model
-            .run_on(team, &mut ws, &input, batch, r, r, &mut out)?;
+            .run_on(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
         ours.push(started.elapsed().as_secs_f64() * 1000.0 / batch as f64);
     }
     if let Some(t) = tract {
@@ -268,14 +268,14 @@ fn bench_streams(
                     let mut ws = Workspace::new();
                     let mut out = Vec::new();
                     v.model
-                        .run_on(team, &mut ws, &input, batch, r, r, &mut out)?;
+                        .run_on(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
                     start.wait();
                     let first = Instant::now();
                     let mut times = Vec::with_capacity(iters);
                     for _ in 0..iters {
                         let t = Instant::now();
                         v.model
-                            .run_on(team, &mut ws, &input, batch, r, r, &mut out)?;
+                            .run_on(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
                         times.push(t.elapsed().as_secs_f64() * 1000.0 / batch as f64);
                     }
                     Ok((first, Instant::now(), times))
@@ -345,12 +345,12 @@ fn print_layers(v: &Variant, team: &Team, batch: usize) -> Result<()> {
     // A warm-up run, then the fastest of the runs per layer: on a shared host the least
     // disturbed, which a mean of a few runs is not.
     v.model
-        .run_profiled(team, &mut ws, &input, batch, r, r, &mut out)?;
+        .run_profiled(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
     let mut fastest = vec![Duration::MAX; plan.layers.len()];
     for _ in 0..LAYER_RUNS {
         let t = v
             .model
-            .run_profiled(team, &mut ws, &input, batch, r, r, &mut out)?;
+            .run_profiled(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
         fastest
             .iter_mut()
             .zip(t)

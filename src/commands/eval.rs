@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::commands::chart::{self, Point};
 use crate::commands::dataset::{self, LabeledImage};
-use crate::engine::model::Workspace;
+use crate::engine::model::{Nhwc, Workspace};
 use crate::engine::pool::{ModelPool, Variant};
 use crate::error::{Error, Result};
 use crate::kernels::Tier;
@@ -114,7 +114,7 @@ pub fn eval_variant(
         let n = chunk.len();
         let started = Instant::now();
         v.model
-            .run_with(&mut ws, &input[..n * per], n, r, r, &mut out)?;
+            .run_with(&mut ws, Nhwc::new(&input[..n * per], n, r, r), &mut out)?;
         engine_time += started.elapsed();
         for ((label, _), scores) in chunk.iter().zip(out.chunks_exact(classes)) {
             let best: Vec<Option<usize>> = top_k(scores, 5)

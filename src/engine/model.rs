@@ -153,54 +153,36 @@ impl Model {
     /// (probabilities when the graph ends with a softmax, else logits).
     pub fn run(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Result<Vec<f32>> {
         let mut out = Vec::new();
-        self.run_with(&mut Workspace::new(), input, batch, h, w, &mut out)?;
+        let images = Nhwc::new(input, batch, h, w);
+        self.run_with(&mut Workspace::new(), images, &mut out)?;
         Ok(out)
     }
 
     /// Like [`Model::run`], reusing `ws` and writing into `out` (resized to `batch * classes`).
-    pub fn run_with(
-        &self,
-        ws: &mut Workspace,
-        input: &[f32],
-        batch: usize,
-        h: usize,
-        w: usize,
-        out: &mut Vec<f32>,
-    ) -> Result<()> {
-        let images = Nhwc::new(input, batch, h, w);
+    pub fn run_with(&self, ws: &mut Workspace, images: Nhwc<'_>, out: &mut Vec<f32>) -> Result<()> {
         self.run_timed(ws, images, out, None, &Crew::ALONE)
     }
 
     /// Like [`Model::run_with`], with every layer split across the threads of `team`.
-    #[allow(clippy::too_many_arguments)]
     pub fn run_on(
         &self,
         team: &Team,
         ws: &mut Workspace,
-        input: &[f32],
-        batch: usize,
-        h: usize,
-        w: usize,
+        images: Nhwc<'_>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let images = Nhwc::new(input, batch, h, w);
         team.install(|crew| self.run_timed(ws, images, out, None, crew))
     }
 
     /// Like [`Model::run_on`], also returning the time each layer took (for `bench --layers`).
-    #[allow(clippy::too_many_arguments)]
     pub fn run_profiled(
         &self,
         team: &Team,
         ws: &mut Workspace,
-        input: &[f32],
-        batch: usize,
-        h: usize,
-        w: usize,
+        images: Nhwc<'_>,
         out: &mut Vec<f32>,
     ) -> Result<Vec<Duration>> {
         let mut times = Vec::with_capacity(self.plan.layers.len());
-        let images = Nhwc::new(input, batch, h, w);
         team.install(|crew| self.run_timed(ws, images, out, Some(&mut times), crew))?;
         Ok(times)
     }

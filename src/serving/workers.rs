@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::engine::model::{resident_vec, Workspace};
+use crate::engine::model::{resident_vec, Nhwc, Workspace};
 use crate::engine::pool::Variant;
 use crate::engine::team::Team;
 use crate::error::{Error, Result};
@@ -132,10 +132,7 @@ fn run_batch(ctx: &EngineContext, team: &Team, buffers: &mut Buffers, batch: Bat
         variant.model.run_on(
             team,
             &mut buffers.workspace,
-            &buffers.input,
-            n,
-            r,
-            r,
+            Nhwc::new(&buffers.input, n, r, r),
             &mut buffers.output,
         )
     }))

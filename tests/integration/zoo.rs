@@ -12,7 +12,7 @@ use mobilenet_serve::commands::dataset::read_labels;
 use mobilenet_serve::engine::crosscheck::{
     compare, image_inputs, random_inputs, reference_outputs, REL_TOLERANCE,
 };
-use mobilenet_serve::engine::model::Workspace;
+use mobilenet_serve::engine::model::{Nhwc, Workspace};
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::engine::reference::ProtoCache;
 use mobilenet_serve::engine::team::Team;
@@ -180,7 +180,7 @@ fn runs_split_across_threads_equal_single_thread_runs_with_every_tier() {
                 for team in &teams {
                     let (mut ws, mut out) = (Workspace::new(), Vec::new());
                     v.model
-                        .run_on(team, &mut ws, &input, batch, r, r, &mut out)
+                        .run_on(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)
                         .unwrap();
                     assert!(
                         out.iter()
@@ -211,7 +211,7 @@ fn fused_runs_equal_layer_by_layer_runs_with_every_tier() {
                 for t in [&Team::single(), &team] {
                     let (mut ws, mut alone) = (Workspace::new(), Vec::new());
                     v.model
-                        .run_profiled(t, &mut ws, &input, batch, r, r, &mut alone)
+                        .run_profiled(t, &mut ws, Nhwc::new(&input, batch, r, r), &mut alone)
                         .unwrap();
                     assert!(
                         alone
