@@ -1,7 +1,7 @@
 //! Our inference engine: models and how to run them. ONNX import into a plan, the plan run by
 //! our kernels (on one thread or a team, whose work `schedule` cuts into parts), the catalogue
-//! and pool of variants, and tract as the independent reference with the cross-check against it. Knows no queue, request or transport:
-//! uses `kernels`, `pipeline` and `error` only.
+//! and pool of variants, and tract as the independent reference with the cross-check against it.
+//! Knows no queue, request or transport: uses `kernels`, `pipeline` and `error` only.
 
 pub mod catalog;
 pub mod crosscheck;
