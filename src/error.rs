@@ -1,5 +1,6 @@
 //! The crate's error type: one enum, and the one classification of its variants for clients
-//! ([`ErrorKind`]) from which every front end (HTTP, gRPC, the CLI) derives its own statuses.
+//! ([`ErrorKind`]: an [`ErrorClass`], a status, a stable code and a retry delay) from which every
+//! front end (HTTP, gRPC, the CLI) derives its own statuses.
 
 use std::path::PathBuf;
 

@@ -16,8 +16,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::api::grpc::oip as oip_grpc;
-use crate::api::http::classifier as http;
-use crate::api::http::oip_body as oip_http;
+use crate::api::http::{classifier, oip_body};
 use crate::engine::import::import_bytes;
 use crate::engine::model::Model;
 use crate::kernels::{KernelSet, Tier, TierChoice};
@@ -67,10 +66,23 @@ pub fn decode_and_preprocess(data: &[u8]) -> bool {
         "decoded beyond the pixel limit"
     );
     let rho = [224, 192, 160, 128][data.len() % 4];
+    let run = |tier| {
+        preprocess(&img, rho, Normalization::default(), tier)
+            .unwrap_or_else(|e| panic!("a decoded image failed to preprocess on {tier}: {e}"))
+    };
     let tier = *Tier::supported().last().unwrap_or(&Tier::Scalar);
-    let tensor = preprocess(&img, rho, Normalization::default(), tier)
-        .unwrap_or_else(|e| panic!("a decoded image failed to preprocess: {e}"));
+    let tensor = run(tier);
     assert_eq!(tensor.len(), rho * rho * 3, "wrong tensor size");
+    // The scalar tier is the specification: the resize is exact on every tier, so only the
+    // normalization's rounding may differ.
+    let reference = run(Tier::Scalar);
+    assert!(
+        tensor
+            .iter()
+            .zip(&reference)
+            .all(|(a, b)| (a - b).abs() <= 1e-6),
+        "{tier} preprocessed differently from the scalar tier"
+    );
     // One ulp of slack: 255 / 127.5 - 1 is exactly 1 only as long as it is not computed fused.
     let bound = 1.0 + f32::EPSILON;
     assert!(
@@ -91,7 +103,7 @@ pub fn classify_body(data: &[u8]) -> bool {
     if let Ok(value) = HeaderValue::from_bytes(content_type) {
         request.headers_mut().insert(CONTENT_TYPE, value);
     }
-    let parsed = block_on(http::parse_classify(
+    let parsed = block_on(classifier::parse_classify(
         LIMITS.max_bytes,
         Some(&query),
         request,
@@ -119,7 +131,7 @@ pub fn oip_rest_request(data: &[u8]) -> bool {
         None => (None, data),
     };
     let body = Bytes::copy_from_slice(body);
-    let parsed = oip_http::parse_request(
+    let parsed = oip_body::parse_request(
         "mobilenet_v1_1.0_224".into(),
         String::new(),
         &body,

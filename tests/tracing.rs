@@ -61,7 +61,7 @@ async fn each_request_is_traced_with_its_variant_batches_and_stage_times() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let s = service(config(), true);
+    let s = service(config());
     let img = jpegs(1).remove(0);
     let uri = format!("/classify?model={SMALL}");
     assert_eq!(status(&s, &uri, img).await, StatusCode::OK);

@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 
-use super::errors::for_path;
+use super::errors::{for_path, status};
 use crate::error::{Error, Result};
 
 /// A secret API key, held as its digest.
@@ -142,10 +142,7 @@ impl Auth {
                 .metadata()
                 .get("authorization")
                 .map(|v| v.as_bytes());
-            match auth.check(value) {
-                Ok(()) => Ok(request),
-                Err(e) => Err(tonic::Status::unauthenticated(e.to_string())),
-            }
+            auth.check(value).map(|()| request).map_err(status)
         }
     }
 }

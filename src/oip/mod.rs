@@ -16,9 +16,8 @@ use serde::Serialize;
 use crate::engine::pool::Variant;
 use crate::error::{Error, Result};
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
-use tracing::Instrument;
-
 use crate::serving::{millis, Admission, Images, InferRequest, Service, Timings};
+use tracing::Instrument;
 
 /// The one version every model has.
 pub const MODEL_VERSION: &str = "1";
@@ -242,13 +241,13 @@ pub struct Response {
 
 /// Runs an inference request through the service's batcher and builds the outputs it asks
 /// for. `admission` counts the request's outcome and timings, refusals of malformed requests
-/// included, once.
+/// included, once; the binding has already labelled it with the model named before parsing
+/// the body (see [`Admission::count_as`]), so that a malformed body is counted under it too.
 pub async fn infer(
     service: &Service,
     mut admission: Admission,
     request: Request,
 ) -> Result<Response> {
-    admission.count_as(service.metrics_label(&request.model));
     let span = admission.span().clone();
     let result = infer_inner(service, &mut admission, request)
         .instrument(span)

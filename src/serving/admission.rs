@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::batcher::Incoming;
+use super::batcher::{Batcher, Incoming};
 use super::metrics::{Metrics, NO_VARIANT};
 use super::request::Timings;
 use crate::error::{Error, Result, RETRY_AFTER_S};
 
 /// The bound on requests in flight in the whole process.
 #[derive(Debug)]
-pub struct Gate {
+pub(super) struct Gate {
     slots: Arc<Semaphore>,
     limit: usize,
     metrics: Arc<Metrics>,
@@ -21,7 +21,7 @@ pub struct Gate {
 
 impl Gate {
     /// At most `limit` requests at once.
-    pub fn new(limit: usize, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(limit: usize, metrics: Arc<Metrics>) -> Self {
         Gate {
             slots: Arc::new(Semaphore::new(limit)),
             limit,
@@ -29,9 +29,14 @@ impl Gate {
         }
     }
 
-    /// A ticket for a request of `protocol`, or [`Error::Overloaded`] when every slot is taken.
-    /// The refusal is not counted here: see [`count_refusal`].
-    pub fn enter(&self, protocol: &'static str, incoming: Incoming) -> Result<Admission> {
+    /// A ticket for a request of `protocol`, or [`Error::Overloaded`] when every slot is taken;
+    /// only an admitted request tells `batcher` that images are coming. The refusal is not
+    /// counted here: see [`count_refusal`].
+    pub(super) fn enter(
+        &self,
+        protocol: &'static str,
+        batcher: &Arc<Batcher>,
+    ) -> Result<Admission> {
         let permit = self
             .slots
             .clone()
@@ -43,11 +48,11 @@ impl Gate {
         self.metrics.in_flight.inc();
         self.metrics.admitted.with_label_values(&[protocol]).inc();
         Ok(Admission {
-            slot: Arc::new(Slot {
+            slot: Some(Arc::new(Slot {
                 _permit: permit,
                 metrics: self.metrics.clone(),
-            }),
-            incoming: Some(incoming),
+            })),
+            incoming: Some(batcher.expect()),
             admitted: Instant::now(),
             report: Report {
                 metrics: self.metrics.clone(),
@@ -65,7 +70,8 @@ impl Gate {
 /// protocol counts its requests the same way, each exactly once.
 #[derive(Debug)]
 pub struct Admission {
-    slot: Arc<Slot>,
+    /// Held until the engine has answered (see [`Admission::release`]).
+    slot: Option<Arc<Slot>>,
     /// Tells the batcher images are on their way, until they are submitted.
     incoming: Option<Incoming>,
     admitted: Instant,
@@ -104,8 +110,18 @@ impl Admission {
     }
 
     /// The slot, for work that must keep it even if the request is dropped (decoding).
-    pub(super) fn slot(&self) -> Arc<Slot> {
-        self.slot.clone()
+    pub(super) fn slot(&self) -> Result<Arc<Slot>> {
+        self.slot
+            .clone()
+            .ok_or_else(|| Error::Internal("a request used its slot after releasing it".into()))
+    }
+
+    /// Gives the slot back once the engine has answered (or the request failed): what is
+    /// left, postprocessing and writing the answer, is cheap and must not hold new requests
+    /// out. The outcome is still counted when the ticket drops.
+    pub(super) fn release(&mut self) {
+        self.slot = None;
+        self.incoming = None;
     }
 
     /// The batcher's notice that images are coming, once: submitting consumes it.
@@ -140,6 +156,16 @@ enum Outcome {
     },
 }
 
+impl Outcome {
+    fn refused(error: &Error) -> Self {
+        Outcome::Refused {
+            status: error.kind().status,
+            reason: rejection_reason(error),
+            message: error.to_string(),
+        }
+    }
+}
+
 /// A request's outcome, counted when it drops; nothing is counted for a request dropped before
 /// an outcome was set, that is one whose client went away first.
 #[derive(Debug)]
@@ -156,11 +182,7 @@ impl Report {
         if self.outcome.is_none() {
             self.outcome = Some(match outcome {
                 Ok(t) => Outcome::Answered(*t),
-                Err(e) => Outcome::Refused {
-                    status: e.kind().status,
-                    reason: rejection_reason(e),
-                    message: e.to_string(),
-                },
+                Err(e) => Outcome::refused(e),
             });
         }
     }
@@ -178,12 +200,7 @@ impl Drop for Report {
 /// Counts a request refused before admission (draining, or every slot taken) under variant
 /// `none`.
 pub fn count_refusal(metrics: &Metrics, protocol: &str, error: &Error) {
-    let outcome = Outcome::Refused {
-        status: error.kind().status,
-        reason: rejection_reason(error),
-        message: error.to_string(),
-    };
-    record(metrics, NO_VARIANT, protocol, &outcome);
+    record(metrics, NO_VARIANT, protocol, &Outcome::refused(error));
 }
 
 /// The `reason` label of a refusal that `mobilenet_rejected_total` counts.

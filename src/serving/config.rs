@@ -7,8 +7,9 @@ use super::batcher::BatchPolicy;
 use crate::error::{Error, Result};
 use crate::pipeline::decode::DecodeLimits;
 
-/// The longest deadline a request may ask for, by default (`serve` has no flag for it: a request
-/// that needs longer than ten minutes is not an image classification).
+/// The longest deadline `serve` lets a request ask for. There is no flag for it: a request that
+/// needs longer than ten minutes is not an image classification. Tests set a shorter one in
+/// [`ServiceConfig::max_request_timeout`].
 pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// Runs of each variant during warm-up: the first pages the weights in, the last one seeds the
 /// router's latency.

@@ -42,6 +42,7 @@ use crate::engine::pool::{ModelPool, Unavailable, Variant};
 use crate::error::{Error, Result};
 
 /// The running service: the variants, their queues and engine threads, and the metrics.
+/// Dropping it blocks until the engine threads have answered what is queued.
 #[derive(Debug)]
 pub struct Service {
     registry: Registry,
@@ -242,7 +243,7 @@ impl Service {
         let admitted = if self.is_draining() {
             Err(Error::Unavailable("the service is shutting down".into()))
         } else {
-            self.gate.enter(protocol, self.batcher.expect())
+            self.gate.enter(protocol, &self.batcher)
         };
         if let Err(e) = &admitted {
             count_refusal(&self.metrics, protocol, e);
@@ -380,8 +381,21 @@ impl Service {
     }
 
     /// Prepares the images, queues them on variant `index` and waits for every answer, or for
-    /// the deadline. Fills every timing but postprocess and total.
+    /// the deadline; then gives the request's slot back. Fills every timing but postprocess
+    /// and total.
     async fn run(
+        &self,
+        admission: &mut Admission,
+        index: usize,
+        images: Images,
+        timeout: Duration,
+    ) -> Result<Ran> {
+        let ran = self.run_held(admission, index, images, timeout).await;
+        admission.release();
+        ran
+    }
+
+    async fn run_held(
         &self,
         admission: &mut Admission,
         index: usize,

@@ -37,7 +37,7 @@ pub async fn prepare(
     let tier = variant.model.kernels().tier;
     // The decode keeps the request's admission slot even if the client goes away and the
     // handler is dropped: abandoned decodes cannot pile up beyond the in-flight limit.
-    let slot = admission.slot();
+    let slot = admission.slot()?;
     let span = tracing::debug_span!("prepare", images = images.len());
     tokio::task::spawn_blocking(move || {
         let _slot = slot;

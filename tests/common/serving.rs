@@ -60,14 +60,14 @@ pub fn config() -> ServiceConfig {
     }
 }
 
-/// A service over [`pool`]; with `start_engine` false, images wait in the queues until
-/// [`Service::start_engine`].
-pub fn service(config: ServiceConfig, start_engine: bool) -> Arc<Service> {
-    if start_engine {
-        Service::new(pool(), config).unwrap()
-    } else {
-        Service::without_engine(pool(), config).unwrap()
-    }
+/// A running service over [`pool`].
+pub fn service(config: ServiceConfig) -> Arc<Service> {
+    Service::new(pool(), config).unwrap()
+}
+
+/// A service over [`pool`] whose images wait in the queues until [`Service::start_engine`].
+pub fn stalled_service(config: ServiceConfig) -> Arc<Service> {
+    Service::without_engine(pool(), config).unwrap()
 }
 
 /// The first `n` JPEGs of the labelled sample.

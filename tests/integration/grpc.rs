@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::serving::{
-    config, direct_top1, grpc_channel, jpegs, pool, predicted_fastest, service, start_grpc,
-    until_queued, MID, SMALL,
+    config, direct_top1, grpc_channel, jpegs, pool, predicted_fastest, service, stalled_service,
+    start_grpc, until_queued, MID, SMALL,
 };
 use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::api::grpc::pb::classifier_client::ClassifierClient;
@@ -36,7 +36,7 @@ fn request(images: Vec<Vec<u8>>) -> ClassifyRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classify_answers_as_the_engine_computes_and_lists_models() {
-    let s = service(config(), true);
+    let s = service(config());
     let (addr, _stop) = start_grpc(s.clone()).await;
     let mut c = client(addr).await;
     let images = jpegs(2);
@@ -102,7 +102,7 @@ async fn classify_answers_as_the_engine_computes_and_lists_models() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_mistakes_are_invalid_argument_or_not_found() {
-    let s = service(config(), true);
+    let s = service(config());
     let (addr, _stop) = start_grpc(s).await;
     let mut c = client(addr).await;
     let img = jpegs(1).remove(0);
@@ -158,7 +158,7 @@ async fn overload_and_deadlines_have_their_codes() {
     let mut cfg = config();
     cfg.max_queue = 1;
     cfg.max_images_per_request = 1;
-    let s = service(cfg, false);
+    let s = stalled_service(cfg);
     let (addr, _stop) = start_grpc(s.clone()).await;
     let img = jpegs(1).remove(0);
     let waiting = {
@@ -194,7 +194,7 @@ async fn overload_and_deadlines_have_their_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_gets_one_answer_per_request_in_order() {
-    let s = service(config(), true);
+    let s = service(config());
     let (addr, _stop) = start_grpc(s).await;
     let mut c = client(addr).await;
     let img = jpegs(1).remove(0);
@@ -220,7 +220,7 @@ async fn a_stream_gets_one_answer_per_request_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_readiness_and_reflection_lists_the_services() {
-    let s = service(config(), true);
+    let s = service(config());
     let (addr, _stop) = start_grpc(s.clone()).await;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -290,7 +290,7 @@ async fn health_follows_readiness_and_reflection_lists_the_services() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_ends_open_streams_and_the_server() {
-    let s = service(config(), true);
+    let s = service(config());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopping) = watch::channel(false);
@@ -325,7 +325,7 @@ async fn draining_ends_open_streams_and_the_server() {
 async fn grpc_timeouts_are_capped_or_refused_as_deadlines() {
     let mut cfg = config();
     cfg.max_request_timeout = Duration::from_secs(30);
-    let s = service(cfg, true);
+    let s = service(cfg);
     let (addr, _stop) = start_grpc(s).await;
     let mut c = client(addr).await;
     let img = jpegs(1);

@@ -4,7 +4,8 @@
 use crate::common;
 
 use common::serving::{
-    config, direct_top1, jpegs, pool, predicted_fastest, service, until_queued, MID, SMALL,
+    config, direct_top1, jpegs, pool, predicted_fastest, service, stalled_service, until_queued,
+    MID, SMALL,
 };
 
 use std::sync::Arc;
@@ -78,7 +79,7 @@ fn top1(predictions: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_jpeg_is_answered_as_the_engine_computes_it() {
-    let s = service(config(), true);
+    let s = service(config());
     let images = jpegs(3);
     let reference = pool();
     for img in &images {
@@ -122,7 +123,7 @@ async fn a_raw_jpeg_is_answered_as_the_engine_computes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_multipart_and_octet_stream_agree_and_several_images_give_several_lists() {
-    let s = service(config(), true);
+    let s = service(config());
     let images = jpegs(2);
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let raw: Vec<u64> = {
@@ -168,7 +169,7 @@ async fn json_multipart_and_octet_stream_agree_and_several_images_give_several_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_variant_is_chosen_by_name_by_cell_or_by_target() {
-    let s = service(config(), true);
+    let s = service(config());
     s.warm_up().await.unwrap();
     let img = jpegs(1).remove(0);
     let model_of = |r: &Reply| r.json["model"].as_str().unwrap().to_string();
@@ -212,7 +213,7 @@ async fn the_variant_is_chosen_by_name_by_cell_or_by_target() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_mistakes_get_the_right_4xx_with_a_json_error() {
-    let s = service(config(), true);
+    let s = service(config());
     let img = jpegs(1).remove(0);
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
         (
@@ -342,7 +343,7 @@ async fn client_mistakes_get_the_right_4xx_with_a_json_error() {
 async fn bodies_over_the_limit_get_413() {
     let mut cfg = config();
     cfg.decode_limits.max_bytes = 4096;
-    let s = service(cfg, true);
+    let s = service(cfg);
     let img = jpegs(1).remove(0);
     assert!(img.len() > 4096);
     let r = send(&s, post("/classify", "image/jpeg", img.clone())).await;
@@ -368,7 +369,7 @@ fn futures_body(bytes: Vec<u8>) -> Body {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_images_are_batched_together_and_answered_alike() {
-    let s = service(config(), false);
+    let s = stalled_service(config());
     let img = jpegs(1).remove(0);
     let mut tasks = Vec::new();
     for _ in 0..3 {
@@ -414,7 +415,7 @@ async fn a_full_queue_answers_429_at_once_with_retry_after() {
     let mut cfg = config();
     cfg.max_queue = 2;
     cfg.max_images_per_request = 2;
-    let s = service(cfg, false);
+    let s = stalled_service(cfg);
     let img = jpegs(1).remove(0);
     let mut waiting = Vec::new();
     for _ in 0..2 {
@@ -466,7 +467,7 @@ async fn a_full_queue_answers_429_at_once_with_retry_after() {
 async fn the_in_flight_limit_answers_429() {
     let mut cfg = config();
     cfg.max_concurrent_requests = 1;
-    let s = service(cfg, false);
+    let s = stalled_service(cfg);
     let img = jpegs(1).remove(0);
     let first = tokio::spawn({
         let (s, img) = (s.clone(), img.clone());
@@ -485,7 +486,7 @@ async fn the_in_flight_limit_answers_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_request_gets_504_and_is_never_computed() {
-    let s = service(config(), false);
+    let s = stalled_service(config());
     let img = jpegs(1).remove(0);
     let r = send(
         &s,
@@ -548,7 +549,7 @@ async fn a_multipart_upload_may_use_the_whole_body_limit() {
     assert!(png.len() > 2 << 20, "{} bytes", png.len());
     let mut cfg = config();
     cfg.decode_limits.max_bytes = 10 << 20;
-    let s = service(cfg, true);
+    let s = service(cfg);
     let (ct, body) = multipart(&[png]);
     let r = send(&s, post("/classify", &ct, body)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
@@ -556,7 +557,7 @@ async fn a_multipart_upload_may_use_the_whole_body_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_warm_up_and_draining() {
-    let s = service(config(), true);
+    let s = service(config());
     assert_eq!(send(&s, get("/healthz")).await.status, StatusCode::OK);
     let r = send(&s, get("/readyz")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -619,7 +620,7 @@ async fn models_list_costs_accuracy_with_its_source_and_live_latency() {
     std::fs::write(&results, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     let mut cfg = config();
     cfg.eval_results = Some(results);
-    let s = service(cfg, true);
+    let s = service(cfg);
     s.warm_up().await.unwrap();
     let img = jpegs(1).remove(0);
     let r = send(
@@ -668,7 +669,7 @@ async fn models_list_costs_accuracy_with_its_source_and_live_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_describe_the_traffic() {
-    let s = service(config(), true);
+    let s = service(config());
     let img = jpegs(1).remove(0);
     let r = send(
         &s,
@@ -716,7 +717,7 @@ async fn a_body_that_never_arrives_gets_408_and_frees_its_slot() {
     let mut cfg = config();
     cfg.request_timeout = std::time::Duration::from_millis(300);
     cfg.max_concurrent_requests = 1;
-    let s = service(cfg, true);
+    let s = service(cfg);
     let first_bytes = tokio_stream::iter(vec![Ok::<_, std::io::Error>(vec![0xFF, 0xD8])]);
     let stalled = tokio_stream::StreamExt::chain(first_bytes, tokio_stream::pending());
     let r = send(
@@ -738,7 +739,7 @@ async fn a_body_that_never_arrives_gets_408_and_frees_its_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_and_its_assets_are_served_from_the_binary() {
-    let s = service(config(), false);
+    let s = stalled_service(config());
     for (path, media, needle) in [
         ("/", "text/html", "/static/app.js"),
         ("/static/app.js", "text/javascript", "/v1/models"),
@@ -777,7 +778,7 @@ async fn engine_threads_run_nicer_than_the_threads_that_answer() {
             .unwrap()
     };
     let base = nice(&std::fs::read_to_string("/proc/self/stat").unwrap());
-    let _service = service(config(), true);
+    let _service = service(config());
     let started = std::time::Instant::now();
     loop {
         let (mut engine, mut others) = (Vec::new(), Vec::new());

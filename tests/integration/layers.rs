@@ -3,10 +3,15 @@
 //! between modules. `cargo test --release --test integration layers -- --nocapture` prints the
 //! graph of the layers.
 //!
-//! A reference is any `crate::a::b` path (`$crate::` in macros too), `super::`/`self::` path or
-//! path through a child module the file declares, in code or in doc links; `#[cfg(test)] mod
-//! tests` blocks at the end of a file are left out (a unit test may reach its parent's
-//! privates).
+//! A reference is any `crate::a::b` path (`$crate::` in macros too, nested braces in imports),
+//! `super::`/`self::` path or path through a child module the file declares, in code or in doc
+//! links; a name `lib.rs` re-exports (`crate::Error`) counts as the module it comes from. A
+//! `#[cfg(test)] mod tests` block that ends its file is left out (a unit test may reach its
+//! parent's privates); one placed elsewhere counts.
+//!
+//! What it cannot see: a method called on a value whose type comes from elsewhere names no path,
+//! so an `impl` block split over several files (as `engine/import/` does) shows only through
+//! the imports of its files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -73,10 +78,7 @@ fn modules() -> Vec<Module> {
         .filter(|f| f.file_name().is_some_and(|n| n != "main.rs"))
         .map(|file| {
             let text = std::fs::read_to_string(file).unwrap();
-            let code = match text.find("#[cfg(test)]\nmod tests") {
-                Some(at) => text[..at].to_string(),
-                None => text,
-            };
+            let code = without_trailing_tests(&text).to_string();
             let children = code
                 .lines()
                 .filter_map(|l| {
@@ -97,6 +99,80 @@ fn modules() -> Vec<Module> {
             }
         })
         .collect()
+}
+
+/// `text` without its unit tests, when they are the file's last item.
+fn without_trailing_tests(text: &str) -> &str {
+    let Some(at) = text.find("#[cfg(test)]\nmod tests {") else {
+        return text;
+    };
+    let mut depth = 0usize;
+    for (i, c) in text[at..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    let after = &text[at + i + 1..];
+                    return if after.trim().is_empty() {
+                        &text[..at]
+                    } else {
+                        text
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
+/// The names `lib.rs` re-exports (`pub use error::{Error, Result};`), each with the module it
+/// comes from.
+fn root_reexports(lib: &Module, known: &BTreeSet<Vec<String>>) -> BTreeMap<String, Vec<String>> {
+    let mut aliases = BTreeMap::new();
+    for line in lib.code.lines() {
+        let Some(import) = line.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        for path in import_paths(import, 0, Vec::new()).0 {
+            let Some((last, from)) = path.split_last() else {
+                continue;
+            };
+            if let Some(len) = (1..=from.len()).rev().find(|&n| known.contains(&from[..n])) {
+                aliases.insert(last.clone(), from[..len].to_vec());
+            }
+        }
+    }
+    aliases
+}
+
+/// The paths of the import that starts at `at` in `code` under `base`: one path, or one per
+/// item of a braced group (`a::{b, c::{d, e}}`), nested to any depth; and where it ends.
+fn import_paths(code: &str, at: usize, base: Vec<String>) -> (Vec<Vec<String>>, usize) {
+    let (tail, end) = path_at(code, at);
+    let mut path = base;
+    path.extend(tail.into_iter().filter(|s| s != "self"));
+    if !code[end..].starts_with('{') {
+        return (vec![path], end);
+    }
+    let mut found = Vec::new();
+    let mut at = end + 1;
+    loop {
+        at += code[at..].len() - code[at..].trim_start().len();
+        match code[at..].chars().next() {
+            None => return (found, at),
+            Some('}') => return (found, at + 1),
+            Some(',') => at += 1,
+            Some(_) => {
+                let (paths, end) = import_paths(code, at, path.clone());
+                found.extend(paths);
+                // Skip what no path reads (`as x`, `*`), up to the next item or the close.
+                let skip = code[end..].find([',', '}']).unwrap_or(code.len() - end);
+                at = end + skip.max(usize::from(end == at));
+            }
+        }
+    }
 }
 
 /// The path starting at `at` in `code`: the identifiers joined by `::`, and where it ends (at a
@@ -132,11 +208,23 @@ fn inside_path(code: &str, at: usize) -> bool {
             .is_some_and(|c| c.is_alphanumeric() || c == '_')
 }
 
-/// The modules `module` names, as absolute paths (cut to the deepest known module).
-fn references(module: &Module, known: &BTreeSet<Vec<String>>) -> BTreeSet<Vec<String>> {
+/// The modules `module` names, as absolute paths (cut to the deepest known module); `aliases`
+/// are the crate root's re-exports.
+fn references(
+    module: &Module,
+    known: &BTreeSet<Vec<String>>,
+    aliases: &BTreeMap<String, Vec<String>>,
+) -> BTreeSet<Vec<String>> {
     let code = &module.code;
     let mut found = BTreeSet::new();
     let mut resolve = |absolute: &[String]| {
+        let first = absolute.first();
+        if let Some(from) = first.filter(|f| !known.contains(&vec![f.to_string()])) {
+            if let Some(from) = aliases.get(from) {
+                found.insert(from.clone());
+                return;
+            }
+        }
         for len in (1..=absolute.len()).rev() {
             if known.contains(&absolute[..len]) {
                 found.insert(absolute[..len].to_vec());
@@ -159,7 +247,7 @@ fn references(module: &Module, known: &BTreeSet<Vec<String>>) -> BTreeSet<Vec<St
         if inside_path(code, at) {
             continue;
         }
-        let (mut base, rest_at) = match key.as_str() {
+        let (base, rest_at) = match key.as_str() {
             "crate::" => (Vec::new(), at + key.len()),
             "self::" => (module.path.clone(), at + key.len()),
             "child" => (module.path.clone(), at),
@@ -174,19 +262,8 @@ fn references(module: &Module, known: &BTreeSet<Vec<String>>) -> BTreeSet<Vec<St
                 (base, rest_at)
             }
         };
-        let (tail, end) = path_at(code, rest_at);
-        base.extend(tail);
-        // Braced imports (`use crate::a::{b, c::d}`) name one path per item.
-        match code[end..].strip_prefix('{') {
-            Some(inner) => {
-                let inner = &inner[..inner.find('}').unwrap_or(inner.len())];
-                for item in inner.split([',', '{']).map(str::trim) {
-                    let mut path = base.clone();
-                    path.extend(path_at(item, 0).0.into_iter().filter(|s| s != "self"));
-                    resolve(&path);
-                }
-            }
-            None => resolve(&base),
+        for path in import_paths(code, rest_at, base).0 {
+            resolve(&path);
         }
     }
     found.remove(&module.path);
@@ -198,9 +275,11 @@ fn references(module: &Module, known: &BTreeSet<Vec<String>>) -> BTreeSet<Vec<St
 fn graph() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     let modules = modules();
     let known: BTreeSet<Vec<String>> = modules.iter().map(|m| m.path.clone()).collect();
+    let lib = modules.iter().find(|m| m.path.is_empty()).unwrap();
+    let aliases = root_reexports(lib, &known);
     modules
         .iter()
-        .map(|m| (m.path.clone(), references(m, &known)))
+        .map(|m| (m.path.clone(), references(m, &known, &aliases)))
         .collect()
 }
 
@@ -354,7 +433,8 @@ fn the_checker_sees_paths_of_every_form() {
                fn f() -> crate::error::Result<()> { Ok(()) }\n"
             .into(),
     };
-    let found: Vec<String> = references(&module, &known)
+    let aliases = BTreeMap::from([("Error".to_string(), vec!["error".to_string()])]);
+    let found: Vec<String> = references(&module, &known, &aliases)
         .iter()
         .map(|p| name(p))
         .collect();
@@ -366,11 +446,32 @@ fn the_checker_sees_paths_of_every_form() {
                /// [`crate::api`]\nfn g() { body::x(); nobody::y(); }\n"
             .into(),
     };
-    let found: Vec<String> = references(&module, &known)
+    let found: Vec<String> = references(&module, &known, &aliases)
         .iter()
         .map(|p| name(p))
         .collect();
     assert_eq!(found, ["api", "api::http::body", "engine::pool", "serving"]);
+    // Nested groups, renames and globs, and a root re-export.
+    let module = Module {
+        path: vec!["api".into()],
+        children: BTreeSet::new(),
+        code: "use crate::{engine::{pool::{self, Variant as V}, *}, serving::{router::*}};
+               fn h() -> Result<(), crate::Error> { Ok(()) }
+"
+        .into(),
+    };
+    let found: Vec<String> = references(&module, &known, &aliases)
+        .iter()
+        .map(|p| name(p))
+        .collect();
+    assert_eq!(
+        found,
+        ["engine", "engine::pool", "error", "serving::router"]
+    );
+    let text = "fn a() {}\n#[cfg(test)]\nmod tests {\n    fn b() { if x { y() } }\n}\n";
+    assert_eq!(without_trailing_tests(text), "fn a() {}\n");
+    let text = "#[cfg(test)]\nmod tests {\n}\nfn c() { crate::serving::x() }\n";
+    assert_eq!(without_trailing_tests(text), text);
     let mut graph = BTreeMap::new();
     graph.insert(known.iter().next().unwrap().clone(), BTreeSet::new());
     let a = vec!["a".to_string()];

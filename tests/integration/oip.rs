@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::serving::{config, direct_top1, grpc_channel, jpegs, pool, service, start_grpc, SMALL};
+use common::serving::{
+    config, direct_top1, grpc_channel, jpegs, pool, service, stalled_service, start_grpc, SMALL,
+};
 use http_body_util::BodyExt;
 use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::api::grpc::oip::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -147,7 +149,7 @@ fn close(a: &[f32], b: &[f32]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metadata_describe_each_variant() {
-    let s = service(config(), true);
+    let s = service(config());
     let r = send(&s, get("/v2/health/live")).await;
     assert_eq!(
         (r.status, r.json()),
@@ -220,7 +222,7 @@ async fn health_and_metadata_describe_each_variant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_and_tensors_in_every_encoding_give_the_engines_answer() {
-    let s = service(config(), true);
+    let s = service(config());
     let images = jpegs(2);
     let reference = pool();
 
@@ -322,7 +324,7 @@ async fn images_and_tensors_in_every_encoding_give_the_engines_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400_with_the_protocols_error_body() {
-    let s = service(config(), true);
+    let s = service(config());
     let img = jpegs(1).remove(0);
     let fp = |shape: Value, data: Value| json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": data}]});
     let zeros = |n: usize| json!(vec![0.0f32; n]);
@@ -546,7 +548,7 @@ async fn malformed_requests_get_400_with_the_protocols_error_body() {
 async fn overload_is_429_with_retry_after_in_the_protocols_format() {
     let mut cfg = config();
     cfg.max_concurrent_requests = 1;
-    let s = service(cfg, true);
+    let s = service(cfg);
     let held = s.admit("test").unwrap();
     let body =
         json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]});
@@ -564,7 +566,7 @@ async fn overload_is_429_with_retry_after_in_the_protocols_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_timeout_parameter_bounds_the_wait_with_504() {
     // No engine: the image can only wait in its queue.
-    let s = service(config(), false);
+    let s = stalled_service(config());
     let raw = bytes_to_raw(&jpegs(1));
     let head = json!({
         "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
@@ -594,7 +596,7 @@ fn grpc_input(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_answers_like_rest_and_maps_errors_to_codes() {
-    let s = service(config(), true);
+    let s = service(config());
     let (addr, _stop) = start_grpc(s.clone()).await;
     let ch = grpc_channel(addr).await;
     let mut c = GrpcInferenceServiceClient::new(ch.clone());

@@ -14,7 +14,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_document_is_complete_and_consistent() {
-    let s = service(config(), true);
+    let s = service(config());
     let reply = send(
         &s,
         Request::get("/openapi.json").body(Body::empty()).unwrap(),
@@ -93,7 +93,7 @@ fn fill(path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_described_operation_is_served_as_described() {
-    let s = service(config(), true);
+    let s = service(config());
     s.warm_up().await.unwrap();
     let doc = document();
     let ops = operations(&doc);
@@ -154,7 +154,7 @@ async fn every_described_operation_is_served_as_described() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_examples_are_answered_as_described() {
-    let s = service(config(), true);
+    let s = service(config());
     let doc = document();
     let ops = operations(&doc);
     let op = |p: &str| &ops.iter().find(|(path, _, _)| path == p).unwrap().2;

@@ -10,9 +10,11 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::deadline::{grpc_timeout, request_timeout};
 use crate::api::errors::status;
+use crate::api::request_id;
 use crate::error::Result;
 use crate::serving::router::SelectionParams;
 use crate::serving::{ClassifyRequest, ClassifyResponse, ModelInfo, Service};
@@ -181,7 +183,11 @@ impl Classifier for ClassifierApi {
         let mut inbound = request.into_inner();
         // Bounded: a client that stops reading stops the stream's progress, not our memory.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
+        // The stream's messages are served on their own task: it keeps the call's id and span,
+        // so that their logs and errors name the call.
+        let id = request_id::current().unwrap_or_else(request_id::generate);
+        let span = tracing::Span::current();
+        let serve_messages = async move {
             loop {
                 let next = tokio::select! {
                     next = inbound.message() => next,
@@ -209,7 +215,8 @@ impl Classifier for ClassifierApi {
                     break;
                 }
             }
-        });
+        };
+        tokio::spawn(request_id::scope(id, serve_messages).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

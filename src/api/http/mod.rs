@@ -3,11 +3,11 @@
 //! required, request ids, and one error format per protocol for unknown routes. The bindings
 //! share [`body`], [`timing`] and `api::errors`, not each other.
 
-pub mod body;
-pub mod classifier;
-pub mod oip;
-pub mod oip_body;
-pub mod timing;
+pub(crate) mod body;
+pub(crate) mod classifier;
+pub(crate) mod oip;
+pub(crate) mod oip_body;
+pub(crate) mod timing;
 
 use std::sync::Arc;
 
