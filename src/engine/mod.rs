@@ -10,6 +10,7 @@ pub mod model;
 pub mod onnx;
 pub mod plan;
 pub mod pool;
+pub mod quant;
 pub mod reference;
 pub mod schedule;
 pub mod team;

@@ -9,6 +9,8 @@ pub use tract_onnx::pb;
 use crate::error::{Error, Result};
 
 const FLOAT: i32 = 1;
+const UINT8: i32 = 2;
+const INT8: i32 = 3;
 const INT32: i32 = 6;
 const INT64: i32 = 7;
 const DOUBLE: i32 = 11;
@@ -34,8 +36,27 @@ pub fn default_opset(model: &pb::ModelProto) -> i64 {
 pub struct Constant {
     /// Its shape.
     pub dims: Vec<usize>,
-    /// Its values converted to f32 (exact for the small integers used as shapes and axes).
+    /// Its values converted to f64 (exact for every integer type read: 8 and 32 bits, and the
+    /// small 64-bit integers used as shapes and axes).
     pub values: Vec<f64>,
+    /// Its element type, as the quantization ops need it (a zero point's type is the type of
+    /// the quantized tensor).
+    pub element: Element,
+}
+
+/// The element type of a constant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Element {
+    /// float32 or float64.
+    Float,
+    /// uint8.
+    U8,
+    /// int8.
+    I8,
+    /// int32.
+    I32,
+    /// int64.
+    I64,
 }
 
 impl Constant {
@@ -88,11 +109,23 @@ pub fn read_tensor(t: &pb::TensorProto) -> Result<Constant> {
             .map(|b| i32::from_le_bytes(b) as f64)
             .collect(),
         INT32 => t.int32_data.iter().map(|&v| v as f64).collect(),
+        UINT8 if !raw.is_empty() => raw.iter().map(|&b| f64::from(b)).collect(),
+        INT8 if !raw.is_empty() => raw.iter().map(|&b| f64::from(b as i8)).collect(),
+        // Without raw data, ONNX stores 8-bit values in int32_data.
+        UINT8 | INT8 => t.int32_data.iter().map(|&v| v as f64).collect(),
         other => {
             return Err(bad(&format!(
-                "data type {other} is not supported (float, double, int32, int64 are)"
+                "data type {other} is not supported (float, double, int8, uint8, int32, int64 \
+                 are)"
             )))
         }
+    };
+    let element = match t.data_type {
+        UINT8 => Element::U8,
+        INT8 => Element::I8,
+        INT32 => Element::I32,
+        INT64 => Element::I64,
+        _ => Element::Float,
     };
     if values.len() != count {
         return Err(bad(&format!(
@@ -101,7 +134,11 @@ pub fn read_tensor(t: &pb::TensorProto) -> Result<Constant> {
             dims
         )));
     }
-    Ok(Constant { dims, values })
+    Ok(Constant {
+        dims,
+        values,
+        element,
+    })
 }
 
 fn le_chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
@@ -132,18 +169,22 @@ pub fn constants(graph: &pb::GraphProto) -> Result<HashMap<String, Constant>> {
                     "value_float" => Constant {
                         dims: vec![],
                         values: vec![a.f as f64],
+                        element: Element::Float,
                     },
                     "value_int" => Constant {
                         dims: vec![],
                         values: vec![a.i as f64],
+                        element: Element::I64,
                     },
                     "value_floats" => Constant {
                         dims: vec![a.floats.len()],
                         values: a.floats.iter().map(|&v| v as f64).collect(),
+                        element: Element::Float,
                     },
                     _ => Constant {
                         dims: vec![a.ints.len()],
                         values: a.ints.iter().map(|&v| v as f64).collect(),
+                        element: Element::I64,
                     },
                 })
             }

@@ -117,6 +117,54 @@ pub struct ConvLayer {
 impl ConvLayer {
     /// Resolves the geometry for an input of `batch x in_h x in_w`.
     pub fn geometry(&self, batch: usize, in_h: usize, in_w: usize) -> Result<ConvGeometry> {
+        self.shape().geometry(&self.name, batch, in_h, in_w)
+    }
+
+    /// Its shape without the weights.
+    pub fn shape(&self) -> ConvShape {
+        ConvShape {
+            kind: self.kind,
+            in_c: self.in_c,
+            out_c: self.out_c,
+            kh: self.kh,
+            kw: self.kw,
+            stride_h: self.stride_h,
+            stride_w: self.stride_w,
+            padding: self.padding,
+        }
+    }
+}
+
+/// A convolution's shape, whatever its number type: what its geometry follows from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Which kernel runs it.
+    pub kind: ConvKind,
+    /// Input channels.
+    pub in_c: usize,
+    /// Output channels.
+    pub out_c: usize,
+    /// Kernel rows.
+    pub kh: usize,
+    /// Kernel columns.
+    pub kw: usize,
+    /// Vertical stride.
+    pub stride_h: usize,
+    /// Horizontal stride.
+    pub stride_w: usize,
+    /// Padding rule.
+    pub padding: Padding,
+}
+
+impl ConvShape {
+    /// Resolves the geometry of layer `name` for an input of `batch x in_h x in_w`.
+    pub fn geometry(
+        &self,
+        name: &str,
+        batch: usize,
+        in_h: usize,
+        in_w: usize,
+    ) -> Result<ConvGeometry> {
         let rows = self
             .padding
             .resolve(in_h, self.kh, self.stride_h, Axis::Rows);
@@ -125,8 +173,8 @@ impl ConvLayer {
             .resolve(in_w, self.kw, self.stride_w, Axis::Cols);
         let (Some((out_h, pad_top)), Some((out_w, pad_left))) = (rows, cols) else {
             return Err(Error::BadInput(format!(
-                "layer `{}`: a {}x{} input is too small for its {}x{} kernel",
-                self.name, in_h, in_w, self.kh, self.kw
+                "layer `{name}`: a {in_h}x{in_w} input is too small for its {}x{} kernel",
+                self.kh, self.kw
             )));
         };
         Ok(ConvGeometry {

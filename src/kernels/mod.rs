@@ -15,6 +15,7 @@
 pub mod aligned;
 pub mod cache;
 pub mod generic;
+pub mod int8;
 pub mod shapes;
 pub(crate) mod simd;
 #[cfg(target_arch = "x86_64")]

@@ -18,4 +18,5 @@ mod layers;
 mod oip;
 mod openapi;
 mod pipeline;
+mod quant;
 mod zoo;

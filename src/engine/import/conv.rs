@@ -2,8 +2,9 @@
 //! a 1x1 Conv on the pooled vector), a Pad folded into the next Conv, BatchNormalization folded
 //! into the previous layer's weights, and Relu/Clip fused into its store.
 
+use super::attrs::{conv_padding, pads_nothing_1x1, unsupported, MAX_PAD};
 use super::weights::{pack_dense, pack_depthwise, transpose_oi};
-use super::{unsupported, Importer, Stage};
+use super::{Importer, Stage};
 use crate::engine::onnx::{node_label, pb, Attrs};
 use crate::engine::plan::{ConvKind, ConvLayer, FcLayer, InputLayout, Layer, Padding};
 use crate::error::Result;
@@ -287,46 +288,5 @@ impl Importer<'_> {
         }
         self.pending_pad = Some([t, l, b, r].map(|p| p as usize));
         Ok(())
-    }
-}
-
-/// Largest padding accepted on one side; real networks pad by a few pixels, and the bound keeps
-/// size arithmetic far from overflow on hostile files.
-const MAX_PAD: i64 = 1024;
-
-/// Whether a 1x1 kernel with this padding reads exactly its own pixel (SAME pads a 1x1 kernel by
-/// nothing).
-fn pads_nothing_1x1(padding: Padding) -> bool {
-    matches!(
-        padding,
-        Padding::SameUpper
-            | Padding::SameLower
-            | Padding::Explicit {
-                top: 0,
-                left: 0,
-                bottom: 0,
-                right: 0
-            }
-    )
-}
-
-/// ONNX conv padding: `auto_pad` or explicit `pads` `[top, left, bottom, right]`.
-fn conv_padding(node: &pb::NodeProto) -> Result<Padding> {
-    let a = Attrs(node);
-    match a.string("auto_pad").unwrap_or_default().as_str() {
-        "SAME_UPPER" => return Ok(Padding::SameUpper),
-        "SAME_LOWER" => return Ok(Padding::SameLower),
-        "" | "NOTSET" | "VALID" => {}
-        other => return Err(unsupported(node, format!("auto_pad `{other}`"))),
-    }
-    let pads = a.ints("pads").unwrap_or_else(|| vec![0; 4]);
-    match pads[..] {
-        [t, l, b, r] if pads.iter().all(|p| (0..=MAX_PAD).contains(p)) => Ok(Padding::Explicit {
-            top: t as usize,
-            left: l as usize,
-            bottom: b as usize,
-            right: r as usize,
-        }),
-        _ => Err(unsupported(node, format!("pads {pads:?}"))),
     }
 }

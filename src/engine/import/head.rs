@@ -2,8 +2,9 @@
 //! flattening (Flatten, Reshape, Squeeze), the fully connected layer (Gemm, or MatMul and Add),
 //! and the final Softmax.
 
+use super::attrs::unsupported;
 use super::weights::transpose_oi;
-use super::{unsupported, Importer, Stage};
+use super::{Importer, Stage};
 use crate::engine::onnx::{node_label, pb, Attrs, Constant};
 use crate::engine::plan::{FcLayer, InputLayout, Layer};
 use crate::error::Result;

@@ -5,14 +5,19 @@
 //! This module walks the graph and checks its shape (one input, a single chain of nodes from it
 //! to the output, each op allowed at the current stage, logits at the end); the lowering of each
 //! op is in [`conv`] (the convolution family) and [`head`] (pooling to the classifier), the
-//! weight layouts in [`weights`].
+//! weight layouts in [`weights`]. Quantized (QDQ) graphs have their own walk, [`qdq`].
 
+mod attrs;
 mod conv;
 mod head;
+mod qdq;
 mod weights;
+
+pub use qdq::{import_quantized, import_quantized_bytes, is_quantized};
 
 use std::collections::HashMap;
 
+use self::attrs::unsupported;
 use super::onnx::{self, node_label, pb, Attrs, Constant};
 use super::plan::{InputLayout, Layer, Plan};
 use crate::error::{Error, Result};
@@ -262,13 +267,5 @@ impl<'g> Importer<'g> {
                 .map(Some)
                 .ok_or_else(|| unsupported(node, format!("input `{name}` must be a constant"))),
         }
-    }
-}
-
-fn unsupported(node: &pb::NodeProto, reason: String) -> Error {
-    Error::Unsupported {
-        node: node_label(node),
-        op: node.op_type.clone(),
-        reason,
     }
 }

@@ -1,0 +1,103 @@
+//! The engine's description of an 8-bit quantized network: the float plan's chain of layers,
+//! with integer weights centred on their zero points, int32 biases, and each layer's
+//! requantization into the next layer's uint8 activations.
+
+use crate::engine::plan::{ConvShape, InputLayout};
+use crate::kernels::int8::Requant;
+
+/// A real value `x` is stored as `round(x / scale) + zero`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantParams {
+    /// The real value of one step.
+    pub scale: f32,
+    /// The stored value of a real 0.
+    pub zero: u8,
+}
+
+impl QuantParams {
+    /// The real value of a stored one.
+    pub fn dequantize(&self, q: u8) -> f32 {
+        (i32::from(q) - i32::from(self.zero)) as f32 * self.scale
+    }
+}
+
+/// A quantized convolution: its shape, integer weights and requantization.
+#[derive(Debug, Clone)]
+pub struct QuantConv {
+    /// The ONNX node it came from (for error messages).
+    pub name: String,
+    /// Kind, channels, kernel, strides, padding.
+    pub shape: ConvShape,
+    /// Weights minus their zero point, in the float layout of `shape.kind`.
+    pub weights: Vec<i16>,
+    /// One bias per output channel, in accumulator units.
+    pub bias: Vec<i32>,
+    /// The input activations' quantization.
+    pub input: QuantParams,
+    /// From accumulator to output activation (a fused ReLU/ReLU6 narrows its range).
+    pub requant: Requant,
+    /// The output activations' quantization.
+    pub output: QuantParams,
+}
+
+/// One step of a quantized network.
+#[derive(Debug, Clone)]
+pub enum QuantLayer {
+    /// A convolution (the classifier too, as a 1x1 convolution on the pooled 1x1 map).
+    Conv(QuantConv),
+    /// The mean over the whole feature map, requantized.
+    GlobalAvgPool {
+        /// The ONNX node it came from.
+        name: String,
+        /// The input activations' quantization.
+        input: QuantParams,
+        /// The output activations' quantization.
+        output: QuantParams,
+    },
+}
+
+impl QuantLayer {
+    /// The layer's output quantization.
+    pub fn output(&self) -> QuantParams {
+        match self {
+            QuantLayer::Conv(c) => c.output,
+            QuantLayer::GlobalAvgPool { output, .. } => *output,
+        }
+    }
+}
+
+/// A whole quantized network, ready to run: float images in, float logits out.
+#[derive(Debug, Clone)]
+pub struct QuantPlan {
+    /// Name of the graph input.
+    pub input_name: String,
+    /// Layout the graph expects (the engine takes NHWC regardless).
+    pub input_layout: InputLayout,
+    /// Input channels (3 for RGB).
+    pub in_c: usize,
+    /// Fixed input height, if the graph fixes it.
+    pub height: Option<usize>,
+    /// Fixed input width, if the graph fixes it.
+    pub width: Option<usize>,
+    /// How the float input is quantized (`QuantizeLinear` on the graph input).
+    pub input: QuantParams,
+    /// The layers, in order; the last one's output is dequantized into the logits.
+    pub layers: Vec<QuantLayer>,
+    /// Name of the graph output.
+    pub output_name: String,
+    /// Output features (classes).
+    pub classes: usize,
+}
+
+impl QuantPlan {
+    /// Number of learned parameters (weights and biases).
+    pub fn params(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                QuantLayer::Conv(c) => c.weights.len() + c.bias.len(),
+                QuantLayer::GlobalAvgPool { .. } => 0,
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,134 @@
+//! Scalar reference integer kernels: exact int32 accumulation of `(x - input_zero) * w` over
+//! the taps that land inside the input (a padded tap holds a real 0, which contributes
+//! nothing), plus the bias, then [`Requant`]. They are the specification of the faster tiers.
+
+use super::{QuantLayer, Requant};
+use crate::kernels::generic::tap;
+use crate::kernels::shapes::{ConvGeometry, GemmShape};
+
+/// Dense NHWC convolution (the stem); weights `[kh][kw][in_c][out_c]`.
+pub fn dense_conv(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [u8]) {
+    assert_eq!(
+        layer.weights.len(),
+        g.kh * g.kw * g.in_c * g.out_c,
+        "dense_conv weights length"
+    );
+    let zero = i32::from(layer.input_zero);
+    convolve(g, input, layer, out, |acc, px, t| {
+        let w_tap = &layer.weights[t * g.in_c * g.out_c..(t + 1) * g.in_c * g.out_c];
+        for (&v, w_row) in px.iter().zip(w_tap.chunks_exact(g.out_c)) {
+            let x = i32::from(v) - zero;
+            for (a, &w) in acc.iter_mut().zip(w_row) {
+                *a += x * i32::from(w);
+            }
+        }
+    });
+}
+
+/// Depthwise NHWC convolution (`in_c == out_c`); weights `[kh][kw][c]`.
+pub fn depthwise(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [u8]) {
+    assert_eq!(g.in_c, g.out_c, "depthwise channels");
+    assert_eq!(
+        layer.weights.len(),
+        g.kh * g.kw * g.in_c,
+        "depthwise weights length"
+    );
+    let zero = i32::from(layer.input_zero);
+    convolve(g, input, layer, out, |acc, px, t| {
+        let w = &layer.weights[t * g.in_c..(t + 1) * g.in_c];
+        for ((a, &v), &wv) in acc.iter_mut().zip(px).zip(w) {
+            *a += (i32::from(v) - zero) * i32::from(wv);
+        }
+    });
+}
+
+/// The loop both convolutions share: each output pixel's accumulators start at the bias, get
+/// `accumulate(accumulators, input pixel, tap index)` for every tap inside the input, and are
+/// requantized into `out`.
+fn convolve(
+    g: &ConvGeometry,
+    input: &[u8],
+    layer: &QuantLayer,
+    out: &mut [u8],
+    mut accumulate: impl FnMut(&mut [i32], &[u8], usize),
+) {
+    assert_eq!(input.len(), g.input_len(), "conv input length");
+    assert_eq!(out.len(), g.output_len(), "conv output length");
+    assert_eq!(layer.bias.len(), g.out_c, "conv bias length");
+    let mut acc = vec![0i32; g.out_c];
+    for b in 0..g.batch {
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                acc.copy_from_slice(layer.bias);
+                for ky in 0..g.kh {
+                    let Some(iy) = tap(oy, g.stride_h, ky, g.pad_top, g.in_h) else {
+                        continue;
+                    };
+                    for kx in 0..g.kw {
+                        let Some(ix) = tap(ox, g.stride_w, kx, g.pad_left, g.in_w) else {
+                            continue;
+                        };
+                        let at = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c;
+                        accumulate(&mut acc, &input[at..at + g.in_c], ky * g.kw + kx);
+                    }
+                }
+                let o_at = ((b * g.out_h + oy) * g.out_w + ox) * g.out_c;
+                store(&acc, layer.requant, &mut out[o_at..o_at + g.out_c]);
+            }
+        }
+    }
+}
+
+/// Pointwise convolution as a GEMM: `a` is `[m][k]` activations, the weights `[k][n]`.
+pub fn gemm(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
+    assert_eq!(a.len(), s.m * s.k, "gemm a length");
+    assert_eq!(layer.weights.len(), s.k * s.n, "gemm weights length");
+    assert_eq!(layer.bias.len(), s.n, "gemm bias length");
+    assert_eq!(c.len(), s.m * s.n, "gemm c length");
+    let zero = i32::from(layer.input_zero);
+    let mut acc = vec![0i32; s.n];
+    for i in 0..s.m {
+        acc.copy_from_slice(layer.bias);
+        for (p, &v) in a[i * s.k..(i + 1) * s.k].iter().enumerate() {
+            let x = i32::from(v) - zero;
+            for (sum, &w) in acc.iter_mut().zip(&layer.weights[p * s.n..(p + 1) * s.n]) {
+                *sum += x * i32::from(w);
+            }
+        }
+        store(&acc, layer.requant, &mut c[i * s.n..(i + 1) * s.n]);
+    }
+}
+
+/// Mean over `positions` of each image's channels, requantized: `[batch][positions][c] ->
+/// [batch][c]`. The accumulator is the sum of `x - input_zero`; `requant`'s scales carry the
+/// division by `positions` (input scale / (output scale x positions)).
+pub fn global_avg_pool(
+    batch: usize,
+    positions: usize,
+    c: usize,
+    input: &[u8],
+    input_zero: u8,
+    requant: &Requant,
+    out: &mut [u8],
+) {
+    assert_eq!(input.len(), batch * positions * c, "pool input length");
+    assert_eq!(out.len(), batch * c, "pool output length");
+    let zero = i32::from(input_zero);
+    let mut acc = vec![0i32; c];
+    for b in 0..batch {
+        acc.fill(0);
+        for p in 0..positions {
+            let px = &input[(b * positions + p) * c..(b * positions + p + 1) * c];
+            for (a, &v) in acc.iter_mut().zip(px) {
+                *a += i32::from(v) - zero;
+            }
+        }
+        store(&acc, requant, &mut out[b * c..(b + 1) * c]);
+    }
+}
+
+fn store(acc: &[i32], requant: &Requant, out: &mut [u8]) {
+    for (ch, (o, &a)) in out.iter_mut().zip(acc).enumerate() {
+        *o = requant.apply(a, ch);
+    }
+}
