@@ -100,6 +100,27 @@ impl GraphBuilder {
         name
     }
 
+    /// Adds an integer initializer of ONNX type `data_type` (2 uint8, 3 int8, 6 int32) and
+    /// returns its name. 8-bit values go in `raw_data`, int32 ones in `int32_data`, as exporters
+    /// write them.
+    pub fn init_int(&mut self, dims: &[i64], data_type: i32, data: &[i64]) -> String {
+        assert_eq!(dims.iter().product::<i64>() as usize, data.len());
+        let name = self.fresh("q");
+        let mut t = pb::TensorProto {
+            name: name.clone(),
+            dims: dims.to_vec(),
+            data_type,
+            ..Default::default()
+        };
+        match data_type {
+            2 | 3 => t.raw_data = data.iter().map(|&v| v as u8).collect(),
+            6 => t.int32_data = data.iter().map(|&v| v as i32).collect(),
+            other => panic!("init_int: type {other}"),
+        }
+        self.inits.push(t);
+        name
+    }
+
     /// Adds a node with a generated name and output; returns the output name.
     pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
         let out = self.fresh(&op.to_lowercase());

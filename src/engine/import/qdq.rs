@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use super::attrs::{conv_padding, pads_nothing_1x1, unsupported};
 use super::weights::{pack_dense, pack_depthwise, transpose_oi};
 use crate::engine::onnx::{self, node_label, pb, Attrs, Constant, Element};
-use crate::engine::plan::{ConvKind, ConvShape, InputLayout};
+use crate::engine::plan::{ConvKind, ConvShape, InputLayout, Padding};
 use crate::engine::quant::plan::{QuantConv, QuantLayer, QuantParams, QuantPlan};
 use crate::error::{Error, Result};
 use crate::kernels::int8::Requant;
@@ -51,6 +51,8 @@ struct Dequantized {
     scales: Vec<f32>,
     /// One zero point, or one per output channel.
     zeros: Vec<i64>,
+    /// The axis of the per-channel scales (meaningless for one scale).
+    axis: usize,
 }
 
 impl Dequantized {
@@ -60,6 +62,21 @@ impl Dequantized {
 
     fn zero(&self, channel: usize) -> i64 {
         self.zeros[if self.zeros.len() == 1 { 0 } else { channel }]
+    }
+
+    /// Refuses per-channel quantization along any axis but `output` (the output channels).
+    fn check_axis(&self, node: &pb::NodeProto, output: usize) -> Result<()> {
+        if self.scales.len() > 1 && self.axis != output {
+            return Err(unsupported(
+                node,
+                format!(
+                    "weights quantized per channel along axis {}, not along the output \
+                     channels (axis {output})",
+                    self.axis
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -233,6 +250,7 @@ impl<'g> Walk<'g> {
             "QuantizeLinear" => self.quantize(node)?,
             "DequantizeLinear" => self.dequantize(node)?,
             "Conv" => self.conv(node)?,
+            "Gemm" if self.pooled => self.gemm(node)?,
             "Relu" => self.activation(node, 0.0, f32::INFINITY)?,
             "Clip" => {
                 let (lo, hi) = self.clip_bounds(node)?;
@@ -287,6 +305,8 @@ impl<'g> Walk<'g> {
                 input,
                 output: params,
             }),
+            // Quantizing again with the same parameters (after a Flatten) changes nothing.
+            State::Real(q) if q == params => {}
             other => {
                 return Err(unsupported(
                     node,
@@ -375,13 +395,15 @@ impl<'g> Walk<'g> {
             ));
         }
         let per_channel = scale.values.len() > 1;
+        let rank = x.dims.len() as i64;
         let axis = Attrs(node).int("axis").unwrap_or(1);
-        if per_channel && (axis != 0 || x.dims.first() != Some(&scale.values.len())) {
+        let axis = if axis < 0 { axis + rank } else { axis };
+        let fits = (0..rank).contains(&axis) && x.dims[axis as usize] == scale.values.len();
+        if per_channel && !fits {
             return Err(unsupported(
                 node,
                 format!(
-                    "per-axis quantization must be along axis 0 (output channels); got axis \
-                     {axis} with {} scales for shape {:?}",
+                    "{} scales along axis {axis} of shape {:?}",
                     scale.values.len(),
                     x.dims
                 ),
@@ -397,6 +419,7 @@ impl<'g> Walk<'g> {
             element: x.element,
             scales,
             zeros: zero.to_i64(),
+            axis: axis.max(0) as usize,
         };
         for out in &node.output {
             self.dequantized.insert(out.clone(), value.clone());
@@ -415,6 +438,7 @@ impl<'g> Walk<'g> {
         if !matches!(w.element, Element::U8 | Element::I8) {
             return Err(unsupported(node, "weights must be uint8 or int8".into()));
         }
+        w.check_axis(node, 0)?;
         let [m, cg, kh, kw] = w.dims[..] else {
             return Err(unsupported(
                 node,
@@ -474,7 +498,94 @@ impl<'g> Walk<'g> {
                 format!("grouped conv with group={group}, {in_c} -> {m} channels (only group=1 or depthwise)"),
             ));
         };
+        let shape = ConvShape {
+            kind,
+            in_c,
+            out_c: m,
+            kh,
+            kw,
+            stride_h: sh as usize,
+            stride_w: sw as usize,
+            padding,
+        };
         let weight_scales: Vec<f32> = (0..m).map(|o| w.scale(o)).collect();
+        self.open_layer(node, input, shape, weights, weight_scales)
+    }
+
+    /// The classifier as a `Gemm` on the pooled vector: a 1x1 convolution.
+    fn gemm(&mut self, node: &pb::NodeProto) -> Result<()> {
+        let State::Real(input) = self.state else {
+            return Err(unsupported(
+                node,
+                "a Gemm's input must be a DequantizeLinear output".into(),
+            ));
+        };
+        let a = Attrs(node);
+        if a.int("transA").unwrap_or(0) != 0
+            || a.float("alpha").unwrap_or(1.0) != 1.0
+            || a.float("beta").unwrap_or(1.0) != 1.0
+        {
+            return Err(unsupported(
+                node,
+                "only Gemm with transA = 0 and alpha = beta = 1 is supported".into(),
+            ));
+        }
+        let w = self.dequantized_input(node, 1, "weight")?;
+        if !matches!(w.element, Element::U8 | Element::I8) {
+            return Err(unsupported(node, "weights must be uint8 or int8".into()));
+        }
+        let trans_b = a.int("transB").unwrap_or(0) != 0;
+        let [rows, cols] = w.dims[..] else {
+            return Err(unsupported(
+                node,
+                format!("weight shape {:?} is not 2-D", w.dims),
+            ));
+        };
+        let (k, n) = if trans_b { (cols, rows) } else { (rows, cols) };
+        w.check_axis(node, usize::from(!trans_b))?;
+        if k != self.channels {
+            return Err(unsupported(
+                node,
+                format!("expects {k} features, gets {}", self.channels),
+            ));
+        }
+        // Centred, in the GEMM layout [k][n].
+        let mut weights = vec![0i16; k * n];
+        for (i, &v) in w.values.iter().enumerate() {
+            let (r, c) = (i / cols, i % cols);
+            let (p, o) = if trans_b { (c, r) } else { (r, c) };
+            weights[p * n + o] = (v - w.zero(o)) as i16;
+        }
+        let shape = ConvShape {
+            kind: ConvKind::Pointwise,
+            in_c: k,
+            out_c: n,
+            kh: 1,
+            kw: 1,
+            stride_h: 1,
+            stride_w: 1,
+            padding: Padding::Explicit {
+                top: 0,
+                left: 0,
+                bottom: 0,
+                right: 0,
+            },
+        };
+        let weight_scales: Vec<f32> = (0..n).map(|o| w.scale(o)).collect();
+        self.open_layer(node, input, shape, weights, weight_scales)
+    }
+
+    /// Starts the integer layer of `node` (its output is quantized by the next node): reads and
+    /// checks its bias, and refuses weights that could overflow an int32 accumulator.
+    fn open_layer(
+        &mut self,
+        node: &pb::NodeProto,
+        input: QuantParams,
+        shape: ConvShape,
+        weights: Vec<i16>,
+        weight_scales: Vec<f32>,
+    ) -> Result<()> {
+        let m = shape.out_c;
         let bias = match node.input.get(2).filter(|n| !n.is_empty()) {
             None => vec![0; m],
             Some(_) => {
@@ -482,7 +593,6 @@ impl<'g> Walk<'g> {
                 bias_values(node, b, input.scale, &weight_scales, m)?
             }
         };
-        // The kernels accumulate in int32: refuse a layer whose worst case could overflow.
         for (o, &b) in bias.iter().enumerate() {
             let worst: i64 = weights_of(&weights, o, m)
                 .map(|v| 255 * i64::from(v).abs())
@@ -497,16 +607,7 @@ impl<'g> Walk<'g> {
         }
         self.state = State::Conv(Box::new(PendingConv {
             name: node_label(node),
-            shape: ConvShape {
-                kind,
-                in_c,
-                out_c: m,
-                kh,
-                kw,
-                stride_h: sh as usize,
-                stride_w: sw as usize,
-                padding,
-            },
+            shape,
             weights,
             bias,
             input,
