@@ -131,6 +131,8 @@ pub struct KernelSet {
     pub gemm_panel_cols: Option<usize>,
     /// Global average pooling.
     pub global_avg_pool: GlobalAvgPoolFn,
+    /// The integer kernels of the same tier, for quantized models.
+    pub int8: int8::Int8Kernels,
 }
 
 impl fmt::Debug for KernelSet {
@@ -153,6 +155,7 @@ impl KernelSet {
             gemm_rows: 1,
             gemm_panel_cols: None,
             global_avg_pool: generic::global_avg_pool,
+            int8: int8::Int8Kernels::scalar(),
         }
     }
 
@@ -180,6 +183,7 @@ impl KernelSet {
                 pack_gemm_b: x86_64::avx2::pack_gemm_b,
                 gemm_rows: x86_64::avx2::GEMM_ROWS,
                 gemm_panel_cols: Some(x86_64::avx2::GEMM_PANEL_COLS),
+                int8: int8::Int8Kernels::avx2(),
                 ..scalar
             },
             #[cfg(target_arch = "x86_64")]
@@ -191,6 +195,7 @@ impl KernelSet {
                 pack_gemm_b: x86_64::avx512::pack_gemm_b,
                 gemm_rows: x86_64::avx512::GEMM_ROWS,
                 gemm_panel_cols: Some(x86_64::avx512::GEMM_PANEL_COLS),
+                int8: int8::Int8Kernels::avx2(),
                 ..scalar
             },
             #[cfg(not(target_arch = "x86_64"))]

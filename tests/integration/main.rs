@@ -12,6 +12,7 @@ mod drain;
 mod grpc;
 mod http;
 mod import;
+mod int8_kernels;
 mod integrity;
 mod kernels;
 mod layers;

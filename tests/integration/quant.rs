@@ -13,10 +13,15 @@ use mobilenet_serve::engine::plan::InputLayout;
 use mobilenet_serve::engine::quant::plan::QuantLayer;
 use mobilenet_serve::engine::quant::QuantModel;
 use mobilenet_serve::engine::reference::TractReference;
-use mobilenet_serve::kernels::Tier;
+use mobilenet_serve::kernels::{KernelSet, Tier, TierChoice};
 use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
 use mobilenet_serve::pipeline::postprocess::argmax;
 use mobilenet_serve::pipeline::preprocess::{preprocess, Normalization};
+
+/// The fastest kernels of this machine.
+fn best() -> KernelSet {
+    KernelSet::select(TierChoice::Auto).unwrap()
+}
 
 fn int8_dir() -> PathBuf {
     zoo_dir().join("int8")
@@ -122,7 +127,7 @@ fn int8_runs_agree_with_tract_to_the_quantum() {
     let bytes = std::fs::read(int8_dir().join(file)).unwrap();
     let plan = import_quantized_bytes(&bytes).unwrap();
     let quantum = plan.layers.last().unwrap().output().scale;
-    let model = QuantModel::new(plan);
+    let model = QuantModel::new(plan, best());
     let tract = TractReference::new(
         &decode_model(&bytes).unwrap(),
         InputLayout::Nchw,
@@ -177,7 +182,7 @@ fn int8_runs_agree_with_tract_to_the_quantum() {
 fn int8_accuracy_on_the_sample_matches_onnx_runtime() {
     let (file, rho, ort_top1) = ("mobilenet_v1_0.25_128_quant.onnx", 128, 53.5);
     let bytes = std::fs::read(int8_dir().join(file)).unwrap();
-    let model = QuantModel::new(import_quantized_bytes(&bytes).unwrap());
+    let model = QuantModel::new(import_quantized_bytes(&bytes).unwrap(), best());
     let (mut n, mut right) = (0, 0);
     for (input, class) in images(usize::MAX, rho) {
         let out = model.run(Nhwc::new(&input, 1, rho, rho)).unwrap();
@@ -358,7 +363,7 @@ fn both_qdq_styles_load_and_agree_with_tract() {
         let plan = import_quantized_bytes(&bytes).unwrap_or_else(|e| panic!("{style:?}: {e}"));
         assert_eq!((plan.layers.len(), plan.classes), (5, 10), "{style:?}");
         let quantum = plan.layers.last().unwrap().output().scale;
-        let model = QuantModel::new(plan);
+        let model = QuantModel::new(plan, best());
         let tract =
             TractReference::new(&decode_model(&bytes).unwrap(), InputLayout::Nchw, 16, 16, 3)
                 .unwrap();
@@ -418,6 +423,27 @@ fn qdq_patterns_outside_the_two_styles_are_refused_by_name() {
         assert!(
             text.contains(says) && text.contains("node `"),
             "{style:?}: {text}"
+        );
+    }
+}
+
+/// Every tier gives the same logits, bit for bit, on a whole zoo model and real images.
+#[test]
+fn every_tier_runs_the_int8_zoo_bit_exactly() {
+    let (file, rho) = ("mobilenet_v1_0.5_160_quant.onnx", 160);
+    let plan = import_quantized_bytes(&std::fs::read(int8_dir().join(file)).unwrap()).unwrap();
+    let models: Vec<QuantModel> = Tier::supported()
+        .into_iter()
+        .map(|t| QuantModel::new(plan.clone(), KernelSet::for_tier(t).unwrap()))
+        .collect();
+    let inputs: Vec<f32> = images(3, rho).flat_map(|(x, _)| x).collect();
+    let want = models[0].run(Nhwc::new(&inputs, 3, rho, rho)).unwrap();
+    for m in &models[1..] {
+        let got = m.run(Nhwc::new(&inputs, 3, rho, rho)).unwrap();
+        assert!(
+            got == want,
+            "{} differs from the scalar tier",
+            m.kernels().tier
         );
     }
 }

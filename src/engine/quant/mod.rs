@@ -1,5 +1,5 @@
 //! 8-bit quantized networks: their plan (imported from ONNX QDQ graphs by
-//! `engine::import::qdq`) and how it runs on the integer kernels. Float images go in and float
+//! `engine::import::qdq`) and how it runs on one tier's integer kernels. Float images go in and float
 //! logits come out, as for a float model: the input is quantized by the graph's own
 //! `QuantizeLinear`, and the last layer's uint8 output is dequantized.
 
@@ -11,18 +11,50 @@ use super::plan::ConvKind;
 use crate::error::{Error, Result};
 use crate::kernels::int8::requant::quantize;
 use crate::kernels::int8::{generic, QuantLayer as Operands, Requant};
-use crate::kernels::GemmShape;
+use crate::kernels::{GemmShape, KernelSet};
 
-/// A quantized network bound to the scalar integer kernels.
+/// A quantized network bound to one tier's integer kernels, its weights packed for them.
 #[derive(Debug, Clone)]
 pub struct QuantModel {
     plan: QuantPlan,
+    kernels: KernelSet,
+    /// Each layer's weights in the tier's layout (empty for a pool).
+    packed: Vec<Vec<i16>>,
 }
 
 impl QuantModel {
-    /// The model of `plan`.
-    pub fn new(plan: QuantPlan) -> Self {
-        QuantModel { plan }
+    /// Binds `plan` to `kernels`, packing every layer's weights for them.
+    pub fn new(plan: QuantPlan, kernels: KernelSet) -> Self {
+        let k = kernels.int8;
+        let packed = plan
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                QuantLayer::Conv(conv) => {
+                    let s = conv.shape;
+                    match s.kind {
+                        ConvKind::Dense => {
+                            (k.pack_gemm)(s.kh * s.kw * s.in_c, s.out_c, &conv.weights)
+                        }
+                        ConvKind::Pointwise => (k.pack_gemm)(s.in_c, s.out_c, &conv.weights),
+                        ConvKind::Depthwise => {
+                            (k.pack_depthwise)(s.kh * s.kw, s.out_c, &conv.weights)
+                        }
+                    }
+                }
+                QuantLayer::GlobalAvgPool { .. } => Vec::new(),
+            })
+            .collect();
+        QuantModel {
+            plan,
+            kernels,
+            packed,
+        }
+    }
+
+    /// The kernels it runs on.
+    pub fn kernels(&self) -> &KernelSet {
+        &self.kernels
     }
 
     /// Its plan.
@@ -45,7 +77,8 @@ impl QuantModel {
         let (scale, zero) = (plan.input.scale, plan.input.zero);
         let mut current: Vec<u8> = data.iter().map(|&x| quantize(x, scale, zero)).collect();
         let (mut h, mut w, mut c) = (h, w, plan.in_c);
-        for layer in &plan.layers {
+        let k = self.kernels.int8;
+        for (layer, weights) in plan.layers.iter().zip(&self.packed) {
             match layer {
                 QuantLayer::Conv(conv) => {
                     let g = conv.shape.geometry(&conv.name, batch, h, w)?;
@@ -56,24 +89,34 @@ impl QuantModel {
                         )));
                     }
                     let operands = Operands {
-                        weights: &conv.weights,
+                        weights,
                         bias: &conv.bias,
                         input_zero: conv.input.zero,
                         requant: &conv.requant,
                     };
                     let mut out = vec![0u8; g.output_len()];
+                    let pixels = batch * g.out_h * g.out_w;
                     match conv.shape.kind {
-                        ConvKind::Dense => generic::dense_conv(&g, &current, &operands, &mut out),
-                        ConvKind::Depthwise => {
-                            generic::depthwise(&g, &current, &operands, &mut out)
+                        ConvKind::Dense => {
+                            // The stem as a GEMM on its patches.
+                            let patch = g.kh * g.kw * g.in_c;
+                            let mut patches = vec![0u8; pixels * patch];
+                            generic::im2col(&g, &current, conv.input.zero, &mut patches);
+                            let shape = GemmShape {
+                                m: pixels,
+                                k: patch,
+                                n: g.out_c,
+                            };
+                            (k.gemm)(&shape, &patches, &operands, &mut out)
                         }
+                        ConvKind::Depthwise => (k.depthwise)(&g, &current, &operands, &mut out),
                         ConvKind::Pointwise => {
                             let shape = GemmShape {
-                                m: batch * h * w,
+                                m: pixels,
                                 k: g.in_c,
                                 n: g.out_c,
                             };
-                            generic::gemm(&shape, &current, &operands, &mut out)
+                            (k.gemm)(&shape, &current, &operands, &mut out)
                         }
                     }
                     current = out;

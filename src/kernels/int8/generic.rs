@@ -2,7 +2,8 @@
 //! the taps that land inside the input (a padded tap holds a real 0, which contributes
 //! nothing), plus the bias, then [`Requant`]. They are the specification of the faster tiers.
 
-use super::{QuantLayer, Requant};
+use super::operands::QuantLayer;
+use super::requant::Requant;
 use crate::kernels::generic::tap;
 use crate::kernels::shapes::{ConvGeometry, GemmShape};
 
@@ -130,5 +131,45 @@ pub fn global_avg_pool(
 fn store(acc: &[i32], requant: &Requant, out: &mut [u8]) {
     for (ch, (o, &a)) in out.iter_mut().zip(acc).enumerate() {
         *o = requant.apply(a, ch);
+    }
+}
+
+/// The scalar tier's packing: the row-major layout as it is.
+pub fn keep_layout(rows: usize, columns: usize, w: &[i16]) -> Vec<i16> {
+    assert_eq!(w.len(), rows * columns, "weights length");
+    w.to_vec()
+}
+
+/// Lays out the patch every output pixel of `g` reads as one row of `[kh][kw][in_c]` bytes,
+/// padded taps holding the zero point `zero`: a dense convolution becomes a GEMM on weights
+/// `[kh][kw][in_c][out_c]`. `out` is `[batch * out_h * out_w][kh * kw * in_c]`.
+pub fn im2col(g: &ConvGeometry, input: &[u8], zero: u8, out: &mut [u8]) {
+    let patch = g.kh * g.kw * g.in_c;
+    assert_eq!(input.len(), g.input_len(), "im2col input length");
+    assert_eq!(
+        out.len(),
+        g.batch * g.out_h * g.out_w * patch,
+        "im2col output length"
+    );
+    let mut rows = out.chunks_exact_mut(patch);
+    for b in 0..g.batch {
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                let Some(row) = rows.next() else { return };
+                for (t, dst) in row.chunks_exact_mut(g.in_c).enumerate() {
+                    let (ky, kx) = (t / g.kw, t % g.kw);
+                    match (
+                        tap(oy, g.stride_h, ky, g.pad_top, g.in_h),
+                        tap(ox, g.stride_w, kx, g.pad_left, g.in_w),
+                    ) {
+                        (Some(iy), Some(ix)) => {
+                            let at = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c;
+                            dst.copy_from_slice(&input[at..at + g.in_c]);
+                        }
+                        _ => dst.fill(zero),
+                    }
+                }
+            }
+        }
     }
 }

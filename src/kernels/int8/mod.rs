@@ -3,24 +3,67 @@
 //!
 //! [`generic`] is the scalar reference, the specification of every faster tier; [`requant`]
 //! defines the arithmetic that turns an accumulator into an activation, and how far it may be
-//! from the real-number definition.
+//! from the real-number definition. [`Int8Kernels`] is one tier's table of them; the kernel set
+//! of `kernels` carries the one of its tier.
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
 pub mod generic;
+pub mod operands;
 pub mod requant;
 
+pub use operands::QuantLayer;
 pub use requant::Requant;
 
-/// One quantized layer's parameters as the kernels read them.
-#[derive(Debug, Clone, Copy)]
-pub struct QuantLayer<'a> {
-    /// Weights minus their zero point, in the float kernels' layout for the layer's kind
-    /// (`[kh][kw][in_c][out_c]`, `[kh][kw][c]` or `[in_c][out_c]`).
-    pub weights: &'a [i16],
-    /// One bias per output channel, in accumulator units (input scale x weight scale).
-    pub bias: &'a [i32],
-    /// The input activations' zero point: the quantized value of a real 0, which the padding
-    /// holds too.
-    pub input_zero: u8,
-    /// From accumulator to output activation.
-    pub requant: &'a Requant,
+use crate::kernels::shapes::{ConvGeometry, GemmShape};
+
+/// `c = requant(bias + (a - zero) x b)` for `a` `[m][k]` and weights packed by the same tier's
+/// [`PackFn`] from `[k][n]`: pointwise convolutions, the classifier, and the stem after
+/// [`generic::im2col`].
+pub type GemmFn = fn(&GemmShape, &[u8], &QuantLayer, &mut [u8]);
+/// Depthwise convolution on weights packed by the same tier's [`PackFn`] from `[taps][c]`.
+pub type DepthwiseFn = fn(&ConvGeometry, &[u8], &QuantLayer, &mut [u8]);
+/// Packs centred weights, once at load: `(rows, columns, weights)` for a row-major matrix.
+pub type PackFn = fn(usize, usize, &[i16]) -> Vec<i16>;
+
+/// One tier's integer kernels.
+#[derive(Clone, Copy)]
+pub struct Int8Kernels {
+    /// The GEMM.
+    pub gemm: GemmFn,
+    /// Its weight packing.
+    pub pack_gemm: PackFn,
+    /// The depthwise convolution.
+    pub depthwise: DepthwiseFn,
+    /// Its weight packing.
+    pub pack_depthwise: PackFn,
+}
+
+impl std::fmt::Debug for Int8Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Int8Kernels")
+    }
+}
+
+impl Int8Kernels {
+    /// The scalar reference: weights stay in their row-major layouts.
+    pub fn scalar() -> Self {
+        Int8Kernels {
+            gemm: generic::gemm,
+            pack_gemm: generic::keep_layout,
+            depthwise: generic::depthwise,
+            pack_depthwise: generic::keep_layout,
+        }
+    }
+
+    /// The AVX2 kernels (the AVX-512 tier runs them too until it has its own).
+    #[cfg(target_arch = "x86_64")]
+    pub fn avx2() -> Self {
+        Int8Kernels {
+            gemm: avx2::gemm,
+            pack_gemm: avx2::pack_gemm,
+            depthwise: avx2::depthwise,
+            pack_depthwise: avx2::pack_depthwise,
+        }
+    }
 }

@@ -1,0 +1,318 @@
+//! AVX2 integer kernels, bit-exact with [`super::generic`].
+//!
+//! AVX2 has no 8-bit dot product that cannot saturate: `vpmaddubsw` adds two u8 x s8 products
+//! into an i16, and 255 x 127 x 2 overflows it. These kernels widen both operands to 16 bits
+//! first (activations minus their zero point, weights minus theirs, both within -255..=255) and
+//! multiply-add pairs with `vpmaddwd` into i32, which is exact: a pair of products is at most
+//! 2 x 255^2. That is 16 multiply-adds per instruction, as many as an FP32 FMA's 8 lanes times
+//! two; what int8 saves on this tier is memory traffic, not arithmetic.
+//!
+//! Weights are packed at load so that one 256-bit load holds the pairs of 8 output channels:
+//! the GEMM's as `[panel of 16 columns][k pair][16][2]`, the depthwise's as `[group of 8
+//! channels][tap pair][8][2]`, both zero-padded.
+
+use std::arch::x86_64::*;
+
+use super::operands::QuantLayer;
+use super::requant::Requant;
+use crate::kernels::generic::tap;
+use crate::kernels::shapes::{ConvGeometry, GemmShape};
+
+/// Output columns per GEMM panel (two vectors of 8 accumulators).
+const NR: usize = 16;
+/// Rows per GEMM tile.
+const MR: usize = 4;
+/// Channels per depthwise group.
+const GROUP: usize = 8;
+
+/// Whether this CPU runs these kernels.
+pub fn supported() -> bool {
+    is_x86_feature_detected!("avx2")
+}
+
+/// Packs centred GEMM weights `[k][n]` into panels of 16 columns, `[panel][k / 2][16][2]`, with
+/// `k` rounded up to even and `n` to 16 by zeros.
+pub fn pack_gemm(k: usize, n: usize, w: &[i16]) -> Vec<i16> {
+    assert_eq!(w.len(), k * n, "gemm weights length");
+    let pairs = k.div_ceil(2);
+    let mut out = vec![0i16; n.div_ceil(NR) * pairs * NR * 2];
+    for p in 0..k {
+        for j in 0..n {
+            let (panel, col) = (j / NR, j % NR);
+            out[((panel * pairs + p / 2) * NR + col) * 2 + p % 2] = w[p * n + j];
+        }
+    }
+    out
+}
+
+/// Packs centred depthwise weights `[taps][c]` into groups of 8 channels, `[c / 8][taps /
+/// 2][8][2]`, with the taps rounded up to even and the channels to 8 by zeros.
+pub fn pack_depthwise(taps: usize, c: usize, w: &[i16]) -> Vec<i16> {
+    assert_eq!(w.len(), taps * c, "depthwise weights length");
+    let pairs = taps.div_ceil(2);
+    let mut out = vec![0i16; c.div_ceil(GROUP) * pairs * GROUP * 2];
+    for t in 0..taps {
+        for ch in 0..c {
+            let (group, lane) = (ch / GROUP, ch % GROUP);
+            out[((group * pairs + t / 2) * GROUP + lane) * 2 + t % 2] = w[t * c + ch];
+        }
+    }
+    out
+}
+
+/// The GEMM `c = requant(bias + (a - zero) x b)` on weights packed by [`pack_gemm`].
+pub fn gemm(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
+    let pairs = s.k.div_ceil(2);
+    let panels = s.n.div_ceil(NR);
+    assert_eq!(a.len(), s.m * s.k, "gemm a length");
+    assert_eq!(
+        layer.weights.len(),
+        panels * pairs * NR * 2,
+        "packed weights"
+    );
+    assert_eq!(layer.bias.len(), s.n, "gemm bias length");
+    assert_eq!(layer.requant.scale.len(), s.n, "gemm scales");
+    assert_eq!(c.len(), s.m * s.n, "gemm c length");
+    assert!(supported(), "the AVX2 int8 GEMM needs AVX2");
+    // SAFETY: AVX2 is present (checked above).
+    unsafe { gemm_avx2(s, a, layer, c) }
+}
+
+#[target_feature(enable = "avx2")]
+fn gemm_avx2(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
+    let pairs = s.k.div_ceil(2);
+    // Each row's centred activations as 16-bit pairs in one i32, ready to broadcast.
+    let zero = i32::from(layer.input_zero);
+    let mut rows = vec![0i32; s.m * pairs];
+    for (row, dst) in a.chunks_exact(s.k).zip(rows.chunks_exact_mut(pairs)) {
+        for (p, d) in dst.iter_mut().enumerate() {
+            let lo = i32::from(row[2 * p]) - zero;
+            let hi = row.get(2 * p + 1).map_or(0, |&v| i32::from(v) - zero);
+            *d = (lo & 0xffff) | (hi << 16);
+        }
+    }
+    let padded = s.n.div_ceil(NR) * NR;
+    let params = Epilogue::new(layer.bias, layer.requant, padded);
+    for (panel, w) in layer.weights.chunks_exact(pairs * NR * 2).enumerate() {
+        let col = panel * NR;
+        let width = NR.min(s.n - col);
+        let mut i = 0;
+        while i < s.m {
+            let tile = Tile {
+                rows: &rows[i * pairs..],
+                pairs,
+                weights: w,
+                out_row: i,
+                col,
+                width,
+            };
+            i += match s.m - i {
+                1 => tile.run::<1>(&params, s.n, c),
+                2 => tile.run::<2>(&params, s.n, c),
+                3 => tile.run::<3>(&params, s.n, c),
+                _ => tile.run::<MR>(&params, s.n, c),
+            };
+        }
+    }
+}
+
+/// The per-column data of the requantization, padded to whole vectors.
+struct Epilogue {
+    bias: Vec<i32>,
+    scale: Vec<f32>,
+    zero: i32,
+    lo: f32,
+    hi: f32,
+}
+
+impl Epilogue {
+    fn new(bias: &[i32], requant: &Requant, padded: usize) -> Self {
+        let mut b = vec![0; padded];
+        b[..bias.len()].copy_from_slice(bias);
+        let mut scale = vec![0.0; padded];
+        scale[..requant.scale.len()].copy_from_slice(&requant.scale);
+        let zero = i32::from(requant.zero);
+        Epilogue {
+            bias: b,
+            scale,
+            zero,
+            lo: (i32::from(requant.lo) - zero) as f32,
+            hi: (i32::from(requant.hi) - zero) as f32,
+        }
+    }
+
+    /// Requantizes the 8 accumulators of columns `col..col + 8`, as [`Requant::apply`] does
+    /// one: `round_half_even(clamp(f32(acc + bias) * scale)) + zero` (the conversion rounds
+    /// half to even under the default MXCSR, which nothing in this process changes).
+    #[target_feature(enable = "avx2")]
+    fn apply(&self, acc: __m256i, col: usize) -> __m256i {
+        let bias = &self.bias[col..col + 8];
+        let scale = &self.scale[col..col + 8];
+        // SAFETY: both slices hold exactly 8 elements (sliced above).
+        let (bias, scale) = unsafe {
+            (
+                _mm256_loadu_si256(bias.as_ptr().cast()),
+                _mm256_loadu_ps(scale.as_ptr()),
+            )
+        };
+        let x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, bias)), scale);
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(self.lo)),
+            _mm256_set1_ps(self.hi),
+        );
+        _mm256_add_epi32(_mm256_cvtps_epi32(x), _mm256_set1_epi32(self.zero))
+    }
+}
+
+/// Up to `R` rows of one 16-column panel.
+struct Tile<'a> {
+    /// The first row's activation pairs; the next rows follow every `pairs`.
+    rows: &'a [i32],
+    pairs: usize,
+    /// The panel's packed weights.
+    weights: &'a [i16],
+    out_row: usize,
+    col: usize,
+    /// Valid columns of the panel (16 but in the last).
+    width: usize,
+}
+
+impl Tile<'_> {
+    /// Computes `R` rows and returns `R`.
+    #[target_feature(enable = "avx2")]
+    fn run<const R: usize>(&self, params: &Epilogue, n: usize, c: &mut [u8]) -> usize {
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        let rows = &self.rows[..R * self.pairs];
+        for (p, w) in self.weights.chunks_exact(NR * 2).enumerate() {
+            // SAFETY: `w` holds 32 i16, two 256-bit vectors.
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_loadu_si256(w.as_ptr().cast()),
+                    _mm256_loadu_si256(w.as_ptr().add(16).cast()),
+                )
+            };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = _mm256_set1_epi32(rows[r * self.pairs + p]);
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(a, b0));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(a, b1));
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let lo = params.apply(acc[0], self.col);
+            let hi = params.apply(acc[1], self.col + 8);
+            let bytes = pack_16(lo, hi);
+            let at = (self.out_row + r) * n + self.col;
+            store_bytes(bytes, &mut c[at..at + self.width]);
+        }
+        R
+    }
+}
+
+/// 16 i32 values within 0..=255 (columns 0-7 in `lo`, 8-15 in `hi`) as 16 bytes in order.
+#[target_feature(enable = "avx2")]
+fn pack_16(lo: __m256i, hi: __m256i) -> __m128i {
+    // packs works within 128-bit lanes: reorder the quadwords after each step.
+    let words = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(lo, hi));
+    let bytes = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(words, words));
+    _mm256_castsi256_si128(bytes)
+}
+
+/// Stores the first `out.len()` (at most 16) bytes of `v`.
+#[target_feature(enable = "avx2")]
+fn store_bytes(v: __m128i, out: &mut [u8]) {
+    if out.len() == 16 {
+        // SAFETY: `out` holds 16 bytes.
+        unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), v) };
+    } else {
+        let mut tmp = [0u8; 16];
+        // SAFETY: `tmp` holds 16 bytes.
+        unsafe { _mm_storeu_si128(tmp.as_mut_ptr().cast(), v) };
+        out.copy_from_slice(&tmp[..out.len()]);
+    }
+}
+
+/// Depthwise convolution on weights packed by [`pack_depthwise`].
+pub fn depthwise(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [u8]) {
+    let taps = g.kh * g.kw;
+    assert_eq!(g.in_c, g.out_c, "depthwise channels");
+    assert_eq!(input.len(), g.input_len(), "depthwise input length");
+    assert_eq!(out.len(), g.output_len(), "depthwise output length");
+    assert_eq!(
+        layer.weights.len(),
+        g.in_c.div_ceil(GROUP) * taps.div_ceil(2) * GROUP * 2,
+        "packed depthwise weights"
+    );
+    assert_eq!(layer.bias.len(), g.out_c, "depthwise bias length");
+    assert_eq!(layer.requant.scale.len(), g.out_c, "depthwise scales");
+    assert!(supported(), "the AVX2 int8 depthwise needs AVX2");
+    // SAFETY: AVX2 is present (checked above).
+    unsafe { depthwise_avx2(g, input, layer, out) }
+}
+
+#[target_feature(enable = "avx2")]
+fn depthwise_avx2(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [u8]) {
+    let c = g.in_c;
+    let taps = g.kh * g.kw;
+    let pairs = taps.div_ceil(2);
+    // A padded tap reads the zero point: a real 0, which adds nothing.
+    let padding = vec![layer.input_zero; c];
+    let mut sources: Vec<&[u8]> = vec![&padding; 2 * pairs];
+    let params = Epilogue::new(layer.bias, layer.requant, c.div_ceil(GROUP) * GROUP);
+    let zero = _mm256_set1_epi16(i16::from(layer.input_zero));
+    let full = c / GROUP * GROUP;
+    for b in 0..g.batch {
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                for ky in 0..g.kh {
+                    let iy = tap(oy, g.stride_h, ky, g.pad_top, g.in_h);
+                    for kx in 0..g.kw {
+                        let ix = tap(ox, g.stride_w, kx, g.pad_left, g.in_w);
+                        sources[ky * g.kw + kx] = match (iy, ix) {
+                            (Some(iy), Some(ix)) => {
+                                let at = ((b * g.in_h + iy) * g.in_w + ix) * c;
+                                &input[at..at + c]
+                            }
+                            _ => &padding,
+                        };
+                    }
+                }
+                let o_at = ((b * g.out_h + oy) * g.out_w + ox) * c;
+                let o = &mut out[o_at..o_at + c];
+                for group in 0..full / GROUP {
+                    let ch = group * GROUP;
+                    let w = &layer.weights[group * pairs * GROUP * 2..][..pairs * GROUP * 2];
+                    let mut acc = _mm256_setzero_si256();
+                    for (p, w) in w.chunks_exact(GROUP * 2).enumerate() {
+                        let (x0, x1) =
+                            (&sources[2 * p][ch..ch + 8], &sources[2 * p + 1][ch..ch + 8]);
+                        // SAFETY: `x0`, `x1` hold 8 bytes each, `w` 16 i16.
+                        let (x0, x1, w) = unsafe {
+                            (
+                                _mm_loadl_epi64(x0.as_ptr().cast()),
+                                _mm_loadl_epi64(x1.as_ptr().cast()),
+                                _mm256_loadu_si256(w.as_ptr().cast()),
+                            )
+                        };
+                        // Each channel's two taps side by side, widened and centred.
+                        let x = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x0, x1));
+                        let x = _mm256_sub_epi16(x, zero);
+                        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, w));
+                    }
+                    let q = params.apply(acc, ch);
+                    let bytes = pack_16(q, _mm256_setzero_si256());
+                    store_bytes(bytes, &mut o[ch..ch + GROUP]);
+                }
+                // Channels past the last whole group, one at a time.
+                for (ch, o) in o.iter_mut().enumerate().skip(full) {
+                    let (group, lane) = (ch / GROUP, ch % GROUP);
+                    let mut acc = layer.bias[ch];
+                    for (t, src) in sources.iter().enumerate().take(taps) {
+                        let w = layer.weights[((group * pairs + t / 2) * GROUP + lane) * 2 + t % 2];
+                        acc += (i32::from(src[ch]) - i32::from(layer.input_zero)) * i32::from(w);
+                    }
+                    *o = layer.requant.apply(acc, ch);
+                }
+            }
+        }
+    }
+}

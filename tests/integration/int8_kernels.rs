@@ -1,0 +1,140 @@
+//! Every integer kernel tier against the scalar reference, bit for bit, over random shapes,
+//! strides, pads, zero points and scales; and the stem's im2col + GEMM against the direct
+//! convolution.
+
+use mobilenet_serve::kernels::int8::{generic, QuantLayer, Requant};
+use mobilenet_serve::kernels::{ConvGeometry, GemmShape, KernelSet, Tier};
+use proptest::prelude::*;
+
+fn tiers() -> Vec<KernelSet> {
+    Tier::supported()
+        .into_iter()
+        .map(|t| KernelSet::for_tier(t).unwrap())
+        .collect()
+}
+
+/// Deterministic values from a seed.
+fn values(len: usize, seed: u64, lo: i64, hi: i64) -> Vec<i64> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            lo + (x % (hi - lo + 1) as u64) as i64
+        })
+        .collect()
+}
+
+/// A requantization with per-channel scales that keep most outputs inside 0..=255, a random
+/// zero point and a ReLU6-like range.
+fn requant(n: usize, seed: u64, taps: usize) -> Requant {
+    let spread = 1.0 / (taps as f32 * 2000.0);
+    Requant {
+        scale: values(n, seed, 1, 100)
+            .into_iter()
+            .map(|v| v as f32 * spread)
+            .collect(),
+        zero: values(1, seed + 1, 0, 255)[0] as u8,
+        lo: values(1, seed + 2, 0, 40)[0] as u8,
+        hi: values(1, seed + 3, 200, 255)[0] as u8,
+    }
+}
+
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    values(len, seed, 0, 255)
+        .into_iter()
+        .map(|v| v as u8)
+        .collect()
+}
+
+fn weights(len: usize, seed: u64) -> Vec<i16> {
+    values(len, seed, -255, 255)
+        .into_iter()
+        .map(|v| v as i16)
+        .collect()
+}
+
+fn biases(len: usize, seed: u64) -> Vec<i32> {
+    values(len, seed, -20_000, 20_000)
+        .into_iter()
+        .map(|v| v as i32)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn gemm_tiers_match_the_reference(m in 1usize..40, k in 1usize..70, n in 1usize..50,
+                                      zero in any::<u8>(), seed in any::<u64>()) {
+        let s = GemmShape { m, k, n };
+        let (a, w, bias, rq) = (bytes(m * k, seed), weights(k * n, seed + 1),
+                                biases(n, seed + 2), requant(n, seed + 3, k));
+        let layer = QuantLayer { weights: &w, bias: &bias, input_zero: zero, requant: &rq };
+        let mut want = vec![0u8; m * n];
+        generic::gemm(&s, &a, &layer, &mut want);
+        for t in tiers() {
+            let packed = (t.int8.pack_gemm)(k, n, &w);
+            let mut got = vec![0u8; m * n];
+            (t.int8.gemm)(&s, &a, &QuantLayer { weights: &packed, ..layer }, &mut got);
+            prop_assert_eq!(&got, &want, "{} {:?}", t.tier, s);
+        }
+        // Not all saturated: the comparison sees real values.
+        prop_assert!(want.iter().any(|&v| v != rq.lo && v != rq.hi) || m * n < 4);
+    }
+
+    #[test]
+    fn depthwise_tiers_match_the_reference(h in 1usize..12, w in 1usize..12, c in 1usize..40,
+                                           k in prop::sample::select(vec![1usize, 3, 5]),
+                                           stride in 1usize..3, pad in 0usize..3,
+                                           batch in 1usize..3, zero in any::<u8>(),
+                                           seed in any::<u64>()) {
+        let out_h = (h + 2 * pad).saturating_sub(k) / stride + 1;
+        let out_w = (w + 2 * pad).saturating_sub(k) / stride + 1;
+        prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
+        let g = ConvGeometry { batch, in_h: h, in_w: w, in_c: c, out_h, out_w, out_c: c,
+                               kh: k, kw: k, stride_h: stride, stride_w: stride,
+                               pad_top: pad, pad_left: pad };
+        let (x, wt, bias, rq) = (bytes(g.input_len(), seed), weights(k * k * c, seed + 1),
+                                 biases(c, seed + 2), requant(c, seed + 3, k * k));
+        let layer = QuantLayer { weights: &wt, bias: &bias, input_zero: zero, requant: &rq };
+        let mut want = vec![0u8; g.output_len()];
+        generic::depthwise(&g, &x, &layer, &mut want);
+        for t in tiers() {
+            let packed = (t.int8.pack_depthwise)(k * k, c, &wt);
+            let mut got = vec![0u8; g.output_len()];
+            (t.int8.depthwise)(&g, &x, &QuantLayer { weights: &packed, ..layer }, &mut got);
+            prop_assert_eq!(&got, &want, "{} {:?}", t.tier, g);
+        }
+    }
+
+    #[test]
+    fn the_stem_as_im2col_and_gemm_matches_the_direct_convolution(
+        h in 1usize..20, w in 1usize..20, cin in 1usize..5, cout in 1usize..40,
+        stride in 1usize..3, pad in 0usize..2, zero in any::<u8>(), seed in any::<u64>()) {
+        let k = 3;
+        prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
+        let g = ConvGeometry { batch: 1, in_h: h, in_w: w, in_c: cin,
+                               out_h: (h + 2 * pad - k) / stride + 1,
+                               out_w: (w + 2 * pad - k) / stride + 1, out_c: cout,
+                               kh: k, kw: k, stride_h: stride, stride_w: stride,
+                               pad_top: pad, pad_left: pad };
+        let patch = k * k * cin;
+        let (x, wt, bias, rq) = (bytes(g.input_len(), seed), weights(patch * cout, seed + 1),
+                                 biases(cout, seed + 2), requant(cout, seed + 3, patch));
+        let layer = QuantLayer { weights: &wt, bias: &bias, input_zero: zero, requant: &rq };
+        let mut want = vec![0u8; g.output_len()];
+        generic::dense_conv(&g, &x, &layer, &mut want);
+        let pixels = g.out_h * g.out_w;
+        let mut patches = vec![0u8; pixels * patch];
+        generic::im2col(&g, &x, zero, &mut patches);
+        for t in tiers() {
+            let packed = (t.int8.pack_gemm)(patch, cout, &wt);
+            let mut got = vec![0u8; g.output_len()];
+            let s = GemmShape { m: pixels, k: patch, n: cout };
+            (t.int8.gemm)(&s, &patches, &QuantLayer { weights: &packed, ..layer }, &mut got);
+            prop_assert_eq!(&got, &want, "{} {:?}", t.tier, g);
+        }
+    }
+}
