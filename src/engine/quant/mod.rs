@@ -9,7 +9,6 @@ use self::plan::{QuantLayer, QuantPlan};
 use super::model::Nhwc;
 use super::plan::ConvKind;
 use crate::error::{Error, Result};
-use crate::kernels::int8::requant::quantize;
 use crate::kernels::int8::{generic, QuantLayer as Operands, Requant};
 use crate::kernels::{GemmShape, KernelSet};
 
@@ -74,8 +73,8 @@ impl QuantModel {
                 data.len()
             )));
         }
-        let (scale, zero) = (plan.input.scale, plan.input.zero);
-        let mut current: Vec<u8> = data.iter().map(|&x| quantize(x, scale, zero)).collect();
+        let mut current = vec![0u8; data.len()];
+        (self.kernels.int8.quantize)(data, plan.input.scale, plan.input.zero, &mut current);
         let (mut h, mut w, mut c) = (h, w, plan.in_c);
         let k = self.kernels.int8;
         for (layer, weights) in plan.layers.iter().zip(&self.packed) {

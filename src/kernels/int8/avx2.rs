@@ -278,9 +278,46 @@ fn depthwise_avx2(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut 
                 }
                 let o_at = ((b * g.out_h + oy) * g.out_w + ox) * c;
                 let o = &mut out[o_at..o_at + c];
-                for group in 0..full / GROUP {
+                let group_len = pairs * GROUP * 2;
+                let mut group = 0;
+                // Two groups at a time where there are two: 16 channels, one 16-byte load per tap.
+                while group + 2 <= full / GROUP {
                     let ch = group * GROUP;
-                    let w = &layer.weights[group * pairs * GROUP * 2..][..pairs * GROUP * 2];
+                    let w = &layer.weights[group * group_len..][..2 * group_len];
+                    let (w_lo, w_hi) = w.split_at(group_len);
+                    let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                    for p in 0..pairs {
+                        let (x0, x1) = (
+                            &sources[2 * p][ch..ch + 16],
+                            &sources[2 * p + 1][ch..ch + 16],
+                        );
+                        let (wl, wh) = (&w_lo[p * 16..p * 16 + 16], &w_hi[p * 16..p * 16 + 16]);
+                        // SAFETY: `x0`, `x1` hold 16 bytes each, `wl`, `wh` 16 i16 each.
+                        let (x0, x1, wl, wh) = unsafe {
+                            (
+                                _mm_loadu_si128(x0.as_ptr().cast()),
+                                _mm_loadu_si128(x1.as_ptr().cast()),
+                                _mm256_loadu_si256(wl.as_ptr().cast()),
+                                _mm256_loadu_si256(wh.as_ptr().cast()),
+                            )
+                        };
+                        // Each channel's two taps side by side, widened and centred.
+                        let xl =
+                            _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x0, x1)), zero);
+                        let xh =
+                            _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x0, x1)), zero);
+                        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(xl, wl));
+                        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(xh, wh));
+                    }
+                    let bytes = pack_16(params.apply(lo, ch), params.apply(hi, ch + 8));
+                    let dst = &mut o[ch..ch + 16];
+                    // SAFETY: `dst` holds 16 bytes.
+                    unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
+                    group += 2;
+                }
+                if group < full / GROUP {
+                    let ch = group * GROUP;
+                    let w = &layer.weights[group * group_len..][..group_len];
                     let mut acc = _mm256_setzero_si256();
                     for (p, w) in w.chunks_exact(GROUP * 2).enumerate() {
                         let (x0, x1) =
@@ -293,14 +330,14 @@ fn depthwise_avx2(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut 
                                 _mm256_loadu_si256(w.as_ptr().cast()),
                             )
                         };
-                        // Each channel's two taps side by side, widened and centred.
                         let x = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x0, x1));
                         let x = _mm256_sub_epi16(x, zero);
                         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, w));
                     }
-                    let q = params.apply(acc, ch);
-                    let bytes = pack_16(q, _mm256_setzero_si256());
-                    store_bytes(bytes, &mut o[ch..ch + GROUP]);
+                    let bytes = pack_16(params.apply(acc, ch), _mm256_setzero_si256());
+                    let dst = &mut o[ch..ch + GROUP];
+                    // SAFETY: `dst` holds 8 bytes, what storel writes.
+                    unsafe { _mm_storel_epi64(dst.as_mut_ptr().cast(), bytes) };
                 }
                 // Channels past the last whole group, one at a time.
                 for (ch, o) in o.iter_mut().enumerate().skip(full) {
@@ -314,5 +351,45 @@ fn depthwise_avx2(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut 
                 }
             }
         }
+    }
+}
+
+/// ONNX `QuantizeLinear` of a slice into uint8, as [`super::requant::quantize`] does each value:
+/// `saturate(round_half_even(x / scale) + zero)`.
+pub fn quantize(input: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+    assert_eq!(input.len(), out.len(), "quantize lengths");
+    assert!(supported(), "the AVX2 quantize needs AVX2");
+    // SAFETY: AVX2 is present (checked above).
+    unsafe { quantize_avx2(input, scale, zero, out) }
+}
+
+#[target_feature(enable = "avx2")]
+fn quantize_avx2(input: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+    let (s, z) = (_mm256_set1_ps(scale), _mm256_set1_ps(f32::from(zero)));
+    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    let mut chunks = input.chunks_exact(16);
+    let mut outs = out.chunks_exact_mut(16);
+    for (x, o) in (&mut chunks).zip(&mut outs) {
+        // SAFETY: `x` holds 16 floats.
+        let (a, b) = unsafe {
+            (
+                _mm256_loadu_ps(x.as_ptr()),
+                _mm256_loadu_ps(x.as_ptr().add(8)),
+            )
+        };
+        // Round first (half to even, the default MXCSR), then add the zero point and saturate,
+        // in the scalar order: every step is exact but the division.
+        let q = |v: __m256| {
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_div_ps(v, s),
+            );
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, z), lo), hi))
+        };
+        let bytes = pack_16(q(a), q(b));
+        // SAFETY: `o` holds 16 bytes.
+        unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), bytes) };
+    }
+    for (x, o) in chunks.remainder().iter().zip(outs.into_remainder()) {
+        *o = super::requant::quantize(*x, scale, zero);
     }
 }

@@ -156,6 +156,23 @@ pub fn im2col(g: &ConvGeometry, input: &[u8], zero: u8, out: &mut [u8]) {
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
                 let Some(row) = rows.next() else { return };
+                // Inside the input, each kernel row's taps are one run of the input row.
+                let left = (ox * g.stride_w).checked_sub(g.pad_left);
+                if let Some(x0) = left.filter(|&x0| x0 + g.kw <= g.in_w) {
+                    let run = g.kw * g.in_c;
+                    for (ky, dst) in row.chunks_exact_mut(run).enumerate() {
+                        match tap(oy, g.stride_h, ky, g.pad_top, g.in_h) {
+                            Some(iy) => {
+                                let at = ((b * g.in_h + iy) * g.in_w + x0) * g.in_c;
+                                for (d, &v) in dst.iter_mut().zip(&input[at..at + run]) {
+                                    *d = v;
+                                }
+                            }
+                            None => dst.fill(zero),
+                        }
+                    }
+                    continue;
+                }
                 for (t, dst) in row.chunks_exact_mut(g.in_c).enumerate() {
                     let (ky, kx) = (t / g.kw, t % g.kw);
                     match (
@@ -164,7 +181,10 @@ pub fn im2col(g: &ConvGeometry, input: &[u8], zero: u8, out: &mut [u8]) {
                     ) {
                         (Some(iy), Some(ix)) => {
                             let at = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c;
-                            dst.copy_from_slice(&input[at..at + g.in_c]);
+                            // A loop, not a memcpy call: the stem's pixels are 3 bytes.
+                            for (d, &v) in dst.iter_mut().zip(&input[at..at + g.in_c]) {
+                                *d = v;
+                            }
                         }
                         _ => dst.fill(zero),
                     }

@@ -25,6 +25,8 @@ pub type GemmFn = fn(&GemmShape, &[u8], &QuantLayer, &mut [u8]);
 pub type DepthwiseFn = fn(&ConvGeometry, &[u8], &QuantLayer, &mut [u8]);
 /// Packs centred weights, once at load: `(rows, columns, weights)` for a row-major matrix.
 pub type PackFn = fn(usize, usize, &[i16]) -> Vec<i16>;
+/// ONNX `QuantizeLinear` into uint8 with `(scale, zero)`: the model's input.
+pub type QuantizeFn = fn(&[f32], f32, u8, &mut [u8]);
 
 /// One tier's integer kernels.
 #[derive(Clone, Copy)]
@@ -37,6 +39,8 @@ pub struct Int8Kernels {
     pub depthwise: DepthwiseFn,
     /// Its weight packing.
     pub pack_depthwise: PackFn,
+    /// Quantization of the float input.
+    pub quantize: QuantizeFn,
 }
 
 impl std::fmt::Debug for Int8Kernels {
@@ -53,6 +57,7 @@ impl Int8Kernels {
             pack_gemm: generic::keep_layout,
             depthwise: generic::depthwise,
             pack_depthwise: generic::keep_layout,
+            quantize: requant::quantize_slice,
         }
     }
 
@@ -64,6 +69,7 @@ impl Int8Kernels {
             pack_gemm: avx2::pack_gemm,
             depthwise: avx2::depthwise,
             pack_depthwise: avx2::pack_depthwise,
+            quantize: avx2::quantize,
         }
     }
 }

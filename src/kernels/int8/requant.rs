@@ -72,6 +72,14 @@ pub fn quantize(x: f32, scale: f32, zero: u8) -> u8 {
     ((x / scale).round_ties_even() + f32::from(zero)).clamp(0.0, 255.0) as u8
 }
 
+/// [`quantize`] over a slice.
+pub fn quantize_slice(input: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+    assert_eq!(input.len(), out.len(), "quantize lengths");
+    for (o, &x) in out.iter_mut().zip(input) {
+        *o = quantize(x, scale, zero);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
