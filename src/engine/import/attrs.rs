@@ -2,7 +2,9 @@
 //! convolution's padding. A leaf of the import module, so that the float and the QDQ walks share
 //! it without naming each other.
 
-use crate::engine::onnx::{node_label, pb, Attrs};
+use std::collections::HashMap;
+
+use crate::engine::onnx::{node_label, pb, Attrs, Constant};
 use crate::engine::plan::Padding;
 use crate::error::{Error, Result};
 
@@ -53,5 +55,58 @@ pub(super) fn conv_padding(node: &pb::NodeProto) -> Result<Padding> {
             right: r as usize,
         }),
         _ => Err(unsupported(node, format!("pads {pads:?}"))),
+    }
+}
+
+/// Input `index` of `node` (its `what`), which must be one of `consts`.
+pub(super) fn constant<'c>(
+    consts: &'c HashMap<String, Constant>,
+    node: &pb::NodeProto,
+    index: usize,
+    what: &str,
+) -> Result<&'c Constant> {
+    let name = node
+        .input
+        .get(index)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| unsupported(node, format!("missing {what} input")))?;
+    consts.get(name).ok_or_else(|| {
+        unsupported(
+            node,
+            format!("{what} `{name}` must be a constant (initializer)"),
+        )
+    })
+}
+
+/// Input `index` of `node` if it has one, which must then be one of `consts`.
+pub(super) fn optional_constant<'c>(
+    consts: &'c HashMap<String, Constant>,
+    node: &pb::NodeProto,
+    index: usize,
+) -> Result<Option<&'c Constant>> {
+    match node.input.get(index).filter(|n| !n.is_empty()) {
+        None => Ok(None),
+        Some(name) => consts
+            .get(name)
+            .map(Some)
+            .ok_or_else(|| unsupported(node, format!("input `{name}` must be a constant"))),
+    }
+}
+
+/// A Conv's strides `(rows, columns)`; refuses dilation.
+pub(super) fn conv_strides(node: &pb::NodeProto) -> Result<(usize, usize)> {
+    let a = Attrs(node);
+    if a.ints("dilations")
+        .is_some_and(|d| d.iter().any(|&x| x != 1))
+    {
+        return Err(unsupported(
+            node,
+            "dilated convolutions are not supported".into(),
+        ));
+    }
+    let strides = a.ints("strides").unwrap_or_else(|| vec![1, 1]);
+    match strides[..] {
+        [sh, sw] if sh >= 1 && sw >= 1 => Ok((sh as usize, sw as usize)),
+        _ => Err(unsupported(node, format!("strides {strides:?}"))),
     }
 }

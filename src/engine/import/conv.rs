@@ -2,7 +2,7 @@
 //! a 1x1 Conv on the pooled vector), a Pad folded into the next Conv, BatchNormalization folded
 //! into the previous layer's weights, and Relu/Clip fused into its store.
 
-use super::attrs::{conv_padding, pads_nothing_1x1, unsupported, MAX_PAD};
+use super::attrs::{conv_padding, conv_strides, pads_nothing_1x1, unsupported, MAX_PAD};
 use super::weights::{pack_dense, pack_depthwise, transpose_oi};
 use super::{Importer, Stage};
 use crate::engine::onnx::{node_label, pb, Attrs};
@@ -32,21 +32,7 @@ impl Importer<'_> {
             }
             None => vec![0.0; m],
         };
-        if a.ints("dilations")
-            .is_some_and(|d| d.iter().any(|&x| x != 1))
-        {
-            return Err(unsupported(
-                node,
-                "dilated convolutions are not supported".into(),
-            ));
-        }
-        let strides = a.ints("strides").unwrap_or_else(|| vec![1, 1]);
-        let [sh, sw] = strides[..] else {
-            return Err(unsupported(node, format!("strides {strides:?}")));
-        };
-        if sh < 1 || sw < 1 {
-            return Err(unsupported(node, format!("strides {strides:?}")));
-        }
+        let (sh, sw) = conv_strides(node)?;
         if let Some(k) = a.ints("kernel_shape") {
             if k != [kh as i64, kw as i64] {
                 return Err(unsupported(
@@ -139,8 +125,8 @@ impl Importer<'_> {
             out_c: m,
             kh,
             kw,
-            stride_h: sh as usize,
-            stride_w: sw as usize,
+            stride_h: sh,
+            stride_w: sw,
             padding,
             weights,
             bias,

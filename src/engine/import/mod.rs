@@ -17,7 +17,6 @@ pub use qdq::{import_quantized, import_quantized_bytes, is_quantized};
 
 use std::collections::HashMap;
 
-use self::attrs::unsupported;
 use super::onnx::{self, node_label, pb, Attrs, Constant};
 use super::plan::{InputLayout, Layer, Plan};
 use crate::error::{Error, Result};
@@ -245,27 +244,10 @@ impl<'g> Importer<'g> {
     }
 
     fn constant(&self, node: &pb::NodeProto, index: usize, what: &str) -> Result<&Constant> {
-        let name = node
-            .input
-            .get(index)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| unsupported(node, format!("missing {what} input")))?;
-        self.consts.get(name).ok_or_else(|| {
-            unsupported(
-                node,
-                format!("{what} `{name}` must be a constant (initializer)"),
-            )
-        })
+        attrs::constant(&self.consts, node, index, what)
     }
 
     fn optional_constant(&self, node: &pb::NodeProto, index: usize) -> Result<Option<&Constant>> {
-        match node.input.get(index).filter(|n| !n.is_empty()) {
-            None => Ok(None),
-            Some(name) => self
-                .consts
-                .get(name)
-                .map(Some)
-                .ok_or_else(|| unsupported(node, format!("input `{name}` must be a constant"))),
-        }
+        attrs::optional_constant(&self.consts, node, index)
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::attrs::{conv_padding, pads_nothing_1x1, unsupported};
+use super::attrs::{self, conv_padding, conv_strides, pads_nothing_1x1, unsupported};
 use super::weights::{pack_dense, pack_depthwise, transpose_oi};
 use crate::engine::onnx::{self, node_label, pb, Attrs, Constant, Element};
 use crate::engine::plan::{ConvKind, ConvShape, InputLayout, Padding};
@@ -448,21 +448,7 @@ impl<'g> Walk<'g> {
         let a = Attrs(node);
         let group = a.int("group").unwrap_or(1).max(1) as usize;
         let in_c = cg * group;
-        if a.ints("dilations")
-            .is_some_and(|d| d.iter().any(|&x| x != 1))
-        {
-            return Err(unsupported(
-                node,
-                "dilated convolutions are not supported".into(),
-            ));
-        }
-        let strides = a.ints("strides").unwrap_or_else(|| vec![1, 1]);
-        let [sh, sw] = strides[..] else {
-            return Err(unsupported(node, format!("strides {strides:?}")));
-        };
-        if sh < 1 || sw < 1 {
-            return Err(unsupported(node, format!("strides {strides:?}")));
-        }
+        let (sh, sw) = conv_strides(node)?;
         let padding = conv_padding(node)?;
         if self.channels != in_c && !(self.layers.is_empty() && self.channels == 0) {
             return Err(unsupported(
@@ -504,8 +490,8 @@ impl<'g> Walk<'g> {
             out_c: m,
             kh,
             kw,
-            stride_h: sh as usize,
-            stride_w: sw as usize,
+            stride_h: sh,
+            stride_w: sw,
             padding,
         };
         let weight_scales: Vec<f32> = (0..m).map(|o| w.scale(o)).collect();
@@ -671,28 +657,11 @@ impl<'g> Walk<'g> {
     }
 
     fn constant(&self, node: &pb::NodeProto, index: usize, what: &str) -> Result<&Constant> {
-        let name = node
-            .input
-            .get(index)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| unsupported(node, format!("missing {what} input")))?;
-        self.consts.get(name).ok_or_else(|| {
-            unsupported(
-                node,
-                format!("{what} `{name}` must be a constant (initializer)"),
-            )
-        })
+        attrs::constant(&self.consts, node, index, what)
     }
 
     fn optional_constant(&self, node: &pb::NodeProto, index: usize) -> Result<Option<&Constant>> {
-        match node.input.get(index).filter(|n| !n.is_empty()) {
-            None => Ok(None),
-            Some(name) => self
-                .consts
-                .get(name)
-                .map(Some)
-                .ok_or_else(|| unsupported(node, format!("input `{name}` must be a constant"))),
-        }
+        attrs::optional_constant(&self.consts, node, index)
     }
 }
 
