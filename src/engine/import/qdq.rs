@@ -394,6 +394,16 @@ impl<'g> Walk<'g> {
                 "the zero point must have the input's type and the scale's length".into(),
             ));
         }
+        if scale.values.is_empty() || x.dims.contains(&0) {
+            return Err(unsupported(
+                node,
+                format!(
+                    "{} scales for shape {:?}: an empty tensor or no scale",
+                    scale.values.len(),
+                    x.dims
+                ),
+            ));
+        }
         let per_channel = scale.values.len() > 1;
         let rank = x.dims.len() as i64;
         let axis = Attrs(node).int("axis").unwrap_or(1);

@@ -62,7 +62,8 @@ impl QuantModel {
     }
 
     /// Runs a batch of NHWC float images (as preprocessed for the float model) and returns
-    /// `batch x classes` logits.
+    /// `batch x classes` logits, on the calling thread. It allocates each layer's output: the
+    /// reusable buffers and the team of threads of the float model are the next step.
     pub fn run(&self, images: Nhwc) -> Result<Vec<f32>> {
         let Nhwc { data, batch, h, w } = images;
         let plan = &self.plan;
