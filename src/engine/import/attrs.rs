@@ -1,10 +1,10 @@
-//! What every importer reads off a node the same way: the refusal that names it, and a
-//! convolution's padding. A leaf of the import module, so that the float and the QDQ walks share
-//! it without naming each other.
+//! What every importer reads the same way: the graph's image input and output, the refusal
+//! that names a node, constant inputs, and a convolution's strides and padding. A leaf of the
+//! import module, so that the float and the QDQ walks share it without naming each other.
 
 use std::collections::HashMap;
 
-use crate::engine::onnx::{node_label, pb, Attrs, Constant};
+use crate::engine::onnx::{self, node_label, pb, Attrs, Constant};
 use crate::engine::plan::Padding;
 use crate::error::{Error, Result};
 
@@ -109,4 +109,50 @@ pub(super) fn conv_strides(node: &pb::NodeProto) -> Result<(usize, usize)> {
         [sh, sw] if sh >= 1 && sw >= 1 => Ok((sh as usize, sw as usize)),
         _ => Err(unsupported(node, format!("strides {strides:?}"))),
     }
+}
+
+/// The graph's one non-constant input (the image batch) and its 4 dimensions (unknown ones
+/// `None`).
+pub(super) fn image_input<'g>(
+    graph: &'g pb::GraphProto,
+    consts: &HashMap<String, Constant>,
+) -> Result<(&'g pb::ValueInfoProto, Vec<Option<usize>>)> {
+    let inputs: Vec<_> = graph
+        .input
+        .iter()
+        .filter(|i| !consts.contains_key(&i.name))
+        .collect();
+    let [input] = inputs.as_slice() else {
+        return Err(Error::MalformedModel(format!(
+            "expected exactly one graph input (the image), found {}",
+            inputs.len()
+        )));
+    };
+    let dims = onnx::value_dims(input).unwrap_or_else(|| vec![None; 4]);
+    if dims.len() != 4 {
+        return Err(Error::MalformedModel(format!(
+            "input `{}` has rank {}, expected a 4-D image batch",
+            input.name,
+            dims.len()
+        )));
+    }
+    Ok((input, dims))
+}
+
+/// The graph's output, which must be `current`, the end of the chain of layers just walked.
+pub(super) fn chain_output<'g>(
+    graph: &'g pb::GraphProto,
+    current: &str,
+) -> Result<&'g pb::ValueInfoProto> {
+    let output = graph
+        .output
+        .first()
+        .ok_or_else(|| Error::MalformedModel("the graph has no output".into()))?;
+    if output.name != current {
+        return Err(Error::MalformedModel(format!(
+            "the graph output `{}` is not the end of the layer chain (`{current}`)",
+            output.name
+        )));
+    }
+    Ok(output)
 }

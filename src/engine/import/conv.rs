@@ -3,10 +3,10 @@
 //! into the previous layer's weights, and Relu/Clip fused into its store.
 
 use super::attrs::{conv_padding, conv_strides, pads_nothing_1x1, unsupported, MAX_PAD};
-use super::weights::{pack_dense, pack_depthwise, transpose_oi};
+use super::weights::{pack_conv, transpose_oi};
 use super::{Importer, Stage};
 use crate::engine::onnx::{node_label, pb, Attrs};
-use crate::engine::plan::{ConvKind, ConvLayer, FcLayer, InputLayout, Layer, Padding};
+use crate::engine::plan::{ConvLayer, FcLayer, InputLayout, Layer, Padding};
 use crate::error::Result;
 use crate::kernels::Clamp;
 
@@ -102,22 +102,8 @@ impl Importer<'_> {
                 format!("expects {in_c} input channels, gets {channels}"),
             ));
         }
-        let raw = w.to_f32();
-        let (kind, weights) = if group == 1 {
-            let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && pads_nothing_1x1(padding);
-            if pointwise {
-                (ConvKind::Pointwise, transpose_oi(&raw, m, in_c))
-            } else {
-                (ConvKind::Dense, pack_dense(&raw, m, in_c, kh, kw))
-            }
-        } else if group == in_c && m == in_c && cg == 1 {
-            (ConvKind::Depthwise, pack_depthwise(&raw, m, kh, kw))
-        } else {
-            return Err(unsupported(
-                node,
-                format!("grouped conv with group={group}, {in_c} -> {m} channels (only group=1 or depthwise)"),
-            ));
-        };
+        let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && pads_nothing_1x1(padding);
+        let (kind, weights) = pack_conv(node, &w.to_f32(), [m, cg, kh, kw], group, pointwise)?;
         self.layers.push(Layer::Conv(ConvLayer {
             name: node_label(node),
             kind,

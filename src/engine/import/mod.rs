@@ -13,7 +13,7 @@ mod head;
 mod qdq;
 mod weights;
 
-pub use qdq::{import_quantized, import_quantized_bytes, is_quantized};
+pub use qdq::{import_quantized, import_quantized_bytes};
 
 use std::collections::HashMap;
 
@@ -68,25 +68,7 @@ struct Importer<'g> {
 impl<'g> Importer<'g> {
     fn new(graph: &'g pb::GraphProto, opset: i64) -> Result<Self> {
         let consts = onnx::constants(graph)?;
-        let inputs: Vec<_> = graph
-            .input
-            .iter()
-            .filter(|i| !consts.contains_key(&i.name))
-            .collect();
-        let [input] = inputs.as_slice() else {
-            return Err(Error::MalformedModel(format!(
-                "expected exactly one graph input (the image), found {}",
-                inputs.len()
-            )));
-        };
-        let input_dims = onnx::value_dims(input).unwrap_or_else(|| vec![None; 4]);
-        if input_dims.len() != 4 {
-            return Err(Error::MalformedModel(format!(
-                "input `{}` has rank {}, expected a 4-D image batch",
-                input.name,
-                input_dims.len()
-            )));
-        }
+        let (input, input_dims) = attrs::image_input(graph, &consts)?;
         // The layout is decided by the first op: a Transpose to NCHW means the input is NHWC.
         let first = graph.node.iter().find(|n| n.op_type != "Constant");
         let nhwc = first.is_some_and(|n| {
@@ -122,17 +104,7 @@ impl<'g> Importer<'g> {
             }
             self.step(node)?;
         }
-        let output = self
-            .graph
-            .output
-            .first()
-            .ok_or_else(|| Error::MalformedModel("the graph has no output".into()))?;
-        if output.name != self.current {
-            return Err(Error::MalformedModel(format!(
-                "the graph output `{}` is not the end of the layer chain (`{}`)",
-                output.name, self.current
-            )));
-        }
+        let output = attrs::chain_output(self.graph, &self.current)?;
         let (classes, softmax) = match self.stage {
             Stage::Flat { channels } | Stage::Pooled { channels } => (channels, false),
             Stage::Softmaxed => (self.last_width(), true),

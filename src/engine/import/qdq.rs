@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 
-use super::attrs::{self, conv_padding, conv_strides, pads_nothing_1x1, unsupported};
-use super::weights::{pack_dense, pack_depthwise, transpose_oi};
+use super::attrs::{self, conv_padding, conv_strides, image_input, pads_nothing_1x1, unsupported};
+use super::weights::pack_conv;
 use crate::engine::onnx::{self, node_label, pb, Attrs, Constant, Element};
 use crate::engine::plan::{ConvKind, ConvShape, InputLayout, Padding};
 use crate::engine::quant::plan::{QuantConv, QuantLayer, QuantParams, QuantPlan};
@@ -30,15 +30,6 @@ pub fn import_quantized(model: &pb::ModelProto) -> Result<QuantPlan> {
         .as_ref()
         .ok_or_else(|| Error::MalformedModel("the model has no graph".into()))?;
     Walk::new(graph)?.run()
-}
-
-/// Whether a decoded model is a QDQ graph (it has a `QuantizeLinear`), for the loader to choose
-/// the importer.
-pub fn is_quantized(model: &pb::ModelProto) -> bool {
-    model
-        .graph
-        .as_ref()
-        .is_some_and(|g| g.node.iter().any(|n| n.op_type == "QuantizeLinear"))
 }
 
 /// An integer initializer seen through its `DequantizeLinear`.
@@ -64,8 +55,12 @@ impl Dequantized {
         self.zeros[if self.zeros.len() == 1 { 0 } else { channel }]
     }
 
-    /// Refuses per-channel quantization along any axis but `output` (the output channels).
-    fn check_axis(&self, node: &pb::NodeProto, output: usize) -> Result<()> {
+    /// Refuses weights that are not 8-bit, or quantized per channel along any axis but
+    /// `output` (the output channels).
+    fn check_weights(&self, node: &pb::NodeProto, output: usize) -> Result<()> {
+        if !matches!(self.element, Element::U8 | Element::I8) {
+            return Err(unsupported(node, "weights must be uint8 or int8".into()));
+        }
         if self.scales.len() > 1 && self.axis != output {
             return Err(unsupported(
                 node,
@@ -128,25 +123,7 @@ struct Walk<'g> {
 impl<'g> Walk<'g> {
     fn new(graph: &'g pb::GraphProto) -> Result<Self> {
         let consts = onnx::constants(graph)?;
-        let inputs: Vec<_> = graph
-            .input
-            .iter()
-            .filter(|i| !consts.contains_key(&i.name))
-            .collect();
-        let [input] = inputs.as_slice() else {
-            return Err(Error::MalformedModel(format!(
-                "expected exactly one graph input (the image), found {}",
-                inputs.len()
-            )));
-        };
-        let input_dims = onnx::value_dims(input).unwrap_or_else(|| vec![None; 4]);
-        if input_dims.len() != 4 {
-            return Err(Error::MalformedModel(format!(
-                "input `{}` has rank {}, expected a 4-D NCHW image batch",
-                input.name,
-                input_dims.len()
-            )));
-        }
+        let (input, input_dims) = image_input(graph, &consts)?;
         Ok(Walk {
             graph,
             consts,
@@ -178,17 +155,7 @@ impl<'g> Walk<'g> {
             }
             self.step(node)?;
         }
-        let output = self
-            .graph
-            .output
-            .first()
-            .ok_or_else(|| Error::MalformedModel("the graph has no output".into()))?;
-        if output.name != self.current {
-            return Err(Error::MalformedModel(format!(
-                "the graph output `{}` is not the end of the layer chain (`{}`)",
-                output.name, self.current
-            )));
-        }
+        let output = attrs::chain_output(self.graph, &self.current)?;
         if !matches!(self.state, State::Real(_)) || !self.pooled {
             return Err(Error::MalformedModel(
                 "a quantized graph must end on the dequantized output of its classifier \
@@ -445,10 +412,7 @@ impl<'g> Walk<'g> {
             ));
         };
         let w = self.dequantized_input(node, 1, "weight")?;
-        if !matches!(w.element, Element::U8 | Element::I8) {
-            return Err(unsupported(node, "weights must be uint8 or int8".into()));
-        }
-        w.check_axis(node, 0)?;
+        w.check_weights(node, 0)?;
         let [m, cg, kh, kw] = w.dims[..] else {
             return Err(unsupported(
                 node,
@@ -482,18 +446,7 @@ impl<'g> Walk<'g> {
                 *c = (v - zero) as i16;
             }
         }
-        let (kind, weights) = if group == 1 && pointwise {
-            (ConvKind::Pointwise, transpose_oi(&centred, m, in_c))
-        } else if group == 1 {
-            (ConvKind::Dense, pack_dense(&centred, m, in_c, kh, kw))
-        } else if group == in_c && m == in_c && cg == 1 {
-            (ConvKind::Depthwise, pack_depthwise(&centred, m, kh, kw))
-        } else {
-            return Err(unsupported(
-                node,
-                format!("grouped conv with group={group}, {in_c} -> {m} channels (only group=1 or depthwise)"),
-            ));
-        };
+        let (kind, weights) = pack_conv(node, &centred, [m, cg, kh, kw], group, pointwise)?;
         let shape = ConvShape {
             kind,
             in_c,
@@ -527,10 +480,8 @@ impl<'g> Walk<'g> {
             ));
         }
         let w = self.dequantized_input(node, 1, "weight")?;
-        if !matches!(w.element, Element::U8 | Element::I8) {
-            return Err(unsupported(node, "weights must be uint8 or int8".into()));
-        }
         let trans_b = a.int("transB").unwrap_or(0) != 0;
+        w.check_weights(node, usize::from(!trans_b))?;
         let [rows, cols] = w.dims[..] else {
             return Err(unsupported(
                 node,
@@ -538,7 +489,6 @@ impl<'g> Walk<'g> {
             ));
         };
         let (k, n) = if trans_b { (cols, rows) } else { (rows, cols) };
-        w.check_axis(node, usize::from(!trans_b))?;
         if k != self.channels {
             return Err(unsupported(
                 node,

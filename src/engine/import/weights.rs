@@ -1,6 +1,36 @@
 //! Weight layouts: ONNX's `[out][in][kh][kw]` reordered into the layouts our kernels read, for
 //! float and integer weights alike.
 
+use super::attrs::unsupported;
+use crate::engine::onnx::pb;
+use crate::engine::plan::ConvKind;
+use crate::error::Result;
+
+/// The kernel of a Conv with ONNX weights `raw` of `[m, cg, kh, kw]` in `group` groups, and its
+/// weights packed for that kernel: pointwise (`pointwise` says the kernel, strides and padding
+/// allow it), dense, or depthwise; other groupings are refused.
+pub(super) fn pack_conv<T: Copy + Default>(
+    node: &pb::NodeProto,
+    raw: &[T],
+    [m, cg, kh, kw]: [usize; 4],
+    group: usize,
+    pointwise: bool,
+) -> Result<(ConvKind, Vec<T>)> {
+    let in_c = cg * group;
+    Ok(if group == 1 && pointwise {
+        (ConvKind::Pointwise, transpose_oi(raw, m, in_c))
+    } else if group == 1 {
+        (ConvKind::Dense, pack_dense(raw, m, in_c, kh, kw))
+    } else if group == in_c && m == in_c && cg == 1 {
+        (ConvKind::Depthwise, pack_depthwise(raw, m, kh, kw))
+    } else {
+        return Err(unsupported(
+            node,
+            format!("grouped conv with group={group}, {in_c} -> {m} channels (only group=1 or depthwise)"),
+        ));
+    })
+}
+
 /// `[out][in]` (ONNX OI, trailing 1x1 ignored) -> `[in][out]`.
 pub(super) fn transpose_oi<T: Copy + Default>(w: &[T], out_c: usize, in_c: usize) -> Vec<T> {
     let mut packed = vec![T::default(); w.len()];
