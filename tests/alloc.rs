@@ -7,9 +7,10 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mobilenet_serve::engine::model::{Nhwc, Workspace};
+use mobilenet_serve::engine::model::Nhwc;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::engine::team::Team;
+use mobilenet_serve::engine::workspace::Workspace;
 use mobilenet_serve::kernels::{KernelSet, Tier};
 
 struct Counting;
@@ -36,7 +37,12 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn steady_state_inference_allocates_nothing_on_every_tier() {
-    let names = ["mobilenet_v1_0.25_128", "mobilenet_v1_1.0_224"];
+    let names = [
+        "mobilenet_v1_0.25_128",
+        "mobilenet_v1_1.0_224",
+        "mobilenet_v1_0.25_128_quant",
+        "mobilenet_v1_1.0_224_quant",
+    ];
     let teams = [Team::single(), Team::new(2, "alloc", || {}).unwrap()];
     for tier in Tier::supported() {
         let opts = LoadOptions {
@@ -45,6 +51,7 @@ fn steady_state_inference_allocates_nothing_on_every_tier() {
             kernels: KernelSet::for_tier(tier).unwrap(),
         };
         let pool = ModelPool::load(&common::zoo_dir(), &opts).unwrap();
+        assert_eq!(pool.variants().len(), names.len());
         for v in pool.variants() {
             let r = v.spec.resolution;
             // 4: two threads run the per-image prefix on two images each.

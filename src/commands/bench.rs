@@ -8,11 +8,12 @@ use serde::Serialize;
 
 use crate::commands::cli::BenchArgs;
 use crate::engine::crosscheck::random_inputs;
-use crate::engine::model::{Nhwc, Workspace};
+use crate::engine::model::Nhwc;
 use crate::engine::plan::{ConvKind, Layer};
 use crate::engine::pool::{ModelPool, Variant};
 use crate::engine::reference::{ProtoCache, TractReference};
 use crate::engine::team::Team;
+use crate::engine::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::kernels::KernelSet;
 use crate::serving::latency::quantile;
@@ -78,7 +79,7 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
         None => println!("kernels {tier}; no SIMD tier to measure the FMA peak with"),
     }
     println!(
-        "{:<24} {:>5} {:>3} {:>9} {:>9} {:>9} {:>8} {:>6} {:>9} {:>7}",
+        "{:<28} {:>5} {:>3} {:>9} {:>9} {:>9} {:>8} {:>6} {:>9} {:>7}",
         "variant",
         "batch",
         "thr",
@@ -126,7 +127,7 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
             // Printed above the bar, not through it.
             progress.suspend(|| {
                 println!(
-                    "{:<24} {:>5} {:>3} {:>9.3} {:>9.3} {:>9.1} {:>8.1} {:>6} {:>9} {:>7}",
+                    "{:<28} {:>5} {:>3} {:>9.3} {:>9.3} {:>9.1} {:>8.1} {:>6} {:>9} {:>7}",
                     r.name,
                     r.batch,
                     r.threads,
@@ -230,7 +231,7 @@ fn bench_variant(
         }
     }
     let (min_ms, median_ms, p90_ms) = quantiles(&mut ours);
-    let macs = v.model.plan().mult_adds(r, r)? as f64;
+    let macs = v.model.mult_adds(r, r)? as f64;
     let gflops = 2.0 * macs / (median_ms / 1000.0) / 1e9;
     Ok(BenchResult {
         name: v.spec.name.clone(),
@@ -297,7 +298,7 @@ fn bench_streams(
     let (min_ms, median_ms, p90_ms) = quantiles(&mut samples);
     let wall = (last - first).as_secs_f64().max(f64::MIN_POSITIVE);
     let images_per_second = (streams * iters * batch) as f64 / wall;
-    let macs = v.model.plan().mult_adds(r, r)? as f64;
+    let macs = v.model.mult_adds(r, r)? as f64;
     let gflops = 2.0 * macs * images_per_second / 1e9;
     // A team of one runs each stream on its own thread; a larger team does all the work.
     let cores = if team.threads() > 1 {
@@ -338,19 +339,23 @@ const LAYER_RUNS: usize = 20;
 /// whose activations outgrow the caches).
 fn print_layers(v: &Variant, team: &Team, batch: usize) -> Result<()> {
     let r = v.spec.resolution;
-    let plan = v.model.plan();
+    let model = v.model.as_float().ok_or_else(|| {
+        Error::BadInput(format!(
+            "--layers profiles float models; {} is {}",
+            v.spec.name,
+            v.model.precision()
+        ))
+    })?;
+    let plan = model.plan();
     let input: Vec<f32> = random_inputs(batch, v.input_len(), 9).concat();
     let mut ws = Workspace::new();
     let mut out = Vec::new();
     // A warm-up run, then the fastest of the runs per layer: on a shared host the least
     // disturbed, which a mean of a few runs is not.
-    v.model
-        .run_profiled(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
+    model.run_profiled(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
     let mut fastest = vec![Duration::MAX; plan.layers.len()];
     for _ in 0..LAYER_RUNS {
-        let t = v
-            .model
-            .run_profiled(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
+        let t = model.run_profiled(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
         fastest
             .iter_mut()
             .zip(t)

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::commands::cli::{ClassifyArgs, ServeArgs};
 use crate::commands::client;
+use crate::engine::network::Precision;
 use crate::engine::pool::ModelPool;
 use crate::error::{Error, Result};
 use crate::serving::router::{Selection, SelectionParams};
@@ -56,6 +57,7 @@ fn selection_params(args: &ClassifyArgs) -> SelectionParams {
         max_latency_ms: args.max_latency_ms,
         min_top1: args.min_top1,
         fallback_fastest: args.fallback_fastest,
+        precision: args.precision,
     }
 }
 
@@ -136,6 +138,8 @@ fn query(args: &ClassifyArgs) -> Result<String> {
         min_top1: Option<f64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         fallback: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        precision: Option<Precision>,
         top_k: usize,
         timeout_ms: u64,
     }
@@ -148,6 +152,7 @@ fn query(args: &ClassifyArgs) -> Result<String> {
         max_latency_ms: args.max_latency_ms,
         min_top1: args.min_top1,
         fallback: args.fallback_fastest.then_some("fastest"),
+        precision: args.precision,
         top_k: args.top_k,
         timeout_ms: args.timeout_ms,
     })
@@ -269,6 +274,7 @@ mod tests {
             max_latency_ms: None,
             min_top1: None,
             fallback_fastest: false,
+            precision: None,
             top_k: 3,
             url: None,
             json: false,
@@ -288,6 +294,12 @@ mod tests {
         );
         a.model = Some("mobilenet_v1_0.25_128".into());
         assert!(query(&a).is_err(), "a name and a target at once");
+        a.model = None;
+        a.precision = Some(Precision::Int8);
+        assert_eq!(
+            query(&a).unwrap(),
+            "max_latency_ms=5.0&fallback=fastest&precision=int8&top_k=3&timeout_ms=1000"
+        );
         let mut b = args();
         b.alpha = Some(0.5);
         assert!(query(&b).is_err(), "alpha without resolution");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::engine::network::Precision;
 use crate::kernels::TierChoice;
 use crate::telemetry::LogFormat;
 
@@ -95,6 +96,10 @@ pub struct ClassifyArgs {
     /// When no variant meets the target, answer with the fastest instead of failing.
     #[arg(long)]
     pub fallback_fastest: bool,
+    /// Number format, fp32 or int8: of the --alpha/--resolution cell, of the variants a target
+    /// chooses from (any when not given), or alone the default variant's cell in it.
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// Classes per image.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::commands::chart::{self, Point};
 use crate::commands::dataset::{self, LabeledImage};
-use crate::engine::model::{Nhwc, Workspace};
+use crate::engine::model::Nhwc;
 use crate::engine::pool::{ModelPool, Variant};
+use crate::engine::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::kernels::Tier;
 use crate::pipeline::decode::{decode, DecodeLimits};
@@ -99,7 +100,7 @@ pub fn eval_variant(
 ) -> Result<VariantResult> {
     let r = v.spec.resolution;
     let per = v.input_len();
-    let classes = v.model.plan().classes;
+    let classes = v.model.classes();
     let mut input = vec![0.0f32; batch * per];
     let mut out = Vec::new();
     let mut ws = Workspace::new();
@@ -136,7 +137,8 @@ pub fn eval_variant(
         top5: 100.0 * top5 as f64 / n,
         ms_per_image: engine_time.as_secs_f64() * 1000.0 / n,
         preprocess_ms_per_image: preprocess_time.as_secs_f64() * 1000.0 / n,
-        mult_adds: v.spec.mult_adds,
+        // The graph's own count: a manifest's claim can be stale (see the zoo test).
+        mult_adds: v.model.mult_adds(r, r).ok(),
         published_top1: v.spec.published_top1,
     })
 }
@@ -184,14 +186,14 @@ pub fn run(pool: &ModelPool, args: &crate::commands::cli::EvalArgs) -> Result<Ev
         "{elapsed_precise} [{bar:40}] {pos}/{len} images x variants, {eta} left",
     );
     println!(
-        "{:<24} {:>7} {:>7} {:>10} {:>9} {:>8} {:>8}",
+        "{:<28} {:>7} {:>7} {:>10} {:>9} {:>8} {:>8}",
         "variant", "top-1", "top-5", "published", "ms/img", "img/s", "prep ms"
     );
     let results = eval_all(pool, &images, batch, args.jobs as usize, &progress)?;
     drop(progress);
     for r in &results {
         println!(
-            "{:<24} {:>6.2}% {:>6.2}% {:>10} {:>9.3} {:>8.1} {:>8.3}",
+            "{:<28} {:>6.2}% {:>6.2}% {:>10} {:>9.3} {:>8.1} {:>8.3}",
             r.name,
             r.top1,
             r.top5,

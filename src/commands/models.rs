@@ -7,20 +7,20 @@ use crate::error::Result;
 /// Prints one line per variant of `pool`.
 pub fn print(pool: &ModelPool) -> Result<()> {
     println!(
-        "{:<24} {:>5} {:>5} {:>8} {:>10} {:>9} {:>8}  file",
-        "name", "alpha", "rho", "classes", "mult-adds", "params", "top-1*"
+        "{:<28} {:>5} {:>5} {:>9} {:>8} {:>10} {:>9} {:>8}  file",
+        "name", "alpha", "rho", "precision", "classes", "mult-adds", "params", "top-1*"
     );
     for v in pool.variants() {
         let s = &v.spec;
-        let plan = v.model.plan();
         println!(
-            "{:<24} {:>5} {:>5} {:>8} {:>9.1}M {:>8.2}M {:>8}  {}",
+            "{:<28} {:>5} {:>5} {:>9} {:>8} {:>9.1}M {:>8.2}M {:>8}  {}",
             s.name,
             format_alpha(s.alpha),
             s.resolution,
+            s.precision,
             s.num_classes,
-            plan.mult_adds(s.resolution, s.resolution)? as f64 / 1e6,
-            plan.params() as f64 / 1e6,
+            v.model.mult_adds(s.resolution, s.resolution)? as f64 / 1e6,
+            v.model.params() as f64 / 1e6,
             s.published_top1
                 .map(|t| format!("{t:.1}%"))
                 .unwrap_or_else(|| "-".into()),

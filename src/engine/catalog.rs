@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::Plan;
+use super::network::{Network, Precision};
 use crate::error::{Error, Result};
 use crate::pipeline::preprocess::Normalization;
 
@@ -41,6 +41,8 @@ pub struct VariantSpec {
     pub params: Option<u64>,
     /// `float` or `dequantized-uint8-qat`, when known.
     pub weights: Option<String>,
+    /// The number format it runs in.
+    pub precision: Precision,
     /// Published ImageNet top-1 (%) of the corresponding TF-slim model.
     pub published_top1: Option<f32>,
     /// Published ImageNet top-5 (%).
@@ -66,6 +68,8 @@ struct ManifestEntry {
     params: Option<u64>,
     #[serde(default)]
     weights: Option<String>,
+    #[serde(default)]
+    precision: Precision,
     #[serde(default)]
     published_top1: Option<f32>,
     #[serde(default)]
@@ -142,12 +146,55 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Vec<VariantSpec>>> {
             mult_adds: e.mult_adds,
             params: e.params,
             weights: e.weights,
+            precision: e.precision,
             published_top1: e.published_top1,
             published_top5: e.published_top5,
             sha256,
         });
     }
     Ok(Some(specs))
+}
+
+/// The variants of the manifests one level down (`dir/*/manifest.json`, in name order), their
+/// files relative to `dir`: how one models directory serves several zoos, such as the float
+/// grid at the top and the 8-bit grid in `int8/`. Subdirectories without a manifest are left
+/// alone.
+pub fn read_sub_manifests(dir: &Path) -> Result<Vec<VariantSpec>> {
+    let mut specs = Vec::new();
+    for sub in subdirectories(dir)? {
+        let Some(found) = read_manifest(&dir.join(&sub))? else {
+            continue;
+        };
+        specs.extend(found.into_iter().map(|mut spec| {
+            spec.file = sub.join(&spec.file);
+            spec
+        }));
+    }
+    Ok(specs)
+}
+
+/// The expected digests of `dir/SHA256SUMS` and of each `dir/*/SHA256SUMS`, keyed by the file's
+/// path relative to `dir`.
+pub fn read_all_checksums(dir: &Path) -> Result<HashMap<PathBuf, String>> {
+    let mut sums = read_checksums(dir)?;
+    for sub in subdirectories(dir)? {
+        for (file, digest) in read_checksums(&dir.join(&sub))? {
+            sums.insert(sub.join(file), digest);
+        }
+    }
+    Ok(sums)
+}
+
+/// The names of the directories directly inside `dir` (symlinks followed), sorted.
+fn subdirectories(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut subs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| PathBuf::from(e.file_name()))
+        .collect();
+    subs.sort();
+    Ok(subs)
 }
 
 /// A sha256 in hex, lowercased.
@@ -185,6 +232,9 @@ pub fn read_checksums(dir: &Path) -> Result<HashMap<PathBuf, String>> {
     Ok(sums)
 }
 
+/// What TF-slim appends to the name of a quantized variant: `mobilenet_v1_1.0_224_quant`.
+pub const INT8_SUFFIX: &str = "_quant";
+
 /// The TF-slim name of a variant: `mobilenet_v1_1.0_224`, `mobilenet_v1_0.25_128`, ...
 pub fn variant_name(alpha: f32, resolution: usize) -> String {
     format!("mobilenet_v1_{}_{resolution}", format_alpha(alpha))
@@ -202,20 +252,24 @@ pub fn format_alpha(alpha: f32) -> String {
 /// Describes a manifest-less ONNX file from its graph: alpha from the stem width / 32, the
 /// resolution from a fixed input shape (else `resolution`), the class count from the output, the
 /// standard [-1, 1] normalisation, and `label_offset` 1 when there are 1001 classes.
-pub fn derive_spec(file: &Path, plan: &Plan, resolution: Option<usize>) -> Result<VariantSpec> {
-    let stem = plan
+pub fn derive_spec(
+    file: &Path,
+    network: &Network,
+    resolution: Option<usize>,
+) -> Result<VariantSpec> {
+    let stem = network
         .stem_width()
         .ok_or_else(|| Error::Catalog(format!("{}: no convolution", file.display())))?;
     let alpha = stem as f32 / 32.0;
-    let resolution = match (plan.height, plan.width, resolution) {
-        (Some(h), Some(w), _) if h == w => h,
-        (Some(h), Some(w), _) => {
+    let resolution = match (network.fixed_size(), resolution) {
+        ([Some(h), Some(w)], _) if h == w => h,
+        ([Some(h), Some(w)], _) => {
             return Err(Error::Catalog(format!(
                 "{}: non-square input {h}x{w}",
                 file.display()
             )))
         }
-        (_, _, Some(r)) => r,
+        (_, Some(r)) => r,
         _ => {
             return Err(Error::Catalog(format!(
                 "{}: the input size is symbolic and there is no manifest; pass --resolution",
@@ -223,25 +277,31 @@ pub fn derive_spec(file: &Path, plan: &Plan, resolution: Option<usize>) -> Resul
             )))
         }
     };
-    let label_offset = usize::from(plan.classes == 1001);
-    if plan.classes < 1000 + label_offset {
+    let classes = network.classes();
+    let label_offset = usize::from(classes == 1001);
+    if classes < 1000 + label_offset {
         return Err(Error::Catalog(format!(
-            "{}: {} outputs cannot be ImageNet classes",
+            "{}: {classes} outputs cannot be ImageNet classes",
             file.display(),
-            plan.classes
         )));
     }
+    let precision = network.precision();
+    let name = match precision {
+        Precision::Fp32 => variant_name(alpha, resolution),
+        Precision::Int8 => format!("{}{INT8_SUFFIX}", variant_name(alpha, resolution)),
+    };
     Ok(VariantSpec {
-        name: variant_name(alpha, resolution),
+        name,
         alpha,
         resolution,
         file: file.file_name().map(PathBuf::from).unwrap_or_default(),
-        num_classes: plan.classes,
+        num_classes: classes,
         label_offset,
         normalization: Normalization::default(),
-        mult_adds: plan.mult_adds(resolution, resolution).ok(),
-        params: Some(plan.params() as u64),
+        mult_adds: network.mult_adds(resolution, resolution).ok(),
+        params: Some(network.params() as u64),
         weights: None,
+        precision,
         published_top1: None,
         published_top5: None,
         sha256: None,

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use super::plan::{ConvKind, ConvLayer, Layer, Plan};
 use super::schedule::{split_gemm, split_rows};
 use super::team::{split_pair, Crew, Team};
+use super::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::kernels::{AlignedVec, ConvGeometry, GemmShape, KernelSet};
 
@@ -18,43 +19,6 @@ pub struct Model {
     /// ones (pointwise, dense and FC layers) in the tier's packed layout, depthwise ones as they
     /// are; empty for the other layers.
     packed: Vec<AlignedVec>,
-}
-
-/// Reusable activation buffers, so that steady-state inference does not allocate.
-#[derive(Debug, Default)]
-pub struct Workspace {
-    front: AlignedVec,
-    back: AlignedVec,
-}
-
-impl Workspace {
-    /// An empty workspace; it grows to the largest activation it meets and keeps that size.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A workspace whose two buffers hold `len` values each, so that runs needing at most that
-    /// ([`Model::activation_len`]) never allocate, the first one included. Their memory is
-    /// made resident now (see [`AlignedVec::resident`]).
-    pub fn with_capacity(len: usize) -> Self {
-        Workspace {
-            front: AlignedVec::resident(len),
-            back: AlignedVec::resident(len),
-        }
-    }
-}
-
-/// An empty vector with room for `len` values whose pages are already resident. Reserved but
-/// untouched memory only becomes resident when a batch first reaches it: a soak at 70 % load
-/// saw RSS step up by 103 MiB after nine minutes, at the first full batch. Written once here,
-/// the process holds from the start what its largest batch needs, and a later rise is a leak.
-pub fn resident_vec(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // Not zeros: an allocation filled with zeros may be turned into calloc, whose fresh pages
-    // stay untouched. The values are never read (the length goes back to 0).
-    v.resize(len, 1.0);
-    v.clear();
-    v
 }
 
 /// A batch of NHWC images as a run reads them: the model's input, or the activations between
@@ -199,9 +163,9 @@ impl Model {
         let result = self.run_steps(ws, images, out, times, crew);
         // Layers alternate between the two buffers, so the next run may need the larger one's
         // size in the other: grow both now, once, and steady-state runs never allocate.
-        let capacity = ws.front.capacity().max(ws.back.capacity());
-        ws.front.reserve_total(capacity);
-        ws.back.reserve_total(capacity);
+        let capacity = ws.floats.front.capacity().max(ws.floats.back.capacity());
+        ws.floats.front.reserve_total(capacity);
+        ws.floats.back.reserve_total(capacity);
         result
     }
 
@@ -221,7 +185,7 @@ impl Model {
         } = images;
         // Borrowed, not taken out: a panicking kernel leaves the workspace (and the memory it
         // made resident) in place for the next run.
-        let (mut src, mut dst) = (&mut ws.front, &mut ws.back);
+        let (mut src, mut dst) = (&mut ws.floats.front, &mut ws.floats.back);
         let mut shape = (h, w, self.plan.in_c);
         let mut i = 0;
         // Profiled runs time each layer alone over the whole batch: no fusion, no prefix.

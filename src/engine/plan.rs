@@ -157,6 +157,14 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    /// Multiply-adds per output value: the taps it sums over.
+    pub fn mult_adds_per_output(&self) -> usize {
+        match self.kind {
+            ConvKind::Depthwise => self.kh * self.kw,
+            _ => self.kh * self.kw * self.in_c,
+        }
+    }
+
     /// Resolves the geometry of layer `name` for an input of `batch x in_h x in_w`.
     pub fn geometry(
         &self,
@@ -286,13 +294,7 @@ impl Plan {
             .iter()
             .zip(outputs)
             .map(|(layer, (out_h, out_w, out_c))| match layer {
-                Layer::Conv(c) => {
-                    let per_out = match c.kind {
-                        ConvKind::Depthwise => c.kh * c.kw,
-                        _ => c.kh * c.kw * c.in_c,
-                    };
-                    (out_h * out_w * out_c * per_out) as u64
-                }
+                Layer::Conv(c) => (out_h * out_w * out_c * c.shape().mult_adds_per_output()) as u64,
                 Layer::GlobalAvgPool { .. } => 0,
                 Layer::Fc(f) => (f.in_c * f.out_c) as u64,
             })

@@ -10,8 +10,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::catalog::{self, VariantSpec};
-use super::import;
-use super::model::Model;
+use super::import::{self, Imported};
+use super::network::Network;
 use crate::error::{Error, Result};
 use crate::kernels::KernelSet;
 
@@ -32,7 +32,7 @@ pub struct Variant {
     /// What it is.
     pub spec: VariantSpec,
     /// The network; variants of the same file share it.
-    pub model: Arc<Model>,
+    pub model: Arc<Network>,
     /// The sha256 of its ONNX file, as loaded.
     pub sha256: String,
     /// Whether that digest was checked against an expected one (manifest or `SHA256SUMS`).
@@ -54,7 +54,7 @@ pub struct Unavailable {
 impl Variant {
     /// Elements of one preprocessed input image (`resolution^2 x channels`).
     pub fn input_len(&self) -> usize {
-        self.spec.resolution * self.spec.resolution * self.model.plan().in_c
+        self.spec.resolution * self.spec.resolution * self.model.in_c()
     }
 }
 
@@ -69,7 +69,7 @@ pub struct ModelPool {
 
 /// A loaded ONNX file.
 struct Loaded {
-    model: Arc<Model>,
+    model: Arc<Network>,
     sha256: String,
     verified: bool,
 }
@@ -95,10 +95,21 @@ impl ModelPool {
                 dir.display()
             )));
         }
-        let (specs, mut unavailable) = match catalog::read_manifest(dir)? {
+        let (mut specs, mut unavailable) = match catalog::read_manifest(dir)? {
             Some(specs) => (specs, Vec::new()),
-            None => derive_specs(dir, opts.resolution, strict)?,
+            None => derive_specs(dir, opts, strict)?,
         };
+        for more in catalog::read_sub_manifests(dir)? {
+            if let Some(twice) = specs.iter().find(|s| s.name == more.name) {
+                return Err(Error::Catalog(format!(
+                    "two variants are called `{}`: {} and {}",
+                    more.name,
+                    twice.file.display(),
+                    more.file.display()
+                )));
+            }
+            specs.push(more);
+        }
         // A wanted variant whose file already failed stays listed as unavailable.
         let wanted: Option<Vec<String>> = opts.variants.as_ref().map(|w| {
             w.iter()
@@ -116,7 +127,7 @@ impl ModelPool {
                 dir.display()
             )));
         }
-        let checksums = catalog::read_checksums(dir)?;
+        let checksums = catalog::read_all_checksums(dir)?;
         let mut files: HashMap<PathBuf, std::result::Result<Arc<Loaded>, String>> = HashMap::new();
         let mut variants = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -228,7 +239,7 @@ impl ModelPool {
 /// that cannot be read or imported is listed as unavailable under its file stem.
 fn derive_specs(
     dir: &Path,
-    resolution: Option<usize>,
+    opts: &LoadOptions,
     strict: bool,
 ) -> Result<(Vec<VariantSpec>, Vec<Unavailable>)> {
     let mut specs: Vec<VariantSpec> = Vec::new();
@@ -237,7 +248,8 @@ fn derive_specs(
         let derived = std::fs::read(&file)
             .map_err(|e| Error::io(&file, e))
             .and_then(|bytes| import_guarded(&file, &bytes))
-            .and_then(|plan| catalog::derive_spec(&file, &plan, resolution));
+            .map(|imported| Network::new(imported, opts.kernels))
+            .and_then(|network| catalog::derive_spec(&file, &network, opts.resolution));
         let mut spec = match derived {
             Ok(spec) => spec,
             Err(e) if strict => return Err(e),
@@ -299,9 +311,9 @@ fn load_file(
             )));
         }
     }
-    let plan = import_guarded(&path, &bytes)?;
+    let imported = import_guarded(&path, &bytes)?;
     Ok(Loaded {
-        model: Arc::new(Model::new(plan, opts.kernels)),
+        model: Arc::new(Network::new(imported, opts.kernels)),
         sha256,
         verified: expected.is_some(),
     })
@@ -309,8 +321,8 @@ fn load_file(
 
 /// Imports `bytes`; a panic in the importer (a bug that a malformed file found) fails this file
 /// only, not the process.
-fn import_guarded(path: &Path, bytes: &[u8]) -> Result<super::plan::Plan> {
-    catch_unwind(AssertUnwindSafe(|| import::import_bytes(bytes)))
+fn import_guarded(path: &Path, bytes: &[u8]) -> Result<Imported> {
+    catch_unwind(AssertUnwindSafe(|| import::import_any(bytes)))
         .unwrap_or_else(|_| Err(Error::MalformedModel("the importer panicked".into())))
         .map_err(|e| Error::Catalog(format!("{}: {e}", path.display())))
 }
@@ -343,16 +355,23 @@ fn select(specs: Vec<VariantSpec>, wanted: Option<&[String]>) -> Result<Vec<Vari
 }
 
 /// The manifest must agree with the graph it describes.
-fn check_consistent(spec: &VariantSpec, model: &Model) -> Result<()> {
-    let plan = model.plan();
+fn check_consistent(spec: &VariantSpec, network: &Network) -> Result<()> {
     let bad = |why: String| Err(Error::Catalog(format!("{}: {why}", spec.name)));
-    if plan.classes != spec.num_classes {
+    if network.precision() != spec.precision {
         return bad(format!(
-            "the manifest says {} classes, the graph outputs {}",
-            spec.num_classes, plan.classes
+            "the manifest says {}, the graph is {}",
+            spec.precision,
+            network.precision()
         ));
     }
-    for fixed in [plan.height, plan.width].into_iter().flatten() {
+    if network.classes() != spec.num_classes {
+        return bad(format!(
+            "the manifest says {} classes, the graph outputs {}",
+            spec.num_classes,
+            network.classes()
+        ));
+    }
+    for fixed in network.fixed_size().into_iter().flatten() {
         if fixed != spec.resolution {
             return bad(format!(
                 "the graph is fixed at {fixed} pixels, the variant wants {}",
@@ -360,7 +379,7 @@ fn check_consistent(spec: &VariantSpec, model: &Model) -> Result<()> {
             ));
         }
     }
-    if let Some(stem) = plan.stem_width() {
+    if let Some(stem) = network.stem_width() {
         if (stem as f32 - 32.0 * spec.alpha).abs() > 0.5 {
             return bad(format!(
                 "alpha {} but the stem has {stem} channels",
@@ -368,6 +387,6 @@ fn check_consistent(spec: &VariantSpec, model: &Model) -> Result<()> {
             ));
         }
     }
-    plan.mult_adds(spec.resolution, spec.resolution)?;
+    network.mult_adds(spec.resolution, spec.resolution)?;
     Ok(())
 }

@@ -65,9 +65,9 @@ impl TractReference {
 
     /// The reference for `variant` at its own resolution, from its decoded ONNX file.
     pub fn for_variant(proto: &pb::ModelProto, variant: &Variant) -> Result<Self> {
-        let plan = variant.model.plan();
+        let network = &variant.model;
         let r = variant.spec.resolution;
-        Self::new(proto, plan.input_layout, r, r, plan.in_c)
+        Self::new(proto, network.input_layout(), r, r, network.in_c())
     }
 
     /// Runs one NHWC image and returns the graph's output row.

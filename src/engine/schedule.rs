@@ -10,16 +10,16 @@ use crate::kernels::{AlignedVec, Clamp, ConvGeometry, GemmShape, KernelSet};
 /// Runs a convolution split into bands of output rows: one per part (whole images when they
 /// divide evenly between the parts), cut again into bands of at most `max_rows` rows. `conv` gets
 /// a band's geometry, the input rows it reads and its output, `row_len` values per output row.
-pub(super) fn split_rows<F>(
+pub(super) fn split_rows<T: Send + Sync, F>(
     crew: &Crew<'_>,
     g: &ConvGeometry,
-    input: &[f32],
-    out: &mut [f32],
+    input: &[T],
+    out: &mut [T],
     row_len: usize,
     max_rows: usize,
     conv: &F,
 ) where
-    F: Fn(&ConvGeometry, &[f32], &mut [f32]) + Sync,
+    F: Fn(&ConvGeometry, &[T], &mut [T]) + Sync,
 {
     if crew.parts() <= 1 && max_rows >= g.out_h {
         conv(g, input, out);

@@ -342,37 +342,37 @@ impl Crew<'_> {
 /// Cuts `units` units of work, each owning `unit_len` consecutive values of `out`, into at most
 /// one contiguous range per thread of the crew, with boundaries at multiples of `align`, and runs
 /// `f(range, its values of out)` on each at once.
-pub fn split<F>(
+pub fn split<T: Send, F>(
     crew: &Crew<'_>,
     units: usize,
     align: usize,
     unit_len: usize,
-    out: &mut [f32],
+    out: &mut [T],
     f: &F,
 ) where
-    F: Fn(Range<usize>, &mut [f32]) + Sync,
+    F: Fn(Range<usize>, &mut [T]) + Sync,
 {
     split_pair(
         crew,
         units,
         align,
         (out, unit_len),
-        (&mut [], 0),
+        (&mut [] as &mut [T], 0),
         &|range, out, _| f(range, out),
     );
 }
 
 /// Like [`split`], with two outputs: each unit owns `unit_len` values of the first and
 /// `scratch_len` of the second (a part's scratch, say), and `f` gets its values of both.
-pub fn split_pair<F>(
+pub fn split_pair<T: Send, S: Send, F>(
     crew: &Crew<'_>,
     units: usize,
     align: usize,
-    (out, unit_len): (&mut [f32], usize),
-    (scratch, scratch_len): (&mut [f32], usize),
+    (out, unit_len): (&mut [T], usize),
+    (scratch, scratch_len): (&mut [S], usize),
     f: &F,
 ) where
-    F: Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync,
+    F: Fn(Range<usize>, &mut [T], &mut [S]) + Sync,
 {
     assert_eq!(out.len(), units * unit_len, "split output length");
     assert_eq!(scratch.len(), units * scratch_len, "split scratch length");
@@ -406,19 +406,26 @@ pub fn split_pair<F>(
 }
 
 /// An output's pointer, shared by the parts of a split.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+struct SendPtr<T>(*mut T);
 
-impl SendPtr {
-    fn get(self) -> *mut f32 {
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
         self.0
     }
 }
 
-// SAFETY: the parts write disjoint ranges through it (see `split`).
-unsafe impl Send for SendPtr {}
+// SAFETY: the parts write disjoint ranges of `T: Send` values through it (see `split`).
+unsafe impl<T: Send> Send for SendPtr<T> {}
 // SAFETY: as above.
-unsafe impl Sync for SendPtr {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 #[cfg(test)]
 mod tests {

@@ -110,7 +110,7 @@ pub fn model_metadata(service: &Service, name: &str, version: &str) -> Result<Mo
     let variant = service.variant(name)?;
     check_version(name, version)?;
     let r = variant.spec.resolution as i64;
-    let channels = variant.model.plan().in_c as i64;
+    let channels = variant.model.in_c() as i64;
     let classes = variant.spec.num_classes as i64;
     let tensor = |name: &str, datatype: &str, shape: Vec<i64>| TensorMetadata {
         name: name.into(),
@@ -134,7 +134,7 @@ pub fn model_metadata(service: &Service, name: &str, version: &str) -> Result<Mo
 
 /// The outputs a variant offers: `probs` always; `logits` unless the graph ends with a softmax.
 fn output_names(variant: &Variant) -> Vec<&'static str> {
-    if variant.model.plan().softmax {
+    if variant.model.softmax() {
         vec![PROBS]
     } else {
         vec![LOGITS, PROBS]
@@ -347,7 +347,7 @@ fn images(variant: &Variant, inputs: Vec<InputTensor>) -> Result<Images> {
     };
     let count = tensor::element_count(&input.shape)?;
     let r = variant.spec.resolution as i64;
-    let channels = variant.model.plan().in_c as i64;
+    let channels = variant.model.in_c() as i64;
     match (input.name.as_str(), input.data) {
         (INPUT, InputData::Fp32(data)) if input.datatype == "FP32" => {
             let ok_shape = input.shape.len() == 4 && input.shape[1..] == [channels, r, r];
@@ -469,7 +469,7 @@ fn build_output(
 ) -> OutputTensor {
     let n = rows.len() as i64;
     let classes = variant.spec.num_classes;
-    let values: Vec<Vec<f32>> = if wanted.name == PROBS && !variant.model.plan().softmax {
+    let values: Vec<Vec<f32>> = if wanted.name == PROBS && !variant.model.softmax() {
         rows.iter()
             .map(|r| {
                 let mut p = r.clone();

@@ -32,7 +32,7 @@ pub async fn prepare(
     limits: DecodeLimits,
 ) -> Result<Prepared> {
     let rho = variant.spec.resolution;
-    let channels = variant.model.plan().in_c;
+    let channels = variant.model.in_c();
     let norm = variant.spec.normalization;
     let tier = variant.model.kernels().tier;
     // The decode keeps the request's admission slot even if the client goes away and the

@@ -11,6 +11,7 @@ use super::latency::LatencyTracker;
 use super::metrics::{Metrics, NO_VARIANT};
 use super::request::Prediction;
 use super::router::{self, Candidate};
+use crate::engine::network::Precision;
 use crate::engine::pool::{ModelPool, Unavailable, Variant};
 use crate::error::{Error, Result};
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
@@ -74,8 +75,8 @@ impl Registry {
         for v in variants.iter() {
             let r = v.spec.resolution;
             costs.push(Cost {
-                mult_adds: v.model.plan().mult_adds(r, r)?,
-                params: v.model.plan().params() as u64,
+                mult_adds: v.model.mult_adds(r, r)?,
+                params: v.model.params() as u64,
             });
         }
         let failed = |name: &str| pool.unavailable().iter().any(|u| u.name == name);
@@ -84,7 +85,7 @@ impl Registry {
                 // Serving the rest is the point of loading what loads.
                 tracing::warn!(variant = %name,
                     "the default model failed to load: the most accurate of the rest answers");
-                most_accurate(&accuracy, &costs)
+                most_accurate(&variants, &accuracy, &costs)
             }
             Some(name) => variants
                 .iter()
@@ -93,7 +94,7 @@ impl Registry {
                     name: name.to_string(),
                     known: pool.names().join(", "),
                 })?,
-            None => most_accurate(&accuracy, &costs),
+            None => most_accurate(&variants, &accuracy, &costs),
         };
         let latency = variants.iter().map(|_| LatencyTracker::default()).collect();
         Ok(Registry {
@@ -163,7 +164,7 @@ impl Registry {
     pub fn predictions(&self, index: usize, scores: &[f32], k: usize) -> Vec<Prediction> {
         let variant = &self.variants[index];
         let mut probs = scores.to_vec();
-        if !variant.model.plan().softmax {
+        if !variant.model.softmax() {
             softmax_in_place(&mut probs);
         }
         let offset = variant.spec.label_offset;
@@ -211,6 +212,7 @@ impl Registry {
                     name: v.spec.name.clone(),
                     alpha: v.spec.alpha,
                     resolution: v.spec.resolution,
+                    precision: v.spec.precision,
                     top1: self.accuracy[i].top1,
                     predicted_ms,
                 }
@@ -237,6 +239,7 @@ impl Registry {
                     name: v.spec.name.clone(),
                     alpha: v.spec.alpha,
                     resolution: v.spec.resolution,
+                    precision: v.spec.precision,
                     num_classes: v.spec.num_classes,
                     params: self.costs[i].params,
                     mult_adds: self.costs[i].mult_adds,
@@ -326,6 +329,8 @@ pub struct ModelInfo {
     pub alpha: f32,
     /// Input resolution.
     pub resolution: usize,
+    /// Number format: `fp32` or `int8`.
+    pub precision: Precision,
     /// Model outputs (1001 with TF-slim's background class).
     pub num_classes: usize,
     /// Learned parameters.
@@ -355,9 +360,12 @@ fn percent(p: f32) -> f64 {
     (f64::from(p) * 100.0).round() / 100.0
 }
 
-/// The default default: the most accurate variant, the cheaper one on ties.
-fn most_accurate(accuracy: &[Accuracy], costs: &[Cost]) -> usize {
+/// The default default: the most accurate variant, the cheaper one on ties; a float one when
+/// there is one, so that serving the 8-bit zoo too does not change what a plain request gets.
+fn most_accurate(variants: &[Variant], accuracy: &[Accuracy], costs: &[Cost]) -> usize {
+    let any_float = variants.iter().any(|v| v.spec.precision == Precision::Fp32);
     (0..accuracy.len())
+        .filter(|&i| !any_float || variants[i].spec.precision == Precision::Fp32)
         .max_by(|&a, &b| {
             let t = |i: usize| accuracy[i].top1.unwrap_or(f64::NEG_INFINITY);
             t(a).total_cmp(&t(b))

@@ -2,6 +2,7 @@
 //! target. Pure functions of the request and a snapshot of the candidates, so every rule is
 //! unit-tested without a server.
 
+use crate::engine::network::Precision;
 use crate::error::{Error, Result};
 
 /// What the client asked for.
@@ -11,13 +12,17 @@ pub enum Selection {
     Default,
     /// A variant by name.
     Name(String),
-    /// A cell of the alpha x resolution grid.
+    /// A cell of the alpha x resolution x precision grid.
     Cell {
         /// Width multiplier.
         alpha: f32,
         /// Input resolution.
         resolution: usize,
+        /// Number format (fp32 when the request does not say).
+        precision: Precision,
     },
+    /// The default variant's alpha and resolution in this precision.
+    Precision(Precision),
     /// A target; at least one bound is set.
     Target {
         /// Upper bound on the predicted latency, in milliseconds.
@@ -26,6 +31,8 @@ pub enum Selection {
         min_top1: Option<f64>,
         /// Answer with the fastest variant instead of 422 when nothing meets the target.
         fallback_fastest: bool,
+        /// Only variants of this precision; any when `None`.
+        precision: Option<Precision>,
     },
 }
 
@@ -44,6 +51,8 @@ pub struct SelectionParams {
     pub min_top1: Option<f64>,
     /// With a target nobody meets, answer with the fastest variant.
     pub fallback_fastest: bool,
+    /// Number format, with a cell, a target, or alone (the default variant's cell).
+    pub precision: Option<Precision>,
 }
 
 impl SelectionParams {
@@ -63,6 +72,9 @@ impl SelectionParams {
         if self.fallback_fastest && !target {
             return bad("the fastest fallback only goes with a target");
         }
+        if self.model.is_some() && self.precision.is_some() {
+            return bad("a model name already says its precision: leave precision out");
+        }
         if let Some(a) = self.alpha {
             if !(a.is_finite() && a > 0.0) {
                 return bad("alpha must be a positive number");
@@ -80,7 +92,11 @@ impl SelectionParams {
         }
         Ok(match (&self.model, self.alpha, self.resolution) {
             (Some(name), _, _) => Selection::Name(name.clone()),
-            (None, Some(alpha), Some(resolution)) => Selection::Cell { alpha, resolution },
+            (None, Some(alpha), Some(resolution)) => Selection::Cell {
+                alpha,
+                resolution,
+                precision: self.precision.unwrap_or_default(),
+            },
             (None, Some(_), None) | (None, None, Some(_)) => {
                 return bad("alpha and resolution go together")
             }
@@ -88,8 +104,12 @@ impl SelectionParams {
                 max_latency_ms: self.max_latency_ms,
                 min_top1: self.min_top1,
                 fallback_fastest: self.fallback_fastest,
+                precision: self.precision,
             },
-            (None, None, None) => Selection::Default,
+            (None, None, None) => match self.precision {
+                Some(p) => Selection::Precision(p),
+                None => Selection::Default,
+            },
         })
     }
 }
@@ -103,6 +123,8 @@ pub struct Candidate {
     pub alpha: f32,
     /// Input resolution.
     pub resolution: usize,
+    /// Number format.
+    pub precision: Precision,
     /// Top-1 accuracy in percent (measured, else published), if known.
     pub top1: Option<f64>,
     /// Predicted latency in milliseconds (live measurements, else the warm-up).
@@ -141,34 +163,63 @@ pub fn choose(selection: &Selection, candidates: &[Candidate], default: usize) -
                 name: name.clone(),
                 known: names(candidates),
             }),
-        Selection::Cell { alpha, resolution } => candidates
-            .iter()
-            .position(|c| (c.alpha - alpha).abs() < 1e-3 && c.resolution == *resolution)
-            .map(plain)
-            .ok_or_else(|| Error::UnknownModel {
-                name: format!("alpha={alpha} resolution={resolution}"),
-                known: names(candidates),
-            }),
+        Selection::Cell {
+            alpha,
+            resolution,
+            precision,
+        } => find_cell(candidates, *alpha, *resolution, *precision).map(plain),
+        Selection::Precision(precision) => {
+            let d = candidates
+                .get(default)
+                .ok_or_else(|| Error::Internal("no default variant is loaded".into()))?;
+            find_cell(candidates, d.alpha, d.resolution, *precision).map(plain)
+        }
         Selection::Target {
             max_latency_ms,
             min_top1,
             fallback_fastest,
-        } => choose_target(candidates, *max_latency_ms, *min_top1, *fallback_fastest),
+            precision,
+        } => {
+            let bounds = (*max_latency_ms, *min_top1);
+            choose_target(candidates, bounds, *fallback_fastest, *precision)
+        }
     }
 }
 
-fn choose_target(
+/// The candidate of one cell of the grid.
+fn find_cell(
     candidates: &[Candidate],
-    max_latency_ms: Option<f64>,
-    min_top1: Option<f64>,
+    alpha: f32,
+    resolution: usize,
+    precision: Precision,
+) -> Result<usize> {
+    candidates
+        .iter()
+        .position(|c| {
+            (c.alpha - alpha).abs() < 1e-3 && c.resolution == resolution && c.precision == precision
+        })
+        .ok_or_else(|| Error::UnknownModel {
+            name: format!("alpha={alpha} resolution={resolution} precision={precision}"),
+            known: names(candidates),
+        })
+}
+
+/// The target's choice among the candidates of `precision` (all when `None`); the bounds are
+/// `(max_latency_ms, min_top1)`.
+fn choose_target(
+    all: &[Candidate],
+    (max_latency_ms, min_top1): (Option<f64>, Option<f64>),
     fallback_fastest: bool,
+    precision: Option<Precision>,
 ) -> Result<Choice> {
+    let allowed = |c: &Candidate| precision.is_none_or(|p| c.precision == p);
+    let candidates = || all.iter().enumerate().filter(|(_, c)| allowed(c));
     let fits = |c: &Candidate| {
         max_latency_ms.is_none_or(|m| c.predicted_ms <= m)
             && min_top1.is_none_or(|m| c.top1.is_some_and(|t| t >= m))
     };
     let accuracy = |c: &Candidate| c.top1.unwrap_or(f64::NEG_INFINITY);
-    let fitting = candidates.iter().enumerate().filter(|(_, c)| fits(c));
+    let fitting = candidates().filter(|(_, c)| fits(c));
     // With a latency budget, spend it on accuracy; with only an accuracy floor, the cheapest
     // (fastest) variant above it. Ties go to the faster variant.
     let best = if max_latency_ms.is_some() {
@@ -187,10 +238,8 @@ fn choose_target(
         });
     }
     if fallback_fastest {
-        if let Some((index, _)) = candidates
-            .iter()
-            .enumerate()
-            .min_by(|(_, a), (_, b)| a.predicted_ms.total_cmp(&b.predicted_ms))
+        if let Some((index, _)) =
+            candidates().min_by(|(_, a), (_, b)| a.predicted_ms.total_cmp(&b.predicted_ms))
         {
             return Ok(Choice {
                 index,
@@ -198,16 +247,14 @@ fn choose_target(
             });
         }
     }
-    let fastest = candidates
-        .iter()
-        .map(|c| c.predicted_ms)
+    let fastest = candidates()
+        .map(|(_, c)| c.predicted_ms)
         .min_by(f64::total_cmp);
-    let best_top1 = candidates
-        .iter()
-        .filter_map(|c| c.top1)
+    let best_top1 = candidates()
+        .filter_map(|(_, c)| c.top1)
         .max_by(f64::total_cmp);
     Err(Error::TargetUnreachable(format!(
-        "asked for{}{}; the fastest variant is predicted at {}, the most accurate has top-1 {} \
+        "asked for{}{}{}; the fastest variant is predicted at {}, the most accurate has top-1 {} \
          (add fallback=fastest to be answered anyway)",
         max_latency_ms
             .map(|m| format!(" latency <= {m} ms"))
@@ -215,6 +262,7 @@ fn choose_target(
         min_top1
             .map(|m| format!(" top-1 >= {m}%"))
             .unwrap_or_default(),
+        precision.map(|p| format!(" in {p}")).unwrap_or_default(),
         fastest
             .map(|f| format!("{f:.2} ms"))
             .unwrap_or_else(|| "-".into()),
@@ -255,6 +303,7 @@ mod tests {
             name: name.into(),
             alpha,
             resolution,
+            precision: Precision::Fp32,
             top1: Some(top1),
             predicted_ms: ms,
         }
@@ -274,7 +323,20 @@ mod tests {
             max_latency_ms: max,
             min_top1: min,
             fallback_fastest: false,
+            precision: None,
         }
+    }
+
+    /// The grid plus 8-bit versions of `big` and `small`: a little less accurate, faster.
+    fn two_precisions() -> Vec<Candidate> {
+        let mut g = grid();
+        let int8 = |name: &str, alpha, resolution, top1, ms| Candidate {
+            precision: Precision::Int8,
+            ..cand(name, alpha, resolution, top1, ms)
+        };
+        g.push(int8("big_quant", 1.0, 224, 69.5, 7.0));
+        g.push(int8("small_quant", 0.25, 128, 39.5, 0.4));
+        g
     }
 
     #[test]
@@ -290,6 +352,7 @@ mod tests {
         let cell = Selection::Cell {
             alpha: 0.5,
             resolution: 224,
+            precision: Precision::Fp32,
         };
         assert_eq!(choose(&cell, &g, 0).unwrap().index, 3);
         let err = choose(&Selection::Name("nope".into()), &g, 0).unwrap_err();
@@ -297,8 +360,62 @@ mod tests {
         let missing = Selection::Cell {
             alpha: 0.75,
             resolution: 224,
+            precision: Precision::Fp32,
         };
         assert_eq!(choose(&missing, &g, 0).unwrap_err().kind().status, 404);
+    }
+
+    #[test]
+    fn precision_picks_within_a_cell_and_filters_targets() {
+        let g = two_precisions();
+        let cell = |alpha, resolution, precision| Selection::Cell {
+            alpha,
+            resolution,
+            precision,
+        };
+        assert_eq!(
+            choose(&cell(1.0, 224, Precision::Int8), &g, 0)
+                .unwrap()
+                .index,
+            4
+        );
+        assert_eq!(
+            choose(&cell(1.0, 224, Precision::Fp32), &g, 0)
+                .unwrap()
+                .index,
+            0
+        );
+        let err = choose(&cell(0.5, 160, Precision::Int8), &g, 0).unwrap_err();
+        assert_eq!(err.kind().status, 404);
+        assert!(err.to_string().contains("precision=int8"), "{err}");
+        // Alone, the default variant's cell in that precision.
+        let alone = Selection::Precision(Precision::Int8);
+        assert_eq!(choose(&alone, &g, 2).unwrap().index, 5);
+        assert_eq!(
+            choose(&Selection::Precision(Precision::Fp32), &g, 2)
+                .unwrap()
+                .index,
+            2
+        );
+        assert_eq!(choose(&alone, &g, 1).unwrap_err().kind().status, 404);
+        // Targets choose across precisions unless one is given.
+        assert_eq!(choose(&target(Some(8.0), None), &g, 0).unwrap().index, 4);
+        assert_eq!(choose(&target(None, Some(30.0)), &g, 0).unwrap().index, 5);
+        let fp32_only = Selection::Target {
+            max_latency_ms: Some(8.0),
+            min_top1: None,
+            fallback_fastest: false,
+            precision: Some(Precision::Fp32),
+        };
+        assert_eq!(choose(&fp32_only, &g, 0).unwrap().index, 1);
+        let int8_fallback = Selection::Target {
+            max_latency_ms: Some(0.1),
+            min_top1: None,
+            fallback_fastest: true,
+            precision: Some(Precision::Int8),
+        };
+        let c = choose(&int8_fallback, &g, 0).unwrap();
+        assert_eq!((c.index, c.target_met), (5, Some(false)));
     }
 
     #[test]
@@ -337,6 +454,7 @@ mod tests {
             max_latency_ms: Some(0.1),
             min_top1: None,
             fallback_fastest: true,
+            precision: None,
         };
         let c = choose(&sel, &g, 0).unwrap();
         assert_eq!((c.index, c.target_met), (2, Some(false)));
@@ -375,6 +493,21 @@ mod tests {
             p(|s| s.max_latency_ms = Some(5.0)),
             Ok(Selection::Target { .. })
         ));
+        assert_eq!(
+            p(|s| s.precision = Some(Precision::Int8)).unwrap(),
+            Selection::Precision(Precision::Int8)
+        );
+        assert!(matches!(
+            p(|s| {
+                s.alpha = Some(0.5);
+                s.resolution = Some(160);
+                s.precision = Some(Precision::Int8)
+            }),
+            Ok(Selection::Cell {
+                precision: Precision::Int8,
+                ..
+            })
+        ));
         for bad in [
             p(|s| s.alpha = Some(0.5)),
             p(|s| s.resolution = Some(160)),
@@ -383,6 +516,10 @@ mod tests {
                 s.min_top1 = Some(50.0)
             }),
             p(|s| s.fallback_fastest = true),
+            p(|s| {
+                s.model = Some("m".into());
+                s.precision = Some(Precision::Fp32)
+            }),
             p(|s| s.max_latency_ms = Some(f64::NAN)),
             p(|s| s.max_latency_ms = Some(0.0)),
             p(|s| s.min_top1 = Some(-1.0)),

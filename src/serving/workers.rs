@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::engine::model::{resident_vec, Nhwc, Workspace};
+use crate::engine::model::Nhwc;
 use crate::engine::pool::Variant;
 use crate::engine::team::Team;
+use crate::engine::workspace::{resident_vec, Footprint, Workspace};
 use crate::error::{Error, Result};
 use crate::serving::batcher::{Batch, Batcher, JobOutput};
 use crate::serving::latency::LatencyTracker;
@@ -66,12 +67,12 @@ impl EngineThreads {
     /// largest variant first, so that serving never allocates activations.
     pub fn spawn(threads: usize, ctx: EngineContext) -> Result<Self> {
         let max_batch = ctx.batcher.policy().max_batch;
-        let mut activations = 0;
+        let mut activations = Footprint::default();
         let mut inputs = 0;
         let mut outputs = 0;
         for v in ctx.variants.iter() {
             let r = v.spec.resolution;
-            activations = activations.max(v.model.activation_len(max_batch, r, r)?);
+            activations = activations.max(v.model.footprint(max_batch, r, r)?);
             inputs = inputs.max(max_batch * v.input_len());
             outputs = outputs.max(max_batch * v.spec.num_classes);
         }

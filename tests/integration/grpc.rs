@@ -80,7 +80,7 @@ async fn classify_answers_as_the_engine_computes_and_lists_models() {
     assert_eq!(models.len(), 2);
     assert!(models
         .iter()
-        .any(|m| m.name == SMALL && m.mult_adds == 13_570_304));
+        .any(|m| m.name == SMALL && m.mult_adds == 13_570_304 && m.precision == "fp32"));
     let mid = c
         .get_model(GetModelRequest { name: MID.into() })
         .await
@@ -122,6 +122,31 @@ async fn client_mistakes_are_invalid_argument_or_not_found() {
                 ..request(vec![img.clone()])
             },
             Code::InvalidArgument,
+        ),
+        (
+            ClassifyRequest {
+                precision: Some("int4".into()),
+                ..request(vec![img.clone()])
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            ClassifyRequest {
+                model: Some(SMALL.into()),
+                precision: Some("int8".into()),
+                ..request(vec![img.clone()])
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            // This pool has no int8 twin of the cell.
+            ClassifyRequest {
+                alpha: Some(0.25),
+                resolution: Some(128),
+                precision: Some("int8".into()),
+                ..request(vec![img.clone()])
+            },
+            Code::NotFound,
         ),
         (
             ClassifyRequest {

@@ -8,7 +8,7 @@ use common::serving::{
     MID, SMALL,
 };
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -17,6 +17,8 @@ use http_body_util::BodyExt;
 use mobilenet_serve::api::auth::Auth;
 use mobilenet_serve::app;
 use mobilenet_serve::commands::eval::{EvalReport, VariantResult};
+use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::kernels::{KernelSet, TierChoice};
 use mobilenet_serve::serving::Service;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -208,6 +210,79 @@ async fn the_variant_is_chosen_by_name_by_cell_or_by_target() {
     assert_eq!(
         (model_of(&r), r.json["target_met"].clone()),
         (fastest, Value::Bool(false))
+    );
+}
+
+/// `SMALL` in both precisions, loaded once for the binary.
+fn both_precisions() -> ModelPool {
+    static POOL: OnceLock<ModelPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let opts = LoadOptions {
+            variants: Some(vec![SMALL.into(), format!("{SMALL}_quant")]),
+            resolution: None,
+            kernels: KernelSet::select(TierChoice::Auto).unwrap(),
+        };
+        ModelPool::load(&common::zoo_dir(), &opts).unwrap()
+    })
+    .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_int8_variant_of_a_cell_is_chosen_by_precision_and_computed_in_int8() {
+    let pool = both_precisions();
+    let s = Service::new(pool.clone(), config()).unwrap();
+    s.warm_up().await.unwrap();
+    let quant = format!("{SMALL}_quant");
+    let img = jpegs(1).remove(0);
+    let ask = |q: &str| post(&format!("/classify?{q}"), "image/jpeg", img.clone());
+    let model_of = |r: &Reply| r.json["model"].as_str().unwrap_or("-").to_string();
+
+    // The default and a bare cell stay in float; `precision` moves to the int8 twin.
+    assert_eq!(model_of(&send(&s, ask("")).await), SMALL);
+    assert_eq!(
+        model_of(&send(&s, ask("alpha=0.25&resolution=128")).await),
+        SMALL
+    );
+    let r = send(&s, ask("alpha=0.25&resolution=128&precision=int8")).await;
+    assert_eq!(model_of(&r), quant, "{}", r.json);
+    assert_eq!(
+        top1(&r.json["predictions"]),
+        direct_top1(&pool, &quant, &img)
+    );
+    assert_eq!(model_of(&send(&s, ask("precision=int8")).await), quant);
+    assert_eq!(
+        model_of(&send(&s, ask("precision=fp32&min_top1=1")).await),
+        SMALL
+    );
+    // A name already says its precision; an unknown precision is a client mistake.
+    for q in [
+        format!("model={SMALL}&precision=int8"),
+        "precision=int4".into(),
+    ] {
+        let r = send(&s, ask(&q)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {}", r.json);
+        assert_eq!(r.json["error"]["code"], "bad_request", "{q}");
+    }
+    // The list says which is which.
+    let r = send(&s, get("/v1/models")).await;
+    let precisions: Vec<(String, String)> = r.json["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().into(),
+                m["precision"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        precisions.contains(&(SMALL.into(), "fp32".into())),
+        "{precisions:?}"
+    );
+    assert!(
+        precisions.contains(&(quant.clone(), "int8".into())),
+        "{precisions:?}"
     );
 }
 

@@ -12,10 +12,12 @@ use mobilenet_serve::commands::dataset::read_labels;
 use mobilenet_serve::engine::crosscheck::{
     compare, image_inputs, random_inputs, reference_outputs, REL_TOLERANCE,
 };
-use mobilenet_serve::engine::model::{Nhwc, Workspace};
+use mobilenet_serve::engine::model::Nhwc;
+use mobilenet_serve::engine::network::Precision;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::engine::reference::ProtoCache;
 use mobilenet_serve::engine::team::Team;
+use mobilenet_serve::engine::workspace::Workspace;
 use mobilenet_serve::kernels::{KernelSet, Tier};
 use mobilenet_serve::pipeline::postprocess::argmax;
 use mobilenet_serve::Error;
@@ -33,35 +35,50 @@ fn zoo() -> &'static ModelPool {
     &zoo_per_tier()[0]
 }
 
+/// The float grid at the top of the zoo and the 8-bit grid in its `int8/` folder: 16 variants
+/// each, from 13 files each.
 #[test]
-fn the_zoo_loads_16_variants_from_13_files() {
+fn the_zoo_loads_16_variants_per_precision_from_13_files_each() {
     let pool = zoo();
-    assert_eq!(pool.variants().len(), 16);
-    let alpha1: Vec<_> = pool
-        .variants()
-        .iter()
-        .filter(|v| v.spec.alpha == 1.0)
-        .collect();
-    assert_eq!(alpha1.len(), 4);
-    assert!(
-        alpha1
+    assert_eq!(pool.variants().len(), 32);
+    for precision in Precision::ALL {
+        let grid: Vec<_> = pool
+            .variants()
             .iter()
-            .all(|v| Arc::ptr_eq(&v.model, &alpha1[0].model)),
-        "one file must be loaded once"
-    );
+            .filter(|v| v.spec.precision == precision)
+            .collect();
+        assert_eq!(grid.len(), 16, "{precision}");
+        assert!(grid.iter().all(|v| v.model.precision() == precision));
+        let alpha1: Vec<_> = grid.iter().filter(|v| v.spec.alpha == 1.0).collect();
+        assert_eq!(alpha1.len(), 4);
+        assert!(
+            alpha1
+                .iter()
+                .all(|v| Arc::ptr_eq(&v.model, &alpha1[0].model)),
+            "one file must be loaded once"
+        );
+    }
     for v in pool.variants() {
-        let plan = v.model.plan();
-        let macs = plan
+        let macs = v
+            .model
             .mult_adds(v.spec.resolution, v.spec.resolution)
             .unwrap();
+        // The int8 manifest copies the float 0.75_224 count, whose classifier has 1000 classes,
+        // for a graph with 1001: the graph is one class of 768 channels more. Any other
+        // difference is ours.
+        let manifest_slip = if v.spec.name == "mobilenet_v1_0.75_224_quant" {
+            768
+        } else {
+            0
+        };
         assert_eq!(
             Some(macs),
-            v.spec.mult_adds,
+            v.spec.mult_adds.map(|m| m + manifest_slip),
             "{}: mult-adds from the graph vs the manifest",
             v.spec.name
         );
         assert_eq!(
-            Some(plan.params() as u64),
+            Some(v.model.params() as u64),
             v.spec.params,
             "{}: parameters",
             v.spec.name
@@ -131,7 +148,7 @@ fn golden_images_get_their_labels_from_1_0_224() {
     let inputs = image_inputs(&files, v).unwrap();
     let r = v.spec.resolution;
     let out = v.model.run(&inputs.concat(), inputs.len(), r, r).unwrap();
-    for ((file, name), scores) in golden.iter().zip(out.chunks_exact(v.model.plan().classes)) {
+    for ((file, name), scores) in golden.iter().zip(out.chunks_exact(v.model.classes())) {
         let truth = labels
             .iter()
             .find(|l| l.path.ends_with(file))
@@ -150,7 +167,7 @@ fn batched_outputs_equal_single_image_outputs_with_every_tier() {
         for name in ["mobilenet_v1_0.25_128", "mobilenet_v1_0.75_224"] {
             let v = pool.get(name).unwrap();
             let inputs = image_inputs(&files[..5], v).unwrap();
-            let (r, k) = (v.spec.resolution, v.model.plan().classes);
+            let (r, k) = (v.spec.resolution, v.model.classes());
             let batched = v.model.run(&inputs.concat(), inputs.len(), r, r).unwrap();
             for (i, input) in inputs.iter().enumerate() {
                 let single = v.model.run(input, 1, r, r).unwrap();
@@ -210,7 +227,8 @@ fn fused_runs_equal_layer_by_layer_runs_with_every_tier() {
                 let fused = v.model.run(&input, batch, r, r).unwrap();
                 for t in [&Team::single(), &team] {
                     let (mut ws, mut alone) = (Workspace::new(), Vec::new());
-                    v.model
+                    let model = v.model.as_float().expect("a float variant");
+                    model
                         .run_profiled(t, &mut ws, Nhwc::new(&input, batch, r, r), &mut alone)
                         .unwrap();
                     assert!(
@@ -350,6 +368,30 @@ fn cli_verify_prints_the_summary_line() {
         "{last}"
     );
     assert!(last.ends_with(", top-1 agreement 4/4"), "{last}");
+    // An 8-bit variant is compared in quanta of its output.
+    let (ok, out, err) = cli(&[
+        "verify",
+        "--variants",
+        "mobilenet_v1_0.25_128_quant",
+        "--images",
+        common::imagenet_dir().to_str().unwrap(),
+        "--count",
+        "20",
+    ]);
+    assert!(ok, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("mobilenet_v1_0.25_128_quant"))
+        .unwrap();
+    assert!(
+        line.contains("within 1 quantum") && line.ends_with(" ok"),
+        "{line}"
+    );
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.starts_with("verified 1 variants: ") && last.contains("int8 logits within 1 quantum"),
+        "{last}"
+    );
     let (ok, _, err) = cli(&["verify", "--variants", "nope"]);
     assert!(!ok && err.contains("unknown model `nope`"), "{err}");
 }
@@ -359,7 +401,7 @@ fn cli_models_and_eval() {
     let (ok, out, _) = cli(&["models"]);
     assert!(ok);
     assert!(
-        out.contains("mobilenet_v1_0.75_160") && out.contains("16 variants"),
+        out.contains("mobilenet_v1_0.75_160") && out.contains("32 variants"),
         "{out}"
     );
     let dir = tempfile::tempdir().unwrap();

@@ -58,6 +58,7 @@ fn to_request(
         max_latency_ms: msg.max_latency_ms,
         min_top1: msg.min_top1,
         fallback_fastest: msg.fallback_fastest,
+        precision: msg.precision.as_deref().map(str::parse).transpose()?,
     }
     .selection()?;
     Ok(ClassifyRequest {
@@ -120,6 +121,7 @@ fn to_model_info(m: ModelInfo) -> pb::ModelInfo {
         queue_depth: m.queue_depth as u64,
         dominated: m.dominated,
         default: m.default,
+        precision: m.precision.to_string(),
     }
 }
 

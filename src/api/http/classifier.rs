@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 use super::body::{check_declared_length, read_body, within};
 use super::timing::server_timing;
 use crate::api::errors::ErrorBody;
+use crate::engine::network::Precision;
 use crate::engine::pool::Unavailable;
 use crate::error::Error;
 use crate::serving::router::{Selection, SelectionParams};
@@ -63,6 +64,11 @@ struct ClassifyQuery {
     /// Accuracy floor: the fastest variant whose ImageNet top-1 (percent) is at least this.
     #[param(minimum = 0.0, maximum = 100.0, example = 60.0)]
     min_top1: Option<f64>,
+    /// Number format, `fp32` or `int8`: of the `alpha`/`resolution` cell (fp32 when not given),
+    /// of the variants a target chooses from (any when not given), or alone the default
+    /// variant's cell in that precision. A `model` name already says it.
+    #[param(inline)]
+    precision: Option<Precision>,
     /// Predictions per image (default 5).
     #[param(minimum = 1, maximum = 1000, example = 5)]
     top_k: Option<usize>,
@@ -98,6 +104,7 @@ impl ClassifyQuery {
             max_latency_ms: self.max_latency_ms,
             min_top1: self.min_top1,
             fallback_fastest,
+            precision: self.precision,
         }
         .selection()
     }

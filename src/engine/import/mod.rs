@@ -19,8 +19,34 @@ use std::collections::HashMap;
 
 use super::onnx::{self, node_label, pb, Attrs, Constant};
 use super::plan::{InputLayout, Layer, Plan};
+use super::quant::plan::QuantPlan;
 use crate::error::{Error, Result};
 use crate::kernels::Clamp;
+
+/// A graph as imported: float, or 8-bit quantized.
+#[derive(Debug)]
+pub enum Imported {
+    /// A float graph.
+    Float(Plan),
+    /// A QDQ graph.
+    Quantized(QuantPlan),
+}
+
+/// Imports an ONNX model of either kind from its bytes: a graph with `QuantizeLinear` or
+/// `DequantizeLinear` nodes is quantized, and must then be so throughout.
+pub fn import_any(bytes: &[u8]) -> Result<Imported> {
+    let model = onnx::decode_model(bytes)?;
+    let quantized = model.graph.as_ref().is_some_and(|g| {
+        g.node
+            .iter()
+            .any(|n| n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear")
+    });
+    if quantized {
+        import_quantized(&model).map(Imported::Quantized)
+    } else {
+        import_model(&model).map(Imported::Float)
+    }
+}
 
 /// Imports an ONNX model from its bytes.
 pub fn import_bytes(bytes: &[u8]) -> Result<Plan> {

@@ -17,6 +17,7 @@ use crate::engine::plan::{ConvKind, ConvShape, InputLayout, Padding};
 use crate::engine::quant::plan::{QuantConv, QuantLayer, QuantParams, QuantPlan};
 use crate::error::{Error, Result};
 use crate::kernels::int8::Requant;
+use crate::kernels::int8::MAX_DEPTHWISE_TAPS;
 
 /// Imports a quantized ONNX model from its bytes.
 pub fn import_quantized_bytes(bytes: &[u8]) -> Result<QuantPlan> {
@@ -447,6 +448,12 @@ impl<'g> Walk<'g> {
             }
         }
         let (kind, weights) = pack_conv(node, &centred, [m, cg, kh, kw], group, pointwise)?;
+        if kind == ConvKind::Depthwise && kh * kw > MAX_DEPTHWISE_TAPS {
+            return Err(unsupported(
+                node,
+                format!("a {kh}x{kw} depthwise kernel: the integer kernels take up to {MAX_DEPTHWISE_TAPS} taps"),
+            ));
+        }
         let shape = ConvShape {
             kind,
             in_c,

@@ -8,8 +8,11 @@ pub mod plan;
 use self::plan::{QuantLayer, QuantPlan};
 use super::model::Nhwc;
 use super::plan::ConvKind;
+use super::schedule::split_rows;
+use super::team::{split, Crew, Team};
+use super::workspace::{Footprint, Workspace};
 use crate::error::{Error, Result};
-use crate::kernels::int8::{generic, QuantLayer as Operands, Requant};
+use crate::kernels::int8::{generic, Int8Kernels, QuantLayer as Operands, Requant};
 use crate::kernels::{GemmShape, KernelSet};
 
 /// A quantized network bound to one tier's integer kernels, its weights packed for them.
@@ -61,10 +64,69 @@ impl QuantModel {
         &self.plan
     }
 
-    /// Runs a batch of NHWC float images (as preprocessed for the float model) and returns
-    /// `batch x classes` logits, on the calling thread. It allocates each layer's output: the
-    /// reusable buffers and the team of threads of the float model are the next step.
+    /// The buffers a run on `batch` images of `h x w` needs (see [`Workspace::with_capacity`]).
+    pub fn footprint(&self, batch: usize, h: usize, w: usize) -> Result<Footprint> {
+        let overflow = || Error::BadInput(format!("{batch} images of {h}x{w} are too large"));
+        let mut bytes = [batch, h, w, self.plan.in_c]
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(overflow)?;
+        let mut patches = 0;
+        let (mut h, mut w) = (h, w);
+        for layer in &self.plan.layers {
+            match layer {
+                QuantLayer::Conv(conv) => {
+                    let g = conv.shape.geometry(&conv.name, batch, h, w)?;
+                    if conv.shape.kind == ConvKind::Dense {
+                        let pixels = batch * g.out_h * g.out_w;
+                        let patch = g.kh * g.kw * g.in_c;
+                        patches = patches.max(pixels.checked_mul(patch).ok_or_else(overflow)?);
+                    }
+                    bytes = bytes.max(g.output_len());
+                    (h, w) = (g.out_h, g.out_w);
+                }
+                QuantLayer::GlobalAvgPool { .. } => (h, w) = (1, 1),
+            }
+        }
+        Ok(Footprint {
+            values: 0,
+            bytes,
+            patches,
+        })
+    }
+
+    /// Runs a batch of NHWC float images (as preprocessed for the float model) on the calling
+    /// thread and returns `batch x classes` logits.
     pub fn run(&self, images: Nhwc) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.run_on_crew(&mut Workspace::new(), images, &mut out, &Crew::ALONE)?;
+        Ok(out)
+    }
+
+    /// Like [`QuantModel::run`], reusing `ws` and writing the logits into `out`: runs that fit in
+    /// `ws` do not allocate.
+    pub fn run_with(&self, ws: &mut Workspace, images: Nhwc<'_>, out: &mut Vec<f32>) -> Result<()> {
+        self.run_on_crew(ws, images, out, &Crew::ALONE)
+    }
+
+    /// Like [`QuantModel::run_with`], with every layer split across the threads of `team`.
+    pub fn run_on(
+        &self,
+        team: &Team,
+        ws: &mut Workspace,
+        images: Nhwc<'_>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        team.install(|crew| self.run_on_crew(ws, images, out, crew))
+    }
+
+    fn run_on_crew(
+        &self,
+        ws: &mut Workspace,
+        images: Nhwc<'_>,
+        out: &mut Vec<f32>,
+        crew: &Crew<'_>,
+    ) -> Result<()> {
         let Nhwc { data, batch, h, w } = images;
         let plan = &self.plan;
         if data.len() != batch * h * w * plan.in_c || batch == 0 {
@@ -74,10 +136,22 @@ impl QuantModel {
                 data.len()
             )));
         }
-        let mut current = vec![0u8; data.len()];
-        (self.kernels.int8.quantize)(data, plan.input.scale, plan.input.zero, &mut current);
-        let (mut h, mut w, mut c) = (h, w, plan.in_c);
         let k = self.kernels.int8;
+        let Workspace {
+            bytes,
+            patches,
+            pool,
+            ..
+        } = ws;
+        // Borrowed, not taken out: a panicking kernel leaves the buffers in place.
+        let (mut src, mut dst) = (&mut bytes.front, &mut bytes.back);
+        src.resize(data.len(), 0);
+        let pixel = w * plan.in_c;
+        split(crew, batch * h, 1, pixel, src, &|rows, out| {
+            let x = &data[rows.start * pixel..rows.end * pixel];
+            (k.quantize)(x, plan.input.scale, plan.input.zero, out)
+        });
+        let (mut h, mut w, mut c) = (h, w, plan.in_c);
         for (layer, weights) in plan.layers.iter().zip(&self.packed) {
             match layer {
                 QuantLayer::Conv(conv) => {
@@ -94,53 +168,49 @@ impl QuantModel {
                         input_zero: conv.input.zero,
                         requant: &conv.requant,
                     };
-                    let mut out = vec![0u8; g.output_len()];
+                    dst.resize(g.output_len(), 0);
                     let pixels = batch * g.out_h * g.out_w;
                     match conv.shape.kind {
                         ConvKind::Dense => {
                             // The stem as a GEMM on its patches.
                             let patch = g.kh * g.kw * g.in_c;
-                            let mut patches = vec![0u8; pixels * patch];
-                            generic::im2col(&g, &current, conv.input.zero, &mut patches);
-                            let shape = GemmShape {
-                                m: pixels,
-                                k: patch,
-                                n: g.out_c,
-                            };
-                            (k.gemm)(&shape, &patches, &operands, &mut out)
+                            patches.resize(pixels * patch, 0);
+                            let row_len = g.out_w * patch;
+                            split_rows(
+                                crew,
+                                &g,
+                                src,
+                                patches,
+                                row_len,
+                                usize::MAX,
+                                &|g, x, out| generic::im2col(g, x, conv.input.zero, out),
+                            );
+                            split_gemm(crew, &k, pixels, patch, patches, &operands, dst);
                         }
-                        ConvKind::Depthwise => (k.depthwise)(&g, &current, &operands, &mut out),
+                        ConvKind::Depthwise => {
+                            let row_len = g.output_row_len();
+                            split_rows(crew, &g, src, dst, row_len, usize::MAX, &|g, x, out| {
+                                (k.depthwise)(g, x, &operands, out)
+                            });
+                        }
                         ConvKind::Pointwise => {
-                            let shape = GemmShape {
-                                m: pixels,
-                                k: g.in_c,
-                                n: g.out_c,
-                            };
-                            (k.gemm)(&shape, &current, &operands, &mut out)
+                            split_gemm(crew, &k, pixels, g.in_c, src, &operands, dst)
                         }
                     }
-                    current = out;
                     (h, w, c) = (g.out_h, g.out_w, g.out_c);
                 }
                 QuantLayer::GlobalAvgPool { input, output, .. } => {
                     let positions = h * w;
-                    let requant = Requant {
-                        scale: vec![
-                            Requant::pool_multiplier(input.scale, output.scale, positions);
-                            c
-                        ],
-                        zero: output.zero,
-                        lo: 0,
-                        hi: 255,
-                    };
-                    let mut out = vec![0u8; batch * c];
-                    generic::global_avg_pool(
-                        batch, positions, c, &current, input.zero, &requant, &mut out,
-                    );
-                    current = out;
+                    let multiplier = Requant::pool_multiplier(input.scale, output.scale, positions);
+                    pool.scale.clear();
+                    pool.scale.resize(c, multiplier);
+                    (pool.zero, pool.lo, pool.hi) = (output.zero, 0, 255);
+                    dst.resize(batch * c, 0);
+                    generic::global_avg_pool(batch, positions, c, src, input.zero, pool, dst);
                     (h, w) = (1, 1);
                 }
             }
+            std::mem::swap(&mut src, &mut dst);
         }
         let last = plan
             .layers
@@ -153,6 +223,34 @@ impl QuantModel {
                 plan.classes
             )));
         }
-        Ok(current.iter().map(|&q| last.dequantize(q)).collect())
+        out.clear();
+        out.extend(src.iter().map(|&q| last.dequantize(q)));
+        Ok(())
     }
+}
+
+/// The GEMM `[m][k] x weights` of `operands` into `c`, split between the crew by bands of rows.
+fn split_gemm(
+    crew: &Crew<'_>,
+    k: &Int8Kernels,
+    m: usize,
+    depth: usize,
+    a: &[u8],
+    operands: &Operands<'_>,
+    c: &mut [u8],
+) {
+    let n = operands.bias.len();
+    split(crew, m, k.gemm_rows, n, c, &|rows, out| {
+        let shape = GemmShape {
+            m: rows.len(),
+            k: depth,
+            n,
+        };
+        (k.gemm)(
+            &shape,
+            &a[rows.start * depth..rows.end * depth],
+            operands,
+            out,
+        )
+    });
 }

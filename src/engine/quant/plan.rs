@@ -3,6 +3,7 @@
 //! requantization into the next layer's uint8 activations.
 
 use crate::engine::plan::{ConvShape, InputLayout};
+use crate::error::Result;
 use crate::kernels::int8::Requant;
 
 /// A real value `x` is stored as `round(x / scale) + zero`.
@@ -99,5 +100,30 @@ impl QuantPlan {
                 QuantLayer::GlobalAvgPool { .. } => 0,
             })
             .sum()
+    }
+
+    /// Output channels of the first convolution: 32 x alpha for a MobileNet.
+    pub fn stem_width(&self) -> Option<usize> {
+        self.layers.iter().find_map(|l| match l {
+            QuantLayer::Conv(c) => Some(c.shape.out_c),
+            QuantLayer::GlobalAvgPool { .. } => None,
+        })
+    }
+
+    /// Multiply-adds for one image of `h x w`, counted as for the float plan.
+    pub fn mult_adds(&self, h: usize, w: usize) -> Result<u64> {
+        let (mut h, mut w) = (h, w);
+        let mut total = 0u64;
+        for layer in &self.layers {
+            match layer {
+                QuantLayer::Conv(c) => {
+                    let g = c.shape.geometry(&c.name, 1, h, w)?;
+                    total += (g.output_len() * c.shape.mult_adds_per_output()) as u64;
+                    (h, w) = (g.out_h, g.out_w);
+                }
+                QuantLayer::GlobalAvgPool { .. } => (h, w) = (1, 1),
+            }
+        }
+        Ok(total)
     }
 }

@@ -12,6 +12,7 @@
 //! channels][tap pair][8][2]`, both zero-padded.
 
 use std::arch::x86_64::*;
+use std::cell::Cell;
 
 use super::operands::QuantLayer;
 use super::requant::Requant;
@@ -21,9 +22,12 @@ use crate::kernels::shapes::{ConvGeometry, GemmShape};
 /// Output columns per GEMM panel (two vectors of 8 accumulators).
 const NR: usize = 16;
 /// Rows per GEMM tile.
-const MR: usize = 4;
+pub const MR: usize = 4;
 /// Channels per depthwise group.
 const GROUP: usize = 8;
+/// Pairs of taps the depthwise holds on the stack: up to 8x8 kernels (the importer refuses
+/// larger ones, see [`MAX_DEPTHWISE_TAPS`](super::operands::MAX_DEPTHWISE_TAPS)).
+const MAX_TAP_PAIRS: usize = super::operands::MAX_DEPTHWISE_TAPS.div_ceil(2);
 
 /// Whether this CPU runs these kernels.
 pub fn supported() -> bool {
@@ -83,7 +87,9 @@ fn gemm_avx2(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
     let pairs = s.k.div_ceil(2);
     // Each row's centred activations as 16-bit pairs in one i32, ready to broadcast.
     let zero = i32::from(layer.input_zero);
-    let mut rows = vec![0i32; s.m * pairs];
+    let mut rows = ROWS.take();
+    rows.clear();
+    rows.resize(s.m * pairs, 0);
     for (row, dst) in a.chunks_exact(s.k).zip(rows.chunks_exact_mut(pairs)) {
         for (p, d) in dst.iter_mut().enumerate() {
             let lo = i32::from(row[2 * p]) - zero;
@@ -91,8 +97,7 @@ fn gemm_avx2(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
             *d = (lo & 0xffff) | (hi << 16);
         }
     }
-    let padded = s.n.div_ceil(NR) * NR;
-    let params = Epilogue::new(layer.bias, layer.requant, padded);
+    let params = Epilogue::new(layer.bias, layer.requant);
     for (panel, w) in layer.weights.chunks_exact(pairs * NR * 2).enumerate() {
         let col = panel * NR;
         let width = NR.min(s.n - col);
@@ -114,40 +119,65 @@ fn gemm_avx2(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
             };
         }
     }
+    ROWS.set(rows);
 }
 
-/// The per-column data of the requantization, padded to whole vectors.
-struct Epilogue {
-    bias: Vec<i32>,
-    scale: Vec<f32>,
+thread_local! {
+    /// The calling thread's scratch for the GEMM's centred activation pairs: it grows to the
+    /// largest GEMM the thread meets and stays, so that steady-state runs do not allocate.
+    static ROWS: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
+    /// The calling thread's row of zero points, which the depthwise's padded taps read.
+    static PADDING: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The per-column data of the requantization. Columns come 8 at a time from a multiple of 8;
+/// the last, incomplete 8 and the padding after them (up to a whole 16-column panel) read a
+/// zero-padded copy, so that nothing is allocated per call.
+struct Epilogue<'a> {
+    bias: &'a [i32],
+    scale: &'a [f32],
+    /// The first column whose 8 are not all real: `n` rounded down to 8.
+    tail: usize,
+    tail_bias: [i32; 2 * NR],
+    tail_scale: [f32; 2 * NR],
     zero: i32,
     lo: f32,
     hi: f32,
 }
 
-impl Epilogue {
-    fn new(bias: &[i32], requant: &Requant, padded: usize) -> Self {
-        let mut b = vec![0; padded];
-        b[..bias.len()].copy_from_slice(bias);
-        let mut scale = vec![0.0; padded];
-        scale[..requant.scale.len()].copy_from_slice(&requant.scale);
+impl<'a> Epilogue<'a> {
+    fn new(bias: &'a [i32], requant: &'a Requant) -> Self {
+        let n = bias.len();
+        let tail = n / 8 * 8;
+        let mut tail_bias = [0; 2 * NR];
+        let mut tail_scale = [0.0; 2 * NR];
+        tail_bias[..n - tail].copy_from_slice(&bias[tail..]);
+        tail_scale[..n - tail].copy_from_slice(&requant.scale[tail..n]);
         let zero = i32::from(requant.zero);
         Epilogue {
-            bias: b,
-            scale,
+            bias,
+            scale: &requant.scale,
+            tail,
+            tail_bias,
+            tail_scale,
             zero,
             lo: (i32::from(requant.lo) - zero) as f32,
             hi: (i32::from(requant.hi) - zero) as f32,
         }
     }
 
-    /// Requantizes the 8 accumulators of columns `col..col + 8`, as [`Requant::apply`] does
-    /// one: `round_half_even(clamp(f32(acc + bias) * scale)) + zero` (the conversion rounds
-    /// half to even under the default MXCSR, which nothing in this process changes).
+    /// Requantizes the 8 accumulators of columns `col..col + 8` (`col` a multiple of 8), as
+    /// [`Requant::apply`] does one: `round_half_even(clamp(f32(acc + bias) * scale)) + zero`
+    /// (the conversion rounds half to even under the default MXCSR, which nothing in this
+    /// process changes).
     #[target_feature(enable = "avx2")]
     fn apply(&self, acc: __m256i, col: usize) -> __m256i {
-        let bias = &self.bias[col..col + 8];
-        let scale = &self.scale[col..col + 8];
+        let (bias, scale) = if col < self.tail {
+            (&self.bias[col..col + 8], &self.scale[col..col + 8])
+        } else {
+            let at = col - self.tail;
+            (&self.tail_bias[at..at + 8], &self.tail_scale[at..at + 8])
+        };
         // SAFETY: both slices hold exactly 8 elements (sliced above).
         let (bias, scale) = unsafe {
             (
@@ -244,6 +274,10 @@ pub fn depthwise(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [
     );
     assert_eq!(layer.bias.len(), g.out_c, "depthwise bias length");
     assert_eq!(layer.requant.scale.len(), g.out_c, "depthwise scales");
+    assert!(
+        taps <= super::operands::MAX_DEPTHWISE_TAPS,
+        "depthwise taps"
+    );
     assert!(supported(), "the AVX2 int8 depthwise needs AVX2");
     // SAFETY: AVX2 is present (checked above).
     unsafe { depthwise_avx2(g, input, layer, out) }
@@ -255,9 +289,11 @@ fn depthwise_avx2(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut 
     let taps = g.kh * g.kw;
     let pairs = taps.div_ceil(2);
     // A padded tap reads the zero point: a real 0, which adds nothing.
-    let padding = vec![layer.input_zero; c];
-    let mut sources: Vec<&[u8]> = vec![&padding; 2 * pairs];
-    let params = Epilogue::new(layer.bias, layer.requant, c.div_ceil(GROUP) * GROUP);
+    let mut padding = PADDING.take();
+    padding.clear();
+    padding.resize(c, layer.input_zero);
+    let mut sources: [&[u8]; 2 * MAX_TAP_PAIRS] = [&padding; 2 * MAX_TAP_PAIRS];
+    let params = Epilogue::new(layer.bias, layer.requant);
     let zero = _mm256_set1_epi16(i16::from(layer.input_zero));
     let full = c / GROUP * GROUP;
     for b in 0..g.batch {
@@ -352,6 +388,7 @@ fn depthwise_avx2(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut 
             }
         }
     }
+    PADDING.set(padding);
 }
 
 /// ONNX `QuantizeLinear` of a slice into uint8, as [`super::requant::quantize`] does each value:

@@ -7,6 +7,10 @@ use super::requant::Requant;
 use crate::kernels::generic::tap;
 use crate::kernels::shapes::{ConvGeometry, GemmShape};
 
+/// Accumulators the reference kernels hold at once, on the stack: they never allocate, so that a
+/// model served on this tier (a CPU without AVX2, or `--kernels scalar`) does not either.
+const CHUNK: usize = 64;
+
 /// Dense NHWC convolution (the stem); weights `[kh][kw][in_c][out_c]`.
 pub fn dense_conv(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [u8]) {
     assert_eq!(
@@ -15,11 +19,11 @@ pub fn dense_conv(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut 
         "dense_conv weights length"
     );
     let zero = i32::from(layer.input_zero);
-    convolve(g, input, layer, out, |acc, px, t| {
+    convolve(g, input, layer, out, |acc, px, t, first| {
         let w_tap = &layer.weights[t * g.in_c * g.out_c..(t + 1) * g.in_c * g.out_c];
         for (&v, w_row) in px.iter().zip(w_tap.chunks_exact(g.out_c)) {
             let x = i32::from(v) - zero;
-            for (a, &w) in acc.iter_mut().zip(w_row) {
+            for (a, &w) in acc.iter_mut().zip(&w_row[first..]) {
                 *a += x * i32::from(w);
             }
         }
@@ -35,46 +39,51 @@ pub fn depthwise(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [
         "depthwise weights length"
     );
     let zero = i32::from(layer.input_zero);
-    convolve(g, input, layer, out, |acc, px, t| {
-        let w = &layer.weights[t * g.in_c..(t + 1) * g.in_c];
-        for ((a, &v), &wv) in acc.iter_mut().zip(px).zip(w) {
+    convolve(g, input, layer, out, |acc, px, t, first| {
+        let w = &layer.weights[t * g.in_c + first..(t + 1) * g.in_c];
+        for ((a, &v), &wv) in acc.iter_mut().zip(&px[first..]).zip(w) {
             *a += (i32::from(v) - zero) * i32::from(wv);
         }
     });
 }
 
-/// The loop both convolutions share: each output pixel's accumulators start at the bias, get
-/// `accumulate(accumulators, input pixel, tap index)` for every tap inside the input, and are
-/// requantized into `out`.
+/// The loop both convolutions share: each output pixel's accumulators, [`CHUNK`] output
+/// channels at a time from channel `first`, start at the bias, get `accumulate(accumulators,
+/// input pixel, tap index, first)` for every tap inside the input, and are requantized into
+/// `out`.
 fn convolve(
     g: &ConvGeometry,
     input: &[u8],
     layer: &QuantLayer,
     out: &mut [u8],
-    mut accumulate: impl FnMut(&mut [i32], &[u8], usize),
+    mut accumulate: impl FnMut(&mut [i32], &[u8], usize, usize),
 ) {
     assert_eq!(input.len(), g.input_len(), "conv input length");
     assert_eq!(out.len(), g.output_len(), "conv output length");
     assert_eq!(layer.bias.len(), g.out_c, "conv bias length");
-    let mut acc = vec![0i32; g.out_c];
+    let mut chunk = [0i32; CHUNK];
     for b in 0..g.batch {
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
-                acc.copy_from_slice(layer.bias);
-                for ky in 0..g.kh {
-                    let Some(iy) = tap(oy, g.stride_h, ky, g.pad_top, g.in_h) else {
-                        continue;
-                    };
-                    for kx in 0..g.kw {
-                        let Some(ix) = tap(ox, g.stride_w, kx, g.pad_left, g.in_w) else {
+                let o_at = ((b * g.out_h + oy) * g.out_w + ox) * g.out_c;
+                for first in (0..g.out_c).step_by(CHUNK) {
+                    let acc = &mut chunk[..CHUNK.min(g.out_c - first)];
+                    acc.copy_from_slice(&layer.bias[first..first + acc.len()]);
+                    for ky in 0..g.kh {
+                        let Some(iy) = tap(oy, g.stride_h, ky, g.pad_top, g.in_h) else {
                             continue;
                         };
-                        let at = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c;
-                        accumulate(&mut acc, &input[at..at + g.in_c], ky * g.kw + kx);
+                        for kx in 0..g.kw {
+                            let Some(ix) = tap(ox, g.stride_w, kx, g.pad_left, g.in_w) else {
+                                continue;
+                            };
+                            let at = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c;
+                            accumulate(acc, &input[at..at + g.in_c], ky * g.kw + kx, first);
+                        }
                     }
+                    let o = &mut out[o_at + first..o_at + first + acc.len()];
+                    store(acc, layer.requant, first, o);
                 }
-                let o_at = ((b * g.out_h + oy) * g.out_w + ox) * g.out_c;
-                store(&acc, layer.requant, &mut out[o_at..o_at + g.out_c]);
             }
         }
     }
@@ -87,16 +96,21 @@ pub fn gemm(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
     assert_eq!(layer.bias.len(), s.n, "gemm bias length");
     assert_eq!(c.len(), s.m * s.n, "gemm c length");
     let zero = i32::from(layer.input_zero);
-    let mut acc = vec![0i32; s.n];
+    let mut chunk = [0i32; CHUNK];
     for i in 0..s.m {
-        acc.copy_from_slice(layer.bias);
-        for (p, &v) in a[i * s.k..(i + 1) * s.k].iter().enumerate() {
-            let x = i32::from(v) - zero;
-            for (sum, &w) in acc.iter_mut().zip(&layer.weights[p * s.n..(p + 1) * s.n]) {
-                *sum += x * i32::from(w);
+        for first in (0..s.n).step_by(CHUNK) {
+            let acc = &mut chunk[..CHUNK.min(s.n - first)];
+            acc.copy_from_slice(&layer.bias[first..first + acc.len()]);
+            for (p, &v) in a[i * s.k..(i + 1) * s.k].iter().enumerate() {
+                let x = i32::from(v) - zero;
+                let w = &layer.weights[p * s.n + first..][..acc.len()];
+                for (sum, &w) in acc.iter_mut().zip(w) {
+                    *sum += x * i32::from(w);
+                }
             }
+            let o = &mut c[i * s.n + first..][..acc.len()];
+            store(acc, layer.requant, first, o);
         }
-        store(&acc, layer.requant, &mut c[i * s.n..(i + 1) * s.n]);
     }
 }
 
@@ -115,22 +129,26 @@ pub fn global_avg_pool(
     assert_eq!(input.len(), batch * positions * c, "pool input length");
     assert_eq!(out.len(), batch * c, "pool output length");
     let zero = i32::from(input_zero);
-    let mut acc = vec![0i32; c];
+    let mut chunk = [0i32; CHUNK];
     for b in 0..batch {
-        acc.fill(0);
-        for p in 0..positions {
-            let px = &input[(b * positions + p) * c..(b * positions + p + 1) * c];
-            for (a, &v) in acc.iter_mut().zip(px) {
-                *a += i32::from(v) - zero;
+        for first in (0..c).step_by(CHUNK) {
+            let acc = &mut chunk[..CHUNK.min(c - first)];
+            acc.fill(0);
+            for p in 0..positions {
+                let px = &input[(b * positions + p) * c + first..][..acc.len()];
+                for (a, &v) in acc.iter_mut().zip(px) {
+                    *a += i32::from(v) - zero;
+                }
             }
+            store(acc, requant, first, &mut out[b * c + first..][..acc.len()]);
         }
-        store(&acc, requant, &mut out[b * c..(b + 1) * c]);
     }
 }
 
-fn store(acc: &[i32], requant: &Requant, out: &mut [u8]) {
+/// Requantizes the accumulators of channels `first..first + acc.len()` into `out`.
+fn store(acc: &[i32], requant: &Requant, first: usize, out: &mut [u8]) {
     for (ch, (o, &a)) in out.iter_mut().zip(acc).enumerate() {
-        *o = requant.apply(a, ch);
+        *o = requant.apply(a, first + ch);
     }
 }
 

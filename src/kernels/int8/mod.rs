@@ -12,7 +12,7 @@ pub mod generic;
 pub mod operands;
 pub mod requant;
 
-pub use operands::QuantLayer;
+pub use operands::{QuantLayer, MAX_DEPTHWISE_TAPS};
 pub use requant::Requant;
 
 use crate::kernels::shapes::{ConvGeometry, GemmShape};
@@ -33,6 +33,8 @@ pub type QuantizeFn = fn(&[f32], f32, u8, &mut [u8]);
 pub struct Int8Kernels {
     /// The GEMM.
     pub gemm: GemmFn,
+    /// Rows of the GEMM's tile: a split of its rows between threads keeps to multiples of it.
+    pub gemm_rows: usize,
     /// Its weight packing.
     pub pack_gemm: PackFn,
     /// The depthwise convolution.
@@ -54,6 +56,7 @@ impl Int8Kernels {
     pub fn scalar() -> Self {
         Int8Kernels {
             gemm: generic::gemm,
+            gemm_rows: 1,
             pack_gemm: generic::keep_layout,
             depthwise: generic::depthwise,
             pack_depthwise: generic::keep_layout,
@@ -66,6 +69,7 @@ impl Int8Kernels {
     pub fn avx2() -> Self {
         Int8Kernels {
             gemm: avx2::gemm,
+            gemm_rows: avx2::MR,
             pack_gemm: avx2::pack_gemm,
             depthwise: avx2::depthwise,
             pack_depthwise: avx2::pack_depthwise,

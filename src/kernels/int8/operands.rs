@@ -3,6 +3,10 @@
 
 use super::requant::Requant;
 
+/// The largest depthwise kernel (in taps) the integer kernels run: 8x8. MobileNets use 3x3; a
+/// bound lets the fast tiers keep their tap table on the stack.
+pub const MAX_DEPTHWISE_TAPS: usize = 64;
+
 /// One quantized layer's parameters as the kernels read them.
 #[derive(Debug, Clone, Copy)]
 pub struct QuantLayer<'a> {

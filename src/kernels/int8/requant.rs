@@ -21,7 +21,7 @@
 //! arithmetic, and measures how often such near-ties come out one quantum off.
 
 /// Per output channel requantization into uint8.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Requant {
     /// Input scale x weight scale / output scale, per output channel, rounded to f32.
     pub scale: Vec<f32>,
