@@ -1,8 +1,9 @@
 // The web page in a real browser (Debian's headless Chromium through playwright-core): upload a
 // real image, choose a variant with the keyboard, classify, and check that the top-1 label is
 // the one the API gives for the same image and variant, that the chart shows every variant with
-// a Pareto front, that nothing overflows a phone-sized screen, that the API reference at /docs
-// renders every operation of /openapi.json, and that the console stays clean.
+// a Pareto front, that the precision switch reaches the 8-bit twin, that nothing overflows a
+// phone-sized screen, that the API reference at /docs renders every operation of /openapi.json,
+// and that the console stays clean.
 // Usage: node page.test.mjs BASE_URL IMAGE SCREENSHOT_DIR [VARIANTS]
 import { check, finish, launch } from "./harness.mjs";
 import { readFile } from "node:fs/promises";
@@ -52,6 +53,22 @@ try {
   check(top1 === expected, `top-1 "${top1}" is the API's "${expected}"`);
   const answered = await page.locator("#answered").textContent();
   check(answered.includes(variant), `answered by ${variant}`);
+  // With 8-bit variants loaded: the precision switch moves the choice to the same cell in int8,
+  // and the answer comes from that variant; the chart rings their dots.
+  const listed = (await (await fetch(`${base}/v1/models`)).json()).models;
+  const int8 = listed.filter((m) => m.precision === "int8").length;
+  check(await page.locator("#chart circle.int8").count() === int8, `${int8} dots ringed as int8`);
+  if (int8 > 0) {
+    await page.locator("#precisions input[value=int8]").check();
+    const twin = page.locator(`button[data-name="${variant}_quant"]`);
+    check(await twin.getAttribute("aria-pressed") === "true", `int8 moves the choice to ${variant}_quant`);
+    await page.locator("#classify").click();
+    await page.waitForFunction((v) => document.querySelector("#answered")?.textContent.includes(v),
+      `${variant}_quant`, { timeout: 30000 });
+    check(true, `answered by ${variant}_quant`);
+    await page.locator("#precisions input[value=fp32]").check();
+    check(await cell.getAttribute("aria-pressed") === "true", `fp32 moves it back to ${variant}`);
+  }
   mkdirSync(shots, { recursive: true });
   const desktop = path.join(shots, "page-desktop.png");
   await page.screenshot({ path: desktop, fullPage: true });

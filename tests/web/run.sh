@@ -25,7 +25,8 @@ trap stop_server EXIT
 start_server "$shots/server.log" "$target/release/mobilenet-serve" --models "$models" serve
 port=$http_port
 image=$data/$(awk -F'\t' '!/^#/ {print $1; exit}' "$data/labels.tsv")
-variants=$(ls "$models"/*.onnx >/dev/null && python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$models/manifest.json")
+# Every variant the manifests list: the float grid's and its subfolders' (int8/).
+variants=$(ls "$models"/*.onnx >/dev/null && python3 -c "import glob,json,sys; print(sum(len(json.load(open(f))) for f in [sys.argv[1] + '/manifest.json'] + glob.glob(sys.argv[1] + '/*/manifest.json')))" "$models")
 node tests/web/page.test.mjs "http://127.0.0.1:$port" "$image" "$shots" "$variants"
 
 # The same page against a server that needs an API key.

@@ -2,7 +2,7 @@
 // or a drop, POST /classify, the top-5 as bars, and the latency/accuracy chart drawn as SVG.
 "use strict";
 
-const state = { models: [], selected: null, file: null, gridNames: "" };
+const state = { models: [], selected: null, precision: "fp32", file: null, gridNames: "" };
 const byId = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -61,7 +61,9 @@ async function loadModels() {
     if (!state.selected) {
       const d = state.models.find((m) => m.default) || state.models[0];
       state.selected = d ? d.name : null;
+      if (d) state.precision = d.precision;
     }
+    renderPrecisions();
     renderGrid();
     renderChart();
   } catch (e) {
@@ -69,11 +71,54 @@ async function loadModels() {
   }
 }
 
+/** The number formats the server has variants in, fp32 first. */
+const precisions = () => [...new Set(state.models.map((m) => m.precision))].sort();
+
+/**
+ * One radio button per precision above the grid, and the same choice for targets; both hidden
+ * while the server has a single precision. Built again only when the set changes.
+ */
+function renderPrecisions() {
+  const all = precisions();
+  const box = byId("precisions");
+  const key = all.join(",");
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  box.hidden = all.length < 2;
+  byId("target-precision-row").hidden = all.length < 2;
+  for (const old of box.querySelectorAll("label")) old.remove();
+  const select = byId("target-precision");
+  while (select.options.length > 1) select.remove(1);
+  for (const p of all) {
+    const label = document.createElement("label");
+    const radio = document.createElement("input");
+    radio.type = "radio";
+    radio.name = "precision";
+    radio.value = p;
+    radio.checked = p === state.precision;
+    radio.addEventListener("change", () => choosePrecision(p));
+    label.append(radio, ` ${p}`);
+    box.appendChild(label);
+    select.add(new Option(p, p));
+  }
+}
+
+/** Shows the grid of `precision`, keeping the selected cell when it exists there too. */
+function choosePrecision(precision) {
+  const current = state.models.find((m) => m.name === state.selected);
+  state.precision = precision;
+  const twin = current && state.models.find((m) => m.precision === precision &&
+    m.alpha === current.alpha && m.resolution === current.resolution);
+  if (twin) state.selected = twin.name;
+  renderGrid();
+}
+
 function renderGrid() {
   const table = byId("grid");
-  const alphas = [...new Set(state.models.map((m) => m.alpha))].sort((a, b) => b - a);
-  const rhos = [...new Set(state.models.map((m) => m.resolution))].sort((a, b) => b - a);
-  const names = state.models.map((m) => m.name).join(",");
+  const shown = state.models.filter((m) => m.precision === state.precision);
+  const alphas = [...new Set(shown.map((m) => m.alpha))].sort((a, b) => b - a);
+  const rhos = [...new Set(shown.map((m) => m.resolution))].sort((a, b) => b - a);
+  const names = shown.map((m) => m.name).join(",");
   if (names !== state.gridNames) {
     // Built once per set of variants; later refreshes only update the cells' text, so that
     // keyboard focus stays where it is.
@@ -96,7 +141,7 @@ function renderGrid() {
       row.appendChild(th);
       for (const r of rhos) {
         const cell = row.insertCell();
-        const m = state.models.find((x) => x.alpha === a && x.resolution === r);
+        const m = shown.find((x) => x.alpha === a && x.resolution === r);
         if (!m) continue;
         const b = document.createElement("button");
         b.type = "button";
@@ -150,7 +195,7 @@ function renderChart() {
   for (const m of state.models) {
     const lat = latency(m);
     if (!lat || m.accuracy.top1 == null) continue;
-    points.push({ x: lat.ms, y: m.accuracy.top1, measured: lat.measured, name: m.name });
+    points.push({ x: lat.ms, y: m.accuracy.top1, measured: lat.measured, name: m.name, int8: m.precision === "int8" });
   }
   chart.dataset.points = String(points.length);
   if (points.length === 0) {
@@ -184,7 +229,8 @@ function renderChart() {
   const front = paretoFront(points);
   svg("polyline", { class: "front", points: front.map((i) => `${px(points[i].x)},${py(points[i].y)}`).join(" ") }, chart);
   points.forEach((p, i) => {
-    const classes = [p.measured ? "" : "predicted", front.includes(i) ? "on-front" : ""].join(" ").trim();
+    const classes = [p.measured ? "" : "predicted", front.includes(i) ? "on-front" : "", p.int8 ? "int8" : ""]
+      .join(" ").replace(/\s+/g, " ").trim();
     const c = svg("circle", { cx: px(p.x), cy: py(p.y), r: 5, class: classes, "data-name": p.name }, chart);
     svg("title", {}, c).textContent =
       `${p.name}: ${fmtMs(p.x)}${p.measured ? "" : " (predicted)"}, top-1 ${p.y.toFixed(1)}%`;
@@ -213,6 +259,8 @@ function query() {
   const maxLatency = byId("max-latency").value, minTop1 = byId("min-top1").value;
   if (maxLatency) q.set("max_latency_ms", maxLatency);
   if (minTop1) q.set("min_top1", minTop1);
+  const precision = byId("target-precision").value;
+  if (precision) q.set("precision", precision);
   if (byId("fallback").checked) q.set("fallback", "fastest");
   return q;
 }
