@@ -50,7 +50,7 @@ pub struct BenchResult {
 /// Everything `bench --json` writes.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    /// Kernel tier.
+    /// Kernel tier, and the integer kernels it runs 8-bit models with.
     pub kernels: String,
     /// Measured single-core FMA peak, GFLOP/s.
     pub fma_peak_gflops: Option<f64>,
@@ -72,7 +72,10 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
     let tier = pool
         .variants()
         .first()
-        .map(|v| v.model.kernels().tier.to_string())
+        .map(|v| {
+            let k = v.model.kernels();
+            format!("{} (int8: {})", k.tier, k.int8.name)
+        })
         .unwrap_or_default();
     match peak {
         Some(p) => println!("kernels {tier}; single-core FMA peak {p:.1} GFLOP/s"),

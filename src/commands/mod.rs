@@ -26,7 +26,7 @@ use crate::kernels::KernelSet;
 /// How `global` says to load `variants` (all when `None`).
 fn load_options(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result<LoadOptions> {
     let kernels = KernelSet::select(global.kernels).map_err(Error::Catalog)?;
-    tracing::info!(tier = %kernels.tier, "kernels selected");
+    tracing::info!(tier = %kernels.tier, int8 = kernels.int8.name, "kernels selected");
     Ok(LoadOptions {
         variants,
         resolution: global.resolution,

@@ -183,7 +183,7 @@ impl KernelSet {
                 pack_gemm_b: x86_64::avx2::pack_gemm_b,
                 gemm_rows: x86_64::avx2::GEMM_ROWS,
                 gemm_panel_cols: Some(x86_64::avx2::GEMM_PANEL_COLS),
-                int8: int8::Int8Kernels::avx2(),
+                int8: int8::Int8Kernels::best_with_avx2(false),
                 ..scalar
             },
             #[cfg(target_arch = "x86_64")]
@@ -195,7 +195,7 @@ impl KernelSet {
                 pack_gemm_b: x86_64::avx512::pack_gemm_b,
                 gemm_rows: x86_64::avx512::GEMM_ROWS,
                 gemm_panel_cols: Some(x86_64::avx512::GEMM_PANEL_COLS),
-                int8: int8::Int8Kernels::avx2(),
+                int8: int8::Int8Kernels::best_with_avx2(true),
                 ..scalar
             },
             #[cfg(not(target_arch = "x86_64"))]

@@ -13,6 +13,7 @@ use mobilenet_serve::engine::plan::InputLayout;
 use mobilenet_serve::engine::quant::plan::QuantLayer;
 use mobilenet_serve::engine::quant::QuantModel;
 use mobilenet_serve::engine::reference::TractReference;
+use mobilenet_serve::kernels::int8::Int8Kernels;
 use mobilenet_serve::kernels::{KernelSet, Tier, TierChoice};
 use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
 use mobilenet_serve::pipeline::postprocess::argmax;
@@ -427,14 +428,16 @@ fn qdq_patterns_outside_the_two_styles_are_refused_by_name() {
     }
 }
 
-/// Every tier gives the same logits, bit for bit, on a whole zoo model and real images.
+/// Every set of integer kernels this CPU runs (each tier's, and the emulated dot products)
+/// gives the same logits, bit for bit, on a whole zoo model and real images.
 #[test]
 fn every_tier_runs_the_int8_zoo_bit_exactly() {
     let (file, rho) = ("mobilenet_v1_0.5_160_quant.onnx", 160);
     let plan = import_quantized_bytes(&std::fs::read(int8_dir().join(file)).unwrap()).unwrap();
-    let models: Vec<QuantModel> = Tier::supported()
+    let scalar = KernelSet::scalar();
+    let models: Vec<QuantModel> = Int8Kernels::supported()
         .into_iter()
-        .map(|t| QuantModel::new(plan.clone(), KernelSet::for_tier(t).unwrap()))
+        .map(|int8| QuantModel::new(plan.clone(), KernelSet { int8, ..scalar }))
         .collect();
     let inputs: Vec<f32> = images(3, rho).flat_map(|(x, _)| x).collect();
     let want = models[0].run(Nhwc::new(&inputs, 3, rho, rho)).unwrap();
@@ -442,8 +445,8 @@ fn every_tier_runs_the_int8_zoo_bit_exactly() {
         let got = m.run(Nhwc::new(&inputs, 3, rho, rho)).unwrap();
         assert!(
             got == want,
-            "{} differs from the scalar tier",
-            m.kernels().tier
+            "{} differs from the scalar kernels",
+            m.kernels().int8.name
         );
     }
 }

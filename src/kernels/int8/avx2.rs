@@ -133,7 +133,7 @@ thread_local! {
 /// The per-column data of the requantization. Columns come 8 at a time from a multiple of 8;
 /// the last, incomplete 8 and the padding after them (up to a whole 16-column panel) read a
 /// zero-padded copy, so that nothing is allocated per call.
-struct Epilogue<'a> {
+pub(super) struct Epilogue<'a> {
     bias: &'a [i32],
     scale: &'a [f32],
     /// The first column whose 8 are not all real: `n` rounded down to 8.
@@ -146,7 +146,7 @@ struct Epilogue<'a> {
 }
 
 impl<'a> Epilogue<'a> {
-    fn new(bias: &'a [i32], requant: &'a Requant) -> Self {
+    pub(super) fn new(bias: &'a [i32], requant: &'a Requant) -> Self {
         let n = bias.len();
         let tail = n / 8 * 8;
         let mut tail_bias = [0; 2 * NR];
@@ -171,7 +171,7 @@ impl<'a> Epilogue<'a> {
     /// (the conversion rounds half to even under the default MXCSR, which nothing in this
     /// process changes).
     #[target_feature(enable = "avx2")]
-    fn apply(&self, acc: __m256i, col: usize) -> __m256i {
+    pub(super) fn apply(&self, acc: __m256i, col: usize) -> __m256i {
         let (bias, scale) = if col < self.tail {
             (&self.bias[col..col + 8], &self.scale[col..col + 8])
         } else {
@@ -240,7 +240,7 @@ impl Tile<'_> {
 
 /// 16 i32 values within 0..=255 (columns 0-7 in `lo`, 8-15 in `hi`) as 16 bytes in order.
 #[target_feature(enable = "avx2")]
-fn pack_16(lo: __m256i, hi: __m256i) -> __m128i {
+pub(super) fn pack_16(lo: __m256i, hi: __m256i) -> __m128i {
     // packs works within 128-bit lanes: reorder the quadwords after each step.
     let words = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(lo, hi));
     let bytes = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(words, words));
@@ -249,7 +249,7 @@ fn pack_16(lo: __m256i, hi: __m256i) -> __m128i {
 
 /// Stores the first `out.len()` (at most 16) bytes of `v`.
 #[target_feature(enable = "avx2")]
-fn store_bytes(v: __m128i, out: &mut [u8]) {
+pub(super) fn store_bytes(v: __m128i, out: &mut [u8]) {
     if out.len() == 16 {
         // SAFETY: `out` holds 16 bytes.
         unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), v) };

@@ -11,6 +11,8 @@ pub mod avx2;
 pub mod generic;
 pub mod operands;
 pub mod requant;
+#[cfg(target_arch = "x86_64")]
+pub mod vnni;
 
 pub use operands::{QuantLayer, MAX_DEPTHWISE_TAPS};
 pub use requant::Requant;
@@ -31,6 +33,8 @@ pub type QuantizeFn = fn(&[f32], f32, u8, &mut [u8]);
 /// One tier's integer kernels.
 #[derive(Clone, Copy)]
 pub struct Int8Kernels {
+    /// What they run on: `scalar`, `avx2`, `avx2+vnni-emulated`, `avx-vnni` or `avx512-vnni`.
+    pub name: &'static str,
     /// The GEMM.
     pub gemm: GemmFn,
     /// Rows of the GEMM's tile: a split of its rows between threads keeps to multiples of it.
@@ -47,7 +51,7 @@ pub struct Int8Kernels {
 
 impl std::fmt::Debug for Int8Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Int8Kernels")
+        f.write_str(self.name)
     }
 }
 
@@ -55,6 +59,7 @@ impl Int8Kernels {
     /// The scalar reference: weights stay in their row-major layouts.
     pub fn scalar() -> Self {
         Int8Kernels {
+            name: "scalar",
             gemm: generic::gemm,
             gemm_rows: 1,
             pack_gemm: generic::keep_layout,
@@ -64,10 +69,11 @@ impl Int8Kernels {
         }
     }
 
-    /// The AVX2 kernels (the AVX-512 tier runs them too until it has its own).
+    /// The AVX2 kernels: 16-bit multiply-adds.
     #[cfg(target_arch = "x86_64")]
     pub fn avx2() -> Self {
         Int8Kernels {
+            name: "avx2",
             gemm: avx2::gemm,
             gemm_rows: avx2::MR,
             pack_gemm: avx2::pack_gemm,
@@ -75,5 +81,71 @@ impl Int8Kernels {
             pack_depthwise: avx2::pack_depthwise,
             quantize: avx2::quantize,
         }
+    }
+
+    /// The AVX2 kernels with the GEMM of `vnni::gemm_emulated`: the 8-bit dot-product GEMM's
+    /// packing and tiles on an exact emulation of its instruction, for the tests of machines
+    /// without VNNI (it is slower than [`Int8Kernels::avx2`]).
+    #[cfg(target_arch = "x86_64")]
+    pub fn vnni_emulated() -> Self {
+        Int8Kernels {
+            name: "avx2+vnni-emulated",
+            gemm: vnni::gemm_emulated,
+            gemm_rows: vnni::MR,
+            pack_gemm: vnni::pack_gemm,
+            ..Self::avx2()
+        }
+    }
+
+    /// The AVX2 kernels with the GEMM on AVX-VNNI.
+    #[cfg(target_arch = "x86_64")]
+    pub fn avxvnni() -> Self {
+        Int8Kernels {
+            name: "avx-vnni",
+            gemm: vnni::gemm_avxvnni,
+            ..Self::vnni_emulated()
+        }
+    }
+
+    /// The AVX2 kernels with the GEMM on AVX-512 VNNI.
+    #[cfg(target_arch = "x86_64")]
+    pub fn avx512vnni() -> Self {
+        Int8Kernels {
+            name: "avx512-vnni",
+            gemm: vnni::gemm_avx512vnni,
+            ..Self::vnni_emulated()
+        }
+    }
+
+    /// The fastest integer kernels for a float tier that has AVX2 (with AVX-512 or not): the
+    /// GEMM on 8-bit dot products where the CPU has them.
+    #[cfg(target_arch = "x86_64")]
+    pub fn best_with_avx2(avx512: bool) -> Self {
+        if avx512 && vnni::has_avx512vnni() {
+            Self::avx512vnni()
+        } else if vnni::has_avxvnni() {
+            Self::avxvnni()
+        } else {
+            Self::avx2()
+        }
+    }
+
+    /// Every set of integer kernels this CPU runs, the scalar reference first: what the tests
+    /// compare with it.
+    pub fn supported() -> Vec<Self> {
+        let mut all = vec![Self::scalar()];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2::supported() {
+                all.extend([Self::avx2(), Self::vnni_emulated()]);
+            }
+            if vnni::has_avxvnni() {
+                all.push(Self::avxvnni());
+            }
+            if vnni::has_avx512vnni() {
+                all.push(Self::avx512vnni());
+            }
+        }
+        all
     }
 }
