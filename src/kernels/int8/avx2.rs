@@ -86,16 +86,11 @@ pub fn gemm(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
 fn gemm_avx2(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
     let pairs = s.k.div_ceil(2);
     // Each row's centred activations as 16-bit pairs in one i32, ready to broadcast.
-    let zero = i32::from(layer.input_zero);
     let mut rows = ROWS.take();
     rows.clear();
     rows.resize(s.m * pairs, 0);
     for (row, dst) in a.chunks_exact(s.k).zip(rows.chunks_exact_mut(pairs)) {
-        for (p, d) in dst.iter_mut().enumerate() {
-            let lo = i32::from(row[2 * p]) - zero;
-            let hi = row.get(2 * p + 1).map_or(0, |&v| i32::from(v) - zero);
-            *d = (lo & 0xffff) | (hi << 16);
-        }
+        centre_row(row, layer.input_zero, dst);
     }
     let params = Epilogue::new(layer.bias, layer.requant);
     for (panel, w) in layer.weights.chunks_exact(pairs * NR * 2).enumerate() {
@@ -120,6 +115,34 @@ fn gemm_avx2(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
         }
     }
     ROWS.set(rows);
+}
+
+/// `row - zero` as i16, two to an i32 (little-endian: the even element in the low half), the
+/// last pair padded with 0 when the row is odd: `pairs` holds `row.len().div_ceil(2)` values.
+#[target_feature(enable = "avx2")]
+fn centre_row(row: &[u8], zero: u8, pairs: &mut [i32]) {
+    assert_eq!(pairs.len(), row.len().div_ceil(2), "centred pairs length");
+    let words = pairs.as_mut_ptr().cast::<i16>();
+    let zeros = _mm256_set1_epi16(i16::from(zero));
+    let mut chunks = row.chunks_exact(16);
+    for (i, chunk) in (&mut chunks).enumerate() {
+        // SAFETY: `chunk` holds 16 bytes; `pairs` holds at least `row.len()` i16, of which these
+        // are 16 at `16 * i`.
+        unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast());
+            let centred = _mm256_sub_epi16(_mm256_cvtepu8_epi16(v), zeros);
+            _mm256_storeu_si256(words.add(16 * i).cast(), centred);
+        }
+    }
+    let done = row.len() - chunks.remainder().len();
+    for (j, &v) in chunks.remainder().iter().enumerate() {
+        // SAFETY: `done + j < row.len()`, within `pairs`' i16.
+        unsafe { *words.add(done + j) = i16::from(v) - i16::from(zero) };
+    }
+    if row.len() % 2 == 1 {
+        // SAFETY: the odd row's padding half, the last of `pairs`' i16.
+        unsafe { *words.add(row.len()) = 0 };
+    }
 }
 
 thread_local! {
