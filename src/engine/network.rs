@@ -66,7 +66,8 @@ impl FromStr for Precision {
     fn from_str(s: &str) -> Result<Self> {
         Precision::ALL
             .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            // Exact, as the HTTP query's serde names are: one spelling everywhere.
+            .find(|p| p.as_str() == s)
             .ok_or_else(|| Error::BadRequest(format!("unknown precision `{s}`: use fp32 or int8")))
     }
 }

@@ -53,8 +53,10 @@ impl Workspace {
     }
 
     /// A workspace whose buffers hold `footprint`, so that runs needing at most that
-    /// (`Network::footprint`) never allocate, the first one included. Their memory is made
-    /// resident now (see [`AlignedVec::resident`]).
+    /// (`Network::footprint`) never allocate activation buffers, the first one included. Their
+    /// memory is made resident now (see [`AlignedVec::resident`]). The kernels' own per-thread
+    /// scratch (packed GEMM rows, padding rows) is not in it: it grows at the first run of a
+    /// new largest shape and then stays.
     pub fn with_capacity(footprint: Footprint) -> Self {
         Workspace {
             floats: Pair {

@@ -214,6 +214,13 @@ fn choose_target(
 ) -> Result<Choice> {
     let allowed = |c: &Candidate| precision.is_none_or(|p| c.precision == p);
     let candidates = || all.iter().enumerate().filter(|(_, c)| allowed(c));
+    if let (Some(p), None) = (precision, candidates().next()) {
+        // Nothing to choose from is not a target too high: say what is missing.
+        return Err(Error::UnknownModel {
+            name: format!("any variant in {p}"),
+            known: names(all),
+        });
+    }
     let fits = |c: &Candidate| {
         max_latency_ms.is_none_or(|m| c.predicted_ms <= m)
             && min_top1.is_none_or(|m| c.top1.is_some_and(|t| t >= m))
@@ -416,6 +423,10 @@ mod tests {
         };
         let c = choose(&int8_fallback, &g, 0).unwrap();
         assert_eq!((c.index, c.target_met), (5, Some(false)));
+        // A precision nothing is served in is a missing model, fallback or not.
+        let err = choose(&int8_fallback, &grid(), 0).unwrap_err();
+        assert_eq!(err.kind().status, 404, "{err}");
+        assert!(err.to_string().contains("int8"), "{err}");
     }
 
     #[test]

@@ -109,7 +109,15 @@ function choosePrecision(precision) {
   state.precision = precision;
   const twin = current && state.models.find((m) => m.precision === precision &&
     m.alpha === current.alpha && m.resolution === current.resolution);
-  if (twin) state.selected = twin.name;
+  if (twin) {
+    state.selected = twin.name;
+  } else {
+    // No twin of that cell: the most accurate of the precision, so that Classify sends a
+    // variant of the grid on show.
+    const shown = state.models.filter((m) => m.precision === precision);
+    const best = shown.reduce((a, m) => ((m.accuracy.top1 ?? -1) > (a.accuracy.top1 ?? -1) ? m : a), shown[0]);
+    if (best) state.selected = best.name;
+  }
   renderGrid();
 }
 

@@ -316,14 +316,14 @@ vnni_gemm!(
     gemm_avxvnni,
     "avx2,avxvnni",
     dot_avxvnni,
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni"),
+    has_avxvnni(),
     "The GEMM on AVX-VNNI's `vpdpbusd` (VEX)."
 );
 vnni_gemm!(
     gemm_avx512vnni,
     "avx2,avx512vnni,avx512vl",
     dot_avx512vnni,
-    is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl"),
+    has_avx512vnni(),
     "The GEMM on AVX-512 VNNI's `vpdpbusd` (EVEX, 256-bit vectors)."
 );
 
@@ -332,7 +332,10 @@ pub fn has_avxvnni() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni")
 }
 
-/// Whether this CPU has AVX-512 VNNI with 256-bit vectors.
+/// Whether this CPU has AVX-512 VNNI with 256-bit vectors (and AVX2, which the kernel's
+/// epilogue uses).
 pub fn has_avx512vnni() -> bool {
-    is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vl")
 }
