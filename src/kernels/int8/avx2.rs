@@ -87,8 +87,10 @@ fn gemm_avx2(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
     let pairs = s.k.div_ceil(2);
     // Each row's centred activations as 16-bit pairs in one i32, ready to broadcast.
     let mut rows = ROWS.take();
-    rows.clear();
-    rows.resize(s.m * pairs, 0);
+    // Grown, never cleared: every value the tiles read is written just below.
+    if rows.len() < s.m * pairs {
+        rows.resize(s.m * pairs, 0);
+    }
     for (row, dst) in a.chunks_exact(s.k).zip(rows.chunks_exact_mut(pairs)) {
         centre_row(row, layer.input_zero, dst);
     }
@@ -310,108 +312,157 @@ pub fn depthwise(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [
 fn depthwise_avx2(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [u8]) {
     let c = g.in_c;
     let taps = g.kh * g.kw;
-    let pairs = taps.div_ceil(2);
     // A padded tap reads the zero point: a real 0, which adds nothing.
     let mut padding = PADDING.take();
     padding.clear();
     padding.resize(c, layer.input_zero);
-    let mut sources: [&[u8]; 2 * MAX_TAP_PAIRS] = [&padding; 2 * MAX_TAP_PAIRS];
-    let params = Epilogue::new(layer.bias, layer.requant);
-    let zero = _mm256_set1_epi16(i16::from(layer.input_zero));
-    let full = c / GROUP * GROUP;
+    // Where each tap of the current pixel reads its `c` bytes. The pairs' last slot past the
+    // real taps points at the padding (its weight is 0).
+    let mut sources: [*const u8; 2 * MAX_TAP_PAIRS] = [padding.as_ptr(); 2 * MAX_TAP_PAIRS];
+    // For a pixel whose taps all land inside the input, tap `t` reads at the pixel's first tap
+    // plus `offsets[t]`: no per-tap bounds to work out.
+    let mut offsets = [0usize; 2 * MAX_TAP_PAIRS];
+    for (t, o) in offsets.iter_mut().enumerate().take(taps) {
+        *o = ((t / g.kw) * g.in_w + t % g.kw) * c;
+    }
+    let inside = |o: usize, stride: usize, k: usize, pad: usize, size: usize| {
+        o * stride >= pad && o * stride - pad + k <= size
+    };
+    let pixel = Pixel {
+        c,
+        pairs: taps.div_ceil(2),
+        weights: layer.weights,
+        params: Epilogue::new(layer.bias, layer.requant),
+        zero: _mm256_set1_epi16(i16::from(layer.input_zero)),
+        layer,
+    };
     for b in 0..g.batch {
         for oy in 0..g.out_h {
+            let row_inside = inside(oy, g.stride_h, g.kh, g.pad_top, g.in_h);
             for ox in 0..g.out_w {
-                for ky in 0..g.kh {
-                    let iy = tap(oy, g.stride_h, ky, g.pad_top, g.in_h);
-                    for kx in 0..g.kw {
-                        let ix = tap(ox, g.stride_w, kx, g.pad_left, g.in_w);
-                        sources[ky * g.kw + kx] = match (iy, ix) {
-                            (Some(iy), Some(ix)) => {
-                                let at = ((b * g.in_h + iy) * g.in_w + ix) * c;
-                                &input[at..at + c]
-                            }
-                            _ => &padding,
-                        };
+                if row_inside && inside(ox, g.stride_w, g.kw, g.pad_left, g.in_w) {
+                    let (iy, ix) = (oy * g.stride_h - g.pad_top, ox * g.stride_w - g.pad_left);
+                    let first = ((b * g.in_h + iy) * g.in_w + ix) * c;
+                    // The last tap ends inside the input: every tap's `c` bytes are in it.
+                    let last = first + offsets[taps - 1] + c;
+                    let first = &input[first..last];
+                    for (s, &o) in sources.iter_mut().zip(&offsets).take(taps) {
+                        // SAFETY: `o + c <= first.len()` (the last tap's end bounds them all).
+                        *s = unsafe { first.as_ptr().add(o) };
+                    }
+                } else {
+                    for ky in 0..g.kh {
+                        let iy = tap(oy, g.stride_h, ky, g.pad_top, g.in_h);
+                        for kx in 0..g.kw {
+                            let ix = tap(ox, g.stride_w, kx, g.pad_left, g.in_w);
+                            sources[ky * g.kw + kx] = match (iy, ix) {
+                                (Some(iy), Some(ix)) => {
+                                    let at = ((b * g.in_h + iy) * g.in_w + ix) * c;
+                                    input[at..at + c].as_ptr()
+                                }
+                                _ => padding.as_ptr(),
+                            };
+                        }
                     }
                 }
                 let o_at = ((b * g.out_h + oy) * g.out_w + ox) * c;
-                let o = &mut out[o_at..o_at + c];
-                let group_len = pairs * GROUP * 2;
-                let mut group = 0;
-                // Two groups at a time where there are two: 16 channels, one 16-byte load per tap.
-                while group + 2 <= full / GROUP {
-                    let ch = group * GROUP;
-                    let w = &layer.weights[group * group_len..][..2 * group_len];
-                    let (w_lo, w_hi) = w.split_at(group_len);
-                    let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                    for p in 0..pairs {
-                        let (x0, x1) = (
-                            &sources[2 * p][ch..ch + 16],
-                            &sources[2 * p + 1][ch..ch + 16],
-                        );
-                        let (wl, wh) = (&w_lo[p * 16..p * 16 + 16], &w_hi[p * 16..p * 16 + 16]);
-                        // SAFETY: `x0`, `x1` hold 16 bytes each, `wl`, `wh` 16 i16 each.
-                        let (x0, x1, wl, wh) = unsafe {
-                            (
-                                _mm_loadu_si128(x0.as_ptr().cast()),
-                                _mm_loadu_si128(x1.as_ptr().cast()),
-                                _mm256_loadu_si256(wl.as_ptr().cast()),
-                                _mm256_loadu_si256(wh.as_ptr().cast()),
-                            )
-                        };
-                        // Each channel's two taps side by side, widened and centred.
-                        let xl =
-                            _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x0, x1)), zero);
-                        let xh =
-                            _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x0, x1)), zero);
-                        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(xl, wl));
-                        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(xh, wh));
-                    }
-                    let bytes = pack_16(params.apply(lo, ch), params.apply(hi, ch + 8));
-                    let dst = &mut o[ch..ch + 16];
-                    // SAFETY: `dst` holds 16 bytes.
-                    unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
-                    group += 2;
-                }
-                if group < full / GROUP {
-                    let ch = group * GROUP;
-                    let w = &layer.weights[group * group_len..][..group_len];
-                    let mut acc = _mm256_setzero_si256();
-                    for (p, w) in w.chunks_exact(GROUP * 2).enumerate() {
-                        let (x0, x1) =
-                            (&sources[2 * p][ch..ch + 8], &sources[2 * p + 1][ch..ch + 8]);
-                        // SAFETY: `x0`, `x1` hold 8 bytes each, `w` 16 i16.
-                        let (x0, x1, w) = unsafe {
-                            (
-                                _mm_loadl_epi64(x0.as_ptr().cast()),
-                                _mm_loadl_epi64(x1.as_ptr().cast()),
-                                _mm256_loadu_si256(w.as_ptr().cast()),
-                            )
-                        };
-                        let x = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x0, x1));
-                        let x = _mm256_sub_epi16(x, zero);
-                        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, w));
-                    }
-                    let bytes = pack_16(params.apply(acc, ch), _mm256_setzero_si256());
-                    let dst = &mut o[ch..ch + GROUP];
-                    // SAFETY: `dst` holds 8 bytes, what storel writes.
-                    unsafe { _mm_storel_epi64(dst.as_mut_ptr().cast(), bytes) };
-                }
-                // Channels past the last whole group, one at a time.
-                for (ch, o) in o.iter_mut().enumerate().skip(full) {
-                    let (group, lane) = (ch / GROUP, ch % GROUP);
-                    let mut acc = layer.bias[ch];
-                    for (t, src) in sources.iter().enumerate().take(taps) {
-                        let w = layer.weights[((group * pairs + t / 2) * GROUP + lane) * 2 + t % 2];
-                        acc += (i32::from(src[ch]) - i32::from(layer.input_zero)) * i32::from(w);
-                    }
-                    *o = layer.requant.apply(acc, ch);
-                }
+                // SAFETY: every source holds `c` readable bytes: input pixels checked above,
+                // the padding row has `c`.
+                unsafe { pixel.run(&sources, &mut out[o_at..o_at + c]) };
             }
         }
     }
     PADDING.set(padding);
+}
+
+/// What every output pixel of one depthwise layer shares.
+struct Pixel<'a> {
+    c: usize,
+    pairs: usize,
+    weights: &'a [i16],
+    params: Epilogue<'a>,
+    /// The input zero point in each 16-bit lane.
+    zero: __m256i,
+    layer: &'a QuantLayer<'a>,
+}
+
+impl Pixel<'_> {
+    /// One output pixel's `c` channels into `o`, tap `t` reading `sources[t]`.
+    ///
+    /// # Safety
+    /// Each of the first `2 * pairs` sources points at `c` readable bytes.
+    #[target_feature(enable = "avx2")]
+    unsafe fn run(&self, sources: &[*const u8; 2 * MAX_TAP_PAIRS], o: &mut [u8]) {
+        let (c, pairs, zero) = (self.c, self.pairs, self.zero);
+        let full = c / GROUP * GROUP;
+        let group_len = pairs * GROUP * 2;
+        let mut group = 0;
+        // Two groups at a time where there are two: 16 channels, one 16-byte load per tap.
+        while group + 2 <= full / GROUP {
+            let ch = group * GROUP;
+            let w = &self.weights[group * group_len..][..2 * group_len];
+            let (w_lo, w_hi) = w.split_at(group_len);
+            let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for p in 0..pairs {
+                let (wl, wh) = (&w_lo[p * 16..p * 16 + 16], &w_hi[p * 16..p * 16 + 16]);
+                // SAFETY: channels `ch..ch + 16` are within each source's `c`; `wl`, `wh`
+                // hold 16 i16 each.
+                let (x0, x1, wl, wh) = unsafe {
+                    (
+                        _mm_loadu_si128(sources[2 * p].add(ch).cast()),
+                        _mm_loadu_si128(sources[2 * p + 1].add(ch).cast()),
+                        _mm256_loadu_si256(wl.as_ptr().cast()),
+                        _mm256_loadu_si256(wh.as_ptr().cast()),
+                    )
+                };
+                // Each channel's two taps side by side, widened and centred.
+                let xl = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x0, x1)), zero);
+                let xh = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x0, x1)), zero);
+                lo = _mm256_add_epi32(lo, _mm256_madd_epi16(xl, wl));
+                hi = _mm256_add_epi32(hi, _mm256_madd_epi16(xh, wh));
+            }
+            let bytes = pack_16(self.params.apply(lo, ch), self.params.apply(hi, ch + 8));
+            let dst = &mut o[ch..ch + 16];
+            // SAFETY: `dst` holds 16 bytes.
+            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
+            group += 2;
+        }
+        if group < full / GROUP {
+            let ch = group * GROUP;
+            let w = &self.weights[group * group_len..][..group_len];
+            let mut acc = _mm256_setzero_si256();
+            for (p, w) in w.chunks_exact(GROUP * 2).enumerate() {
+                // SAFETY: channels `ch..ch + 8` are within each source's `c`; `w` holds 16 i16.
+                let (x0, x1, w) = unsafe {
+                    (
+                        _mm_loadl_epi64(sources[2 * p].add(ch).cast()),
+                        _mm_loadl_epi64(sources[2 * p + 1].add(ch).cast()),
+                        _mm256_loadu_si256(w.as_ptr().cast()),
+                    )
+                };
+                let x = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x0, x1));
+                let x = _mm256_sub_epi16(x, zero);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, w));
+            }
+            let bytes = pack_16(self.params.apply(acc, ch), _mm256_setzero_si256());
+            let dst = &mut o[ch..ch + GROUP];
+            // SAFETY: `dst` holds 8 bytes, what storel writes.
+            unsafe { _mm_storel_epi64(dst.as_mut_ptr().cast(), bytes) };
+        }
+        // Channels past the last whole group, one at a time.
+        let layer = self.layer;
+        for (ch, o) in o.iter_mut().enumerate().skip(full) {
+            let (group, lane) = (ch / GROUP, ch % GROUP);
+            let mut acc = layer.bias[ch];
+            for (t, src) in sources.iter().enumerate().take(2 * pairs) {
+                let w = self.weights[((group * pairs + t / 2) * GROUP + lane) * 2 + t % 2];
+                // SAFETY: `ch < c`, within the source's bytes.
+                let x = unsafe { *src.add(ch) };
+                acc += (i32::from(x) - i32::from(layer.input_zero)) * i32::from(w);
+            }
+            *o = layer.requant.apply(acc, ch);
+        }
+    }
 }
 
 /// ONNX `QuantizeLinear` of a slice into uint8, as [`super::requant::quantize`] does each value:
