@@ -45,3 +45,18 @@ pub fn random_vec(len: usize, seed: u64, scale: f32) -> Vec<f32> {
         .map(|v| v * scale)
         .collect()
 }
+
+/// The CPU's feature flags as the kernel reports them in `/proc/cpuinfo` (which Linux clears
+/// when the OS does not save a feature's registers): a second source of truth for run-time
+/// detection.
+#[cfg(target_os = "linux")]
+pub fn cpu_flags() -> Vec<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .expect("a flags line in /proc/cpuinfo")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}

@@ -23,14 +23,8 @@ fn tiers() -> Vec<KernelSet> {
 /// the run-time detection.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn tiers_from_cpuinfo() -> Vec<Tier> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
-    let flags: Vec<&str> = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .expect("a flags line in /proc/cpuinfo")
-        .split_whitespace()
-        .collect();
-    let has = |f: &str| flags.contains(&f);
+    let flags = crate::common::cpu_flags();
+    let has = |f: &str| flags.iter().any(|g| g == f);
     let mut tiers = vec![Tier::Scalar];
     if has("avx2") && has("fma") {
         tiers.push(Tier::Avx2);
