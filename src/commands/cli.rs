@@ -63,6 +63,9 @@ pub enum Command {
     /// Write the preprocessed input tensors of a labelled image folder to a .npy file
     /// (for cross-checks with other runtimes).
     Preprocess(PreprocessArgs),
+    /// Quantize a float variant to int8 (per-channel weights, uint8 activations calibrated on
+    /// images) into a QDQ ONNX file and a manifest entry that `serve --models DIR` serves.
+    Quantize(QuantizeArgs),
     /// Classify image files: in-process with the engine, or with a running server (--url).
     Classify(ClassifyArgs),
     /// GET a running server's probe; exit 0 on a 2xx answer, 1 otherwise (for container
@@ -260,6 +263,57 @@ pub struct EvalArgs {
     /// Write an SVG chart of top-1 against latency here.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+}
+
+/// How `quantize` chooses each activation's range from the calibration values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RangeMethodArg {
+    /// From the smallest to the largest value seen.
+    Minmax,
+    /// Each end at --percentile of the values on its side of zero (clips rare outliers).
+    Percentile,
+}
+
+/// Arguments of `quantize`.
+#[derive(Debug, Clone, Args)]
+pub struct QuantizeArgs {
+    /// The float variant to quantize, by name (any model the models directory serves in fp32).
+    #[arg(long)]
+    pub variant: String,
+    /// Folder of calibration images: taken in labels.tsv order when it has one, else by name.
+    #[arg(long, env = "CALIBRATION_DIR")]
+    pub calibration: PathBuf,
+    /// Calibration images (the first N of the folder).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub calibration_images: u64,
+    /// How activation ranges are chosen.
+    #[arg(long, value_enum, default_value_t = RangeMethodArg::Minmax)]
+    pub method: RangeMethodArg,
+    /// With --method percentile: the percentile of each side's values, in (50, 100].
+    #[arg(long, default_value_t = 99.99, value_parser = parse_percentile)]
+    pub percentile: f64,
+    /// Directory to write `<variant>_ptq.onnx` and its manifest.json entry into (made if
+    /// needed; other entries of an existing manifest are kept).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A labelled folder (labels.tsv) on which to report top-1/top-5 before and after.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// With --eval: only its first N images.
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    /// Write the report (file, digest, accuracies) as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_percentile(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if p > 50.0 && p <= 100.0 {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not in (50, 100]"))
+    }
 }
 
 /// Arguments of `preprocess`.

@@ -1,5 +1,5 @@
 //! The binary's subcommands: `serve`, `models`, `verify`, `eval`, `bench`, `classify`,
-//! `preprocess`, `openapi`, `healthcheck`, and what they print (tables, charts, `.npy` files,
+//! `preprocess`, `quantize`, `openapi`, `healthcheck`, and what they print (tables, charts, `.npy` files,
 //! progress bars). The top layer: may use every other.
 
 pub mod bench;
@@ -12,6 +12,7 @@ pub mod eval;
 pub mod models;
 pub mod npy;
 pub mod progress;
+pub mod quantize;
 pub mod serve;
 pub mod verify;
 
@@ -69,6 +70,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => {
             let pool = load(&cli.global, args.variants.clone())?;
             bench::run(&pool, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quantize(args) => {
+            let opts = load_options(&cli.global, None)?;
+            quantize::run(&cli.global.models_dir, &opts, &args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify(args) => {

@@ -11,6 +11,7 @@ pub mod network;
 pub mod onnx;
 pub mod plan;
 pub mod pool;
+pub mod ptq;
 pub mod quant;
 pub mod reference;
 pub mod schedule;

@@ -9,6 +9,10 @@ use super::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::kernels::{AlignedVec, ConvGeometry, GemmShape, KernelSet};
 
+/// Called after each layer of a probed run with the layer's index, its output and the time it
+/// took.
+type LayerProbe<'p> = &'p mut dyn FnMut(usize, &[f32], Duration);
+
 /// A network bound to the kernels that run it. Immutable and shareable between threads; each
 /// thread brings its own [`Workspace`].
 #[derive(Debug)]
@@ -147,8 +151,23 @@ impl Model {
         out: &mut Vec<f32>,
     ) -> Result<Vec<Duration>> {
         let mut times = Vec::with_capacity(self.plan.layers.len());
-        team.install(|crew| self.run_timed(ws, images, out, Some(&mut times), crew))?;
+        let mut probe = |_: usize, _: &[f32], took: Duration| times.push(took);
+        team.install(|crew| self.run_timed(ws, images, out, Some(&mut probe), crew))?;
         Ok(times)
+    }
+
+    /// Like [`Model::run_with`], one layer at a time (no fusion), handing `observe` each layer's
+    /// index and output (the whole batch, NHWC, after the fused activation): what post-training
+    /// quantization calibrates its ranges on.
+    pub fn run_observed(
+        &self,
+        ws: &mut Workspace,
+        images: Nhwc<'_>,
+        out: &mut Vec<f32>,
+        observe: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        let mut probe = |layer: usize, output: &[f32], _: Duration| observe(layer, output);
+        self.run_timed(ws, images, out, Some(&mut probe), &Crew::ALONE)
     }
 
     fn run_timed(
@@ -156,11 +175,11 @@ impl Model {
         ws: &mut Workspace,
         images: Nhwc<'_>,
         out: &mut Vec<f32>,
-        times: Option<&mut Vec<Duration>>,
+        probe: Option<LayerProbe<'_>>,
         crew: &Crew<'_>,
     ) -> Result<()> {
         self.check_input(images)?;
-        let result = self.run_steps(ws, images, out, times, crew);
+        let result = self.run_steps(ws, images, out, probe, crew);
         // Layers alternate between the two buffers, so the next run may need the larger one's
         // size in the other: grow both now, once, and steady-state runs never allocate.
         let capacity = ws.floats.front.capacity().max(ws.floats.back.capacity());
@@ -174,7 +193,7 @@ impl Model {
         ws: &mut Workspace,
         images: Nhwc<'_>,
         out: &mut Vec<f32>,
-        mut times: Option<&mut Vec<Duration>>,
+        mut probe: Option<LayerProbe<'_>>,
         crew: &Crew<'_>,
     ) -> Result<()> {
         let Nhwc {
@@ -188,8 +207,8 @@ impl Model {
         let (mut src, mut dst) = (&mut ws.floats.front, &mut ws.floats.back);
         let mut shape = (h, w, self.plan.in_c);
         let mut i = 0;
-        // Profiled runs time each layer alone over the whole batch: no fusion, no prefix.
-        let profiled = times.is_some();
+        // Probed runs see each layer alone over the whole batch: no fusion, no prefix.
+        let profiled = probe.is_some();
         // Image by image only where each part gets as many images, and its two scratch images
         // fit in the workspace's share of one buffer (`activation_len` holds `batch` images).
         let parts = crew.parts();
@@ -201,15 +220,15 @@ impl Model {
             }
         }
         while i < self.plan.layers.len() {
-            let started = times.as_ref().map(|_| Instant::now());
+            let started = probe.as_ref().map(|_| Instant::now());
             let step = self.plan_step(i, shape, !profiled)?;
             resize(dst, step.out_len(batch));
             // The first layer reads the caller's input in place: no copy into the workspace.
             let x: &[f32] = if i == 0 { input } else { src };
             let x = Nhwc::new(x, batch, shape.0, shape.1);
             self.run_step(i, &step, crew, x, shape.2, dst)?;
-            if let (Some(times), Some(started)) = (times.as_mut(), started) {
-                times.push(started.elapsed());
+            if let (Some(probe), Some(started)) = (probe.as_mut(), started) {
+                probe(i, dst, started.elapsed());
             }
             (i, shape) = (i + step.layers, step.out);
             std::mem::swap(&mut src, &mut dst);

@@ -26,6 +26,14 @@ pub enum Padding {
 }
 
 impl Padding {
+    /// No padding.
+    pub const NONE: Padding = Padding::Explicit {
+        top: 0,
+        left: 0,
+        bottom: 0,
+        right: 0,
+    };
+
     /// Output size and leading pad along one axis, or `None` when the kernel does not fit.
     pub fn resolve(
         &self,

@@ -19,5 +19,6 @@ mod layers;
 mod oip;
 mod openapi;
 mod pipeline;
+mod ptq;
 mod quant;
 mod zoo;

@@ -16,6 +16,7 @@ Run (from the repository root):
   python3 -m venv /tmp/ortvenv && /tmp/ortvenv/bin/pip install -r tests/ort/requirements.txt
   /tmp/ortvenv/bin/python tests/ort/ort_crosscheck.py --models models --data DIR \
       [--variants a,b] [--limit N] [--ours-json FILE] [--ours-npy-dir DIR] [--threads T] [--json-out FILE]
+      [--no-fusion]
 """
 
 import argparse
@@ -111,6 +112,11 @@ def main() -> int:
     ap.add_argument("--ours-npy-dir", type=Path, help="folder with our inputs_<rho>.npy tensors")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads (default 2)")
     ap.add_argument("--json-out", type=Path, help="write every number here")
+    ap.add_argument("--no-fusion", action="store_true",
+                    help="run ORT with graph optimisations off (ORT_DISABLE_ALL): a QDQ graph then runs as "
+                         "written, DequantizeLinear -> float Conv -> QuantizeLinear, which is the ONNX "
+                         "definition itself; with them on, ORT fuses QDQ into its integer kernels, whose "
+                         "u8 x s8 products saturate on x86 CPUs without VNNI (int8 weights lose accuracy there)")
     args = ap.parse_args()
 
     manifest = json.loads((args.models / "manifest.json").read_text())
@@ -129,8 +135,11 @@ def main() -> int:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1
+    if args.no_fusion:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 
-    print(f"onnxruntime {ort.__version__}, {len(labels)} images, batch {BATCH}, {args.threads} threads")
+    fusion = ", graph optimisations off" if args.no_fusion else ""
+    print(f"onnxruntime {ort.__version__}, {len(labels)} images, batch {BATCH}, {args.threads} threads{fusion}")
     head = f"{'variant':<24} {'n':>5} {'pil@1':>7} {'pil@5':>7} {'ours@1':>7} {'ours@5':>7}"
     if engine:
         head += f" {'eng@1':>7} {'|e-o|':>7} {'|e-p|':>7}"
@@ -171,7 +180,8 @@ def main() -> int:
         print(line + f" {row['seconds']:6.1f}", flush=True)
         rows.append(row)
 
-    summary = {"onnxruntime": ort.__version__, "images": len(labels), "threads": args.threads, "variants": rows}
+    summary = {"onnxruntime": ort.__version__, "images": len(labels), "threads": args.threads,
+               "graph_optimisations": not args.no_fusion, "variants": rows}
     if engine:
         summary.update(max_diff_ours=max_ours, max_diff_pillow=max_pil,
                        limits={"ours": MAX_DIFF_OURS, "pillow": MAX_DIFF_PILLOW}, passed=not failed)
