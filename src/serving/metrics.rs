@@ -43,6 +43,9 @@ pub struct Metrics {
     pub mult_adds: GaugeVec,
     /// Learned parameters, by variant.
     pub parameters: GaugeVec,
+    /// 1 per served variant, labelled with its precision and cell: what dashboards join on to
+    /// group the other per-variant series by precision.
+    pub variant_info: GaugeVec,
     /// The router's current latency prediction in seconds, by variant.
     pub predicted_latency: GaugeVec,
 }
@@ -136,6 +139,14 @@ impl Metrics {
                 opts("parameters", "Learned parameters of the variant."),
                 &["variant"],
             )?,
+            variant_info: GaugeVec::new(
+                opts(
+                    "variant_info",
+                    "1 per served variant: its precision (fp32, int8), width multiplier and \
+                     resolution.",
+                ),
+                &["variant", "precision", "alpha", "resolution"],
+            )?,
             predicted_latency: GaugeVec::new(
                 opts(
                     "predicted_latency_seconds",
@@ -160,6 +171,7 @@ impl Metrics {
         m.registry.register(Box::new(m.top5.clone()))?;
         m.registry.register(Box::new(m.mult_adds.clone()))?;
         m.registry.register(Box::new(m.parameters.clone()))?;
+        m.registry.register(Box::new(m.variant_info.clone()))?;
         m.registry.register(Box::new(m.predicted_latency.clone()))?;
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(

@@ -11,6 +11,7 @@ use super::latency::LatencyTracker;
 use super::metrics::{Metrics, NO_VARIANT};
 use super::request::Prediction;
 use super::router::{self, Candidate};
+use crate::engine::catalog::format_alpha;
 use crate::engine::network::Precision;
 use crate::engine::pool::{ModelPool, Unavailable, Variant};
 use crate::error::{Error, Result};
@@ -280,6 +281,15 @@ impl Registry {
                 .parameters
                 .with_label_values(&[name])
                 .set(cost.params as f64);
+            let cell = [
+                v.spec.precision.as_str(),
+                &format_alpha(v.spec.alpha),
+                &v.spec.resolution.to_string(),
+            ];
+            metrics
+                .variant_info
+                .with_label_values(&[name, cell[0], cell[1], cell[2]])
+                .set(1.0);
             let acc = &self.accuracy[i];
             if let Some(t) = acc.top1 {
                 metrics.top1.with_label_values(&[name, acc.source]).set(t);

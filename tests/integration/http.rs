@@ -780,6 +780,10 @@ async fn metrics_describe_the_traffic() {
         format!("mobilenet_queue_depth{{variant=\"{SMALL}\"}} 0"),
         format!("mobilenet_top1_accuracy{{source=\"published\",variant=\"{MID}\"}} 59.1"),
         format!("mobilenet_mult_adds{{variant=\"{SMALL}\"}} 13570304"),
+        format!(
+            "mobilenet_variant_info{{alpha=\"0.25\",precision=\"fp32\",resolution=\"128\",\
+             variant=\"{SMALL}\"}} 1"
+        ),
         "mobilenet_in_flight_requests 0".into(),
         "process_resident_memory_bytes".into(),
     ] {

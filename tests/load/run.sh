@@ -10,6 +10,9 @@ cd "$(dirname "$0")/../.."
 MODELS_DIR=${MODELS_DIR:-../shared/models}
 DATASET_DIR=${DATASET_DIR:-../shared/imagenet/val1300}
 VARIANTS=${VARIANTS:-mobilenet_v1_1.0_224,mobilenet_v1_0.25_128}
+# Ours may serve more than the peer: its 8-bit twins (e.g. mobilenet_v1_1.0_224_quant, from the
+# zoo's int8/), which the FP32 peer is compared with line by line.
+OURS_VARIANTS=${OURS_VARIANTS:-$VARIANTS}
 CONCURRENCY=${CONCURRENCY:-1 4 16 64}
 DURATION=${DURATION:-10}
 PYTHON=${PYTHON:-python3}
@@ -39,9 +42,9 @@ wait_for() { # url
   return 1
 }
 
-load() { # server-name port
-  local name=$1 port=$2 v c line
-  for v in ${VARIANTS//,/ }; do
+load() { # server-name port variants
+  local name=$1 port=$2 variants=$3 v c line
+  for v in ${variants//,/ }; do
     wrk -t1 -c4 -d2s -s tests/load/post_image.lua "http://127.0.0.1:$port/classify?model=$v" >/dev/null
     for c in $CONCURRENCY; do
       line=$(wrk -t1 -c"$c" -d"${DURATION}s" --timeout 10s -s tests/load/post_image.lua \
@@ -59,12 +62,12 @@ load() { # server-name port
 : >"$OUT/load.txt"
 printf '%-8s %-24s %5s %9s %9s %9s %7s %7s\n' server variant conc req/s "p50 ms" "p99 ms" non-2xx errors
 
-"$BIN" --models "$MODELS_DIR" serve --http-port $OURS_PORT --variants "$VARIANTS" \
+"$BIN" --models "$MODELS_DIR" serve --http-port $OURS_PORT --variants "$OURS_VARIANTS" \
   --engine-threads "$THREADS" >"$OUT/ours.log" 2>&1 &
 ours=$!
 wait_for "http://127.0.0.1:$OURS_PORT/readyz"
 kill -0 $ours # still running: the port was ours, not a leftover server's
-load ours $OURS_PORT
+load ours $OURS_PORT "$OURS_VARIANTS"
 kill -TERM $ours
 wait $ours || true
 
@@ -74,10 +77,10 @@ MODELS_DIR=$(realpath "$MODELS_DIR") VARIANTS=$VARIANTS ORT_THREADS=1 \
 peer=$!
 wait_for "http://127.0.0.1:$PEER_PORT/openapi.json"
 kill -0 $peer
-load fastapi $PEER_PORT
+load fastapi $PEER_PORT "$VARIANTS"
 kill -TERM $peer
 wait $peer || true
 
 echo
 echo "engine only, $THREADS batches at once, each on its own thread (bench --streams $THREADS):"
-"$BIN" --models "$MODELS_DIR" bench --variants "$VARIANTS" --batch 1,8 --streams "$THREADS" --iters 100
+"$BIN" --models "$MODELS_DIR" bench --variants "$OURS_VARIANTS" --batch 1,8 --streams "$THREADS" --iters 100
