@@ -9,8 +9,10 @@ use serde::Serialize;
 use crate::commands::cli::BenchArgs;
 use crate::engine::crosscheck::random_inputs;
 use crate::engine::model::Nhwc;
-use crate::engine::plan::{ConvKind, Layer};
+use crate::engine::network::{Network, Precision};
+use crate::engine::plan::{ConvKind, Layer, Plan};
 use crate::engine::pool::{ModelPool, Variant};
+use crate::engine::quant::plan::{QuantLayer, QuantPlan};
 use crate::engine::reference::{ProtoCache, TractReference};
 use crate::engine::team::Team;
 use crate::engine::workspace::Workspace;
@@ -336,29 +338,109 @@ const TABLE_2: [(&str, f64, f64); 4] = [
 /// Profiled runs behind `--layers`; each layer's time is its fastest.
 const LAYER_RUNS: usize = 20;
 
+/// One layer as the profile prints it.
+struct LayerRow {
+    /// The paper's Table 2 name of its type.
+    group: &'static str,
+    /// Multiply-adds for one image.
+    macs: u64,
+    /// Learned parameters.
+    params: usize,
+    /// Input channels.
+    in_c: usize,
+    /// Output `(height, width, channels)` for one image.
+    out: (usize, usize, usize),
+}
+
+/// The rows of a float plan for `r x r` images.
+fn float_rows(plan: &Plan, r: usize) -> Result<Vec<LayerRow>> {
+    let macs = plan.layer_mult_adds(r, r)?;
+    let outputs = plan.layer_outputs(r, r)?;
+    let mut in_c = plan.in_c;
+    Ok(plan
+        .layers
+        .iter()
+        .zip(macs)
+        .zip(outputs)
+        .map(|((layer, macs), out)| {
+            let row = LayerRow {
+                group: layer_group(layer),
+                macs,
+                params: layer.params(),
+                in_c,
+                out,
+            };
+            in_c = out.2;
+            row
+        })
+        .collect())
+}
+
+/// The rows of an 8-bit plan for `r x r` images.
+fn int8_rows(plan: &QuantPlan, r: usize) -> Result<Vec<LayerRow>> {
+    let (mut h, mut w, mut c) = (r, r, plan.in_c);
+    let mut rows = Vec::with_capacity(plan.layers.len());
+    // A convolution after the pool is the classifier: "fc", as the float importer makes it.
+    let mut pooled = false;
+    for layer in &plan.layers {
+        let row = match layer {
+            QuantLayer::Conv(conv) => {
+                let g = conv.shape.geometry(&conv.name, 1, h, w)?;
+                LayerRow {
+                    group: if pooled {
+                        "fc"
+                    } else {
+                        kind_group(conv.shape.kind)
+                    },
+                    macs: (g.output_len() * conv.shape.mult_adds_per_output()) as u64,
+                    params: conv.weights.len() + conv.bias.len(),
+                    in_c: c,
+                    out: (g.out_h, g.out_w, g.out_c),
+                }
+            }
+            QuantLayer::GlobalAvgPool { .. } => {
+                pooled = true;
+                LayerRow {
+                    group: "pool",
+                    macs: 0,
+                    params: 0,
+                    in_c: c,
+                    out: (1, 1, c),
+                }
+            }
+        };
+        (h, w, c) = row.out;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 /// Prints each layer type's share of mult-adds, parameters and measured time for `batch`
-/// images split across `team`, then every layer's time per image and GFLOP/s. Batch sizes side
-/// by side show which layers gain from batching (the weight-bound ones) and which lose (those
-/// whose activations outgrow the caches).
+/// images split across `team`, then every layer's time per image and GFLOP/s (GOP/s of 8-bit
+/// multiply-adds for an int8 variant). Batch sizes side by side show which layers gain from
+/// batching (the weight-bound ones) and which lose (those whose activations outgrow the caches).
 fn print_layers(v: &Variant, team: &Team, batch: usize) -> Result<()> {
     let r = v.spec.resolution;
-    let model = v.model.as_float().ok_or_else(|| {
-        Error::BadInput(format!(
-            "--layers profiles float models; {} is {}",
-            v.spec.name,
-            v.model.precision()
-        ))
-    })?;
-    let plan = model.plan();
     let input: Vec<f32> = random_inputs(batch, v.input_len(), 9).concat();
+    let images = Nhwc::new(&input, batch, r, r);
     let mut ws = Workspace::new();
     let mut out = Vec::new();
+    let (rows, mut profile): (_, Box<dyn FnMut() -> Result<Vec<Duration>>>) = match &*v.model {
+        Network::Float(m) => (
+            float_rows(m.plan(), r)?,
+            Box::new(move || m.run_profiled(team, &mut ws, images, &mut out)),
+        ),
+        Network::Int8(m) => (
+            int8_rows(m.plan(), r)?,
+            Box::new(move || m.run_profiled(team, &mut ws, images, &mut out)),
+        ),
+    };
     // A warm-up run, then the fastest of the runs per layer: on a shared host the least
     // disturbed, which a mean of a few runs is not.
-    model.run_profiled(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
-    let mut fastest = vec![Duration::MAX; plan.layers.len()];
+    profile()?;
+    let mut fastest = vec![Duration::MAX; rows.len()];
     for _ in 0..LAYER_RUNS {
-        let t = model.run_profiled(team, &mut ws, Nhwc::new(&input, batch, r, r), &mut out)?;
+        let t = profile()?;
         fastest
             .iter_mut()
             .zip(t)
@@ -366,11 +448,10 @@ fn print_layers(v: &Variant, team: &Team, batch: usize) -> Result<()> {
     }
     // Shares per group: [mult-adds, params, seconds]; pool is counted apart.
     let mut groups: HashMap<&str, [f64; 3]> = HashMap::new();
-    let macs = plan.layer_mult_adds(r, r)?;
-    for ((layer, time), &macs) in plan.layers.iter().zip(&fastest).zip(&macs) {
-        let e = groups.entry(layer_group(layer)).or_default();
-        e[0] += macs as f64;
-        e[1] += layer.params() as f64;
+    for (row, time) in rows.iter().zip(&fastest) {
+        let e = groups.entry(row.group).or_default();
+        e[0] += row.macs as f64;
+        e[1] += row.params as f64;
         e[2] += time.as_secs_f64() / batch as f64;
     }
     let sum = |i: usize| {
@@ -409,24 +490,31 @@ fn print_layers(v: &Variant, team: &Team, batch: usize) -> Result<()> {
     }
     println!(
         "  {:>5} {:<10} {:>6} {:>6} {:>9} {:>10} {:>8}",
-        "layer", "type", "in", "out", "output", "ms/img", "GFLOP/s"
+        "layer",
+        "type",
+        "in",
+        "out",
+        "output",
+        "ms/img",
+        if v.model.precision() == Precision::Int8 {
+            "GOP/s"
+        } else {
+            "GFLOP/s"
+        }
     );
-    let outputs = plan.layer_outputs(r, r)?;
-    let mut in_c = plan.in_c;
-    for (i, ((layer, time), macs)) in plan.layers.iter().zip(&fastest).zip(&macs).enumerate() {
-        let (h, w, out_c) = outputs[i];
+    for (i, (row, time)) in rows.iter().zip(&fastest).enumerate() {
+        let (h, w, out_c) = row.out;
         let secs = (time.as_secs_f64() / batch as f64).max(f64::MIN_POSITIVE);
         println!(
             "  {:>5} {:<10} {:>6} {:>6} {:>9} {:>10.4} {:>8.1}",
             i,
-            layer_group(layer),
-            in_c,
+            row.group,
+            row.in_c,
             out_c,
             format!("{h}x{w}"),
             secs * 1000.0,
-            2.0 * *macs as f64 / secs / 1e9
+            2.0 * row.macs as f64 / secs / 1e9
         );
-        in_c = out_c;
     }
     Ok(())
 }
@@ -434,13 +522,18 @@ fn print_layers(v: &Variant, team: &Team, batch: usize) -> Result<()> {
 /// The paper's Table 2 name of a layer's type.
 fn layer_group(layer: &Layer) -> &'static str {
     match layer {
-        Layer::Conv(c) => match c.kind {
-            ConvKind::Pointwise => "1x1 conv",
-            ConvKind::Depthwise => "depthwise",
-            ConvKind::Dense => "full conv",
-        },
+        Layer::Conv(c) => kind_group(c.kind),
         Layer::GlobalAvgPool { .. } => "pool",
         Layer::Fc(_) => "fc",
+    }
+}
+
+/// The paper's Table 2 name of a convolution's kind.
+fn kind_group(kind: ConvKind) -> &'static str {
+    match kind {
+        ConvKind::Pointwise => "1x1 conv",
+        ConvKind::Depthwise => "depthwise",
+        ConvKind::Dense => "full conv",
     }
 }
 

@@ -102,11 +102,19 @@ impl Network {
         Network::Float(Model::new(plan, kernels))
     }
 
-    /// The float model, when it is one (per-layer profiles are float only).
+    /// The float model, when it is one.
     pub fn as_float(&self) -> Option<&Model> {
         match self {
             Network::Float(m) => Some(m),
             Network::Int8(_) => None,
+        }
+    }
+
+    /// The 8-bit model, when it is one.
+    pub fn as_int8(&self) -> Option<&QuantModel> {
+        match self {
+            Network::Float(_) => None,
+            Network::Int8(m) => Some(m),
         }
     }
 

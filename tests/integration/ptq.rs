@@ -106,3 +106,43 @@ fn percentile_calibration_writes_a_loadable_file_and_int8_input_is_refused() {
         .to_string();
     assert!(err.contains("asked for calibration"), "{err}");
 }
+
+/// `bench --layers` profiles an 8-bit variant layer by layer, as it does a float one: every
+/// layer of the QAT 0.25_128 has its row, the types add up, and throughput is in GOP/s.
+#[test]
+fn bench_layers_profiles_an_int8_variant() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mobilenet-serve"))
+        .arg("--models")
+        .arg(zoo_dir())
+        .args([
+            "bench",
+            "--variants",
+            "mobilenet_v1_0.25_128_quant",
+            "--layers",
+            "--iters",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("GOP/s"), "{text}");
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|f| f.parse::<usize>().is_ok())
+        })
+        .collect();
+    assert_eq!(rows.len(), 29, "stem, 13 pairs, pool, classifier:\n{text}");
+    assert!(
+        rows[0].contains("full conv") && rows[28].contains("fc"),
+        "{text}"
+    );
+    assert_eq!(rows.iter().filter(|r| r.contains("depthwise")).count(), 13);
+}

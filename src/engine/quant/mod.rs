@@ -5,6 +5,8 @@
 
 pub mod plan;
 
+use std::time::{Duration, Instant};
+
 use self::plan::{QuantLayer, QuantPlan};
 use super::model::Nhwc;
 use super::plan::ConvKind;
@@ -99,14 +101,14 @@ impl QuantModel {
     /// thread and returns `batch x classes` logits.
     pub fn run(&self, images: Nhwc) -> Result<Vec<f32>> {
         let mut out = Vec::new();
-        self.run_on_crew(&mut Workspace::new(), images, &mut out, &Crew::ALONE)?;
+        self.run_on_crew(&mut Workspace::new(), images, &mut out, None, &Crew::ALONE)?;
         Ok(out)
     }
 
     /// Like [`QuantModel::run`], reusing `ws` and writing the logits into `out`: runs that fit in
     /// `ws` do not allocate.
     pub fn run_with(&self, ws: &mut Workspace, images: Nhwc<'_>, out: &mut Vec<f32>) -> Result<()> {
-        self.run_on_crew(ws, images, out, &Crew::ALONE)
+        self.run_on_crew(ws, images, out, None, &Crew::ALONE)
     }
 
     /// Like [`QuantModel::run_with`], with every layer split across the threads of `team`.
@@ -117,7 +119,21 @@ impl QuantModel {
         images: Nhwc<'_>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        team.install(|crew| self.run_on_crew(ws, images, out, crew))
+        team.install(|crew| self.run_on_crew(ws, images, out, None, crew))
+    }
+
+    /// Like [`QuantModel::run_on`], also returning the time each layer took (for `bench
+    /// --layers`); the input's quantization counts in the first layer's.
+    pub fn run_profiled(
+        &self,
+        team: &Team,
+        ws: &mut Workspace,
+        images: Nhwc<'_>,
+        out: &mut Vec<f32>,
+    ) -> Result<Vec<Duration>> {
+        let mut times = Vec::with_capacity(self.plan.layers.len());
+        team.install(|crew| self.run_on_crew(ws, images, out, Some(&mut times), crew))?;
+        Ok(times)
     }
 
     fn run_on_crew(
@@ -125,8 +141,10 @@ impl QuantModel {
         ws: &mut Workspace,
         images: Nhwc<'_>,
         out: &mut Vec<f32>,
+        mut times: Option<&mut Vec<Duration>>,
         crew: &Crew<'_>,
     ) -> Result<()> {
+        let mut started = Instant::now();
         let Nhwc { data, batch, h, w } = images;
         let plan = &self.plan;
         if data.len() != batch * h * w * plan.in_c || batch == 0 {
@@ -209,6 +227,11 @@ impl QuantModel {
                     generic::global_avg_pool(batch, positions, c, src, input.zero, pool, dst);
                     (h, w) = (1, 1);
                 }
+            }
+            if let Some(times) = times.as_mut() {
+                let now = Instant::now();
+                times.push(now - started);
+                started = now;
             }
             std::mem::swap(&mut src, &mut dst);
         }
