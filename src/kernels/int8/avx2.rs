@@ -108,11 +108,17 @@ fn gemm_avx2(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
                 col,
                 width,
             };
-            i += match s.m - i {
-                1 => tile.run::<1>(&params, s.n, c),
-                2 => tile.run::<2>(&params, s.n, c),
-                3 => tile.run::<3>(&params, s.n, c),
-                _ => tile.run::<MR>(&params, s.n, c),
+            // A last panel of at most 8 columns (the stem of a narrow model) computes and
+            // stores only its first half.
+            i += match (s.m - i, width <= 8) {
+                (1, false) => tile.run::<1>(&params, s.n, c),
+                (2, false) => tile.run::<2>(&params, s.n, c),
+                (3, false) => tile.run::<3>(&params, s.n, c),
+                (_, false) => tile.run::<MR>(&params, s.n, c),
+                (1, true) => tile.run_half::<1>(&params, s.n, c),
+                (2, true) => tile.run_half::<2>(&params, s.n, c),
+                (3, true) => tile.run_half::<3>(&params, s.n, c),
+                (_, true) => tile.run_half::<MR>(&params, s.n, c),
             };
         }
     }
@@ -261,6 +267,28 @@ impl Tile<'_> {
         }
         R
     }
+
+    /// [`Tile::run`] for a panel of at most 8 valid columns (the last panel of a layer as
+    /// narrow as the stem of alpha 0.25): only its first half is computed and stored.
+    #[target_feature(enable = "avx2")]
+    fn run_half<const R: usize>(&self, params: &Epilogue, n: usize, c: &mut [u8]) -> usize {
+        let mut acc = [_mm256_setzero_si256(); R];
+        let rows = &self.rows[..R * self.pairs];
+        for (p, w) in self.weights.chunks_exact(NR * 2).enumerate() {
+            // SAFETY: `w` holds 32 i16; the first 16 are the panel's first 8 columns.
+            let b0 = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = _mm256_set1_epi32(rows[r * self.pairs + p]);
+                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(a, b0));
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let bytes = pack_16(params.apply(*acc, self.col), _mm256_setzero_si256());
+            let at = (self.out_row + r) * n + self.col;
+            store_bytes(bytes, &mut c[at..at + self.width]);
+        }
+        R
+    }
 }
 
 /// 16 i32 values within 0..=255 (columns 0-7 in `lo`, 8-15 in `hi`) as 16 bytes in order.
@@ -278,6 +306,9 @@ pub(super) fn store_bytes(v: __m128i, out: &mut [u8]) {
     if out.len() == 16 {
         // SAFETY: `out` holds 16 bytes.
         unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), v) };
+    } else if out.len() == 8 {
+        // SAFETY: `out` holds 8 bytes, what storel writes.
+        unsafe { _mm_storel_epi64(out.as_mut_ptr().cast(), v) };
     } else {
         let mut tmp = [0u8; 16];
         // SAFETY: `tmp` holds 16 bytes.
