@@ -158,12 +158,13 @@ proptest! {
     }
 
     #[test]
-    fn the_stem_as_im2col_and_gemm_matches_the_direct_convolution(
+    fn the_stem_as_im2col_and_gemm_and_each_tiers_dense_match_the_direct_convolution(
         h in 1usize..20, w in 1usize..20, cin in 1usize..5, cout in 1usize..40,
-        stride in 1usize..3, pad in 0usize..2, zero in any::<u8>(), seed in any::<u64>()) {
+        stride in 1usize..3, pad in 0usize..2, zero in any::<u8>(), seed in any::<u64>(),
+        batch in 1usize..3) {
         let k = 3;
         prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
-        let g = ConvGeometry { batch: 1, in_h: h, in_w: w, in_c: cin,
+        let g = ConvGeometry { batch, in_h: h, in_w: w, in_c: cin,
                                out_h: (h + 2 * pad - k) / stride + 1,
                                out_w: (w + 2 * pad - k) / stride + 1, out_c: cout,
                                kh: k, kw: k, stride_h: stride, stride_w: stride,
@@ -174,7 +175,7 @@ proptest! {
         let layer = QuantLayer { weights: &wt, bias: &bias, input_zero: zero, requant: &rq };
         let mut want = vec![0u8; g.output_len()];
         generic::dense_conv(&g, &x, &layer, &mut want);
-        let pixels = g.out_h * g.out_w;
+        let pixels = batch * g.out_h * g.out_w;
         let mut patches = vec![0u8; pixels * patch];
         generic::im2col(&g, &x, zero, &mut patches);
         for t in tiers() {
@@ -183,6 +184,12 @@ proptest! {
             let s = GemmShape { m: pixels, k: patch, n: cout };
             (t.gemm)(&s, &patches, &QuantLayer { weights: &packed, ..layer }, &mut got);
             prop_assert_eq!(&got, &want, "{} {:?}", t.name, g);
+            // A tier's direct dense convolution, on the same packing.
+            if let Some(dense) = t.dense {
+                let mut direct = vec![0u8; g.output_len()];
+                dense(&g, &x, &QuantLayer { weights: &packed, ..layer }, &mut direct);
+                prop_assert_eq!(&direct, &want, "{} dense {:?}", t.name, g);
+            }
         }
     }
 }

@@ -190,20 +190,33 @@ impl QuantModel {
                     let pixels = batch * g.out_h * g.out_w;
                     match conv.shape.kind {
                         ConvKind::Dense => {
-                            // The stem as a GEMM on its patches.
-                            let patch = g.kh * g.kw * g.in_c;
-                            patches.resize(pixels * patch, 0);
-                            let row_len = g.out_w * patch;
-                            split_rows(
-                                crew,
-                                &g,
-                                src,
-                                patches,
-                                row_len,
-                                usize::MAX,
-                                &|g, x, out| generic::im2col(g, x, conv.input.zero, out),
-                            );
-                            split_gemm(crew, &k, pixels, patch, patches, &operands, dst);
+                            let row_len = g.output_row_len();
+                            if let Some(dense) = k.dense {
+                                split_rows(
+                                    crew,
+                                    &g,
+                                    src,
+                                    dst,
+                                    row_len,
+                                    usize::MAX,
+                                    &|g, x, out| dense(g, x, &operands, out),
+                                );
+                            } else {
+                                // The stem as a GEMM on its patches.
+                                let patch = g.kh * g.kw * g.in_c;
+                                patches.resize(pixels * patch, 0);
+                                let row_len = g.out_w * patch;
+                                split_rows(
+                                    crew,
+                                    &g,
+                                    src,
+                                    patches,
+                                    row_len,
+                                    usize::MAX,
+                                    &|g, x, out| generic::im2col(g, x, conv.input.zero, out),
+                                );
+                                split_gemm(crew, &k, pixels, patch, patches, &operands, dst);
+                            }
                         }
                         ConvKind::Depthwise => {
                             let row_len = g.output_row_len();

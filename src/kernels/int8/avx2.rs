@@ -95,6 +95,15 @@ fn gemm_avx2(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
         centre_row(row, layer.input_zero, dst);
     }
     let params = Epilogue::new(layer.bias, layer.requant);
+    tiles(s, &rows, layer, &params, c);
+    ROWS.set(rows);
+}
+
+/// The GEMM of `s` on rows already centred into 16-bit pairs (`s.k.div_ceil(2)` per row), tile
+/// by tile, into `c`.
+#[target_feature(enable = "avx2")]
+fn tiles(s: &GemmShape, rows: &[i32], layer: &QuantLayer, params: &Epilogue, c: &mut [u8]) {
+    let pairs = s.k.div_ceil(2);
     for (panel, w) in layer.weights.chunks_exact(pairs * NR * 2).enumerate() {
         let col = panel * NR;
         let width = NR.min(s.n - col);
@@ -111,18 +120,110 @@ fn gemm_avx2(s: &GemmShape, a: &[u8], layer: &QuantLayer, c: &mut [u8]) {
             // A last panel of at most 8 columns (the stem of a narrow model) computes and
             // stores only its first half.
             i += match (s.m - i, width <= 8) {
-                (1, false) => tile.run::<1>(&params, s.n, c),
-                (2, false) => tile.run::<2>(&params, s.n, c),
-                (3, false) => tile.run::<3>(&params, s.n, c),
-                (_, false) => tile.run::<MR>(&params, s.n, c),
-                (1, true) => tile.run_half::<1>(&params, s.n, c),
-                (2, true) => tile.run_half::<2>(&params, s.n, c),
-                (3, true) => tile.run_half::<3>(&params, s.n, c),
-                (_, true) => tile.run_half::<MR>(&params, s.n, c),
+                (1, false) => tile.run::<1>(params, s.n, c),
+                (2, false) => tile.run::<2>(params, s.n, c),
+                (3, false) => tile.run::<3>(params, s.n, c),
+                (_, false) => tile.run::<MR>(params, s.n, c),
+                (1, true) => tile.run_half::<1>(params, s.n, c),
+                (2, true) => tile.run_half::<2>(params, s.n, c),
+                (3, true) => tile.run_half::<3>(params, s.n, c),
+                (_, true) => tile.run_half::<MR>(params, s.n, c),
             };
         }
     }
+}
+
+/// A dense convolution (the stem) on weights packed by [`pack_gemm`] from `[kh][kw][in_c]
+/// [out_c]`: each output row's patches are centred straight into the GEMM's 16-bit pairs
+/// (padded taps are 0 once centred), without the byte patches of
+/// [`im2col`](super::generic::im2col) and the GEMM's own centring pass, then run through the
+/// GEMM's tiles.
+pub fn dense(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [u8]) {
+    let k = g.kh * g.kw * g.in_c;
+    assert_eq!(input.len(), g.input_len(), "dense input length");
+    assert_eq!(out.len(), g.output_len(), "dense output length");
+    assert_eq!(
+        layer.weights.len(),
+        g.out_c.div_ceil(NR) * k.div_ceil(2) * NR * 2,
+        "packed dense weights"
+    );
+    assert_eq!(layer.bias.len(), g.out_c, "dense bias length");
+    assert_eq!(layer.requant.scale.len(), g.out_c, "dense scales");
+    assert!(supported(), "the AVX2 int8 dense convolution needs AVX2");
+    // SAFETY: AVX2 is present (checked above).
+    unsafe { dense_avx2(g, input, layer, out) }
+}
+
+#[target_feature(enable = "avx2")]
+fn dense_avx2(g: &ConvGeometry, input: &[u8], layer: &QuantLayer, out: &mut [u8]) {
+    let k = g.kh * g.kw * g.in_c;
+    let pairs = k.div_ceil(2);
+    let run = g.kw * g.in_c;
+    let zero = i16::from(layer.input_zero);
+    let mut rows = ROWS.take();
+    if rows.len() < g.out_w * pairs {
+        rows.resize(g.out_w * pairs, 0);
+    }
+    let params = Epilogue::new(layer.bias, layer.requant);
+    let s = GemmShape {
+        m: g.out_w,
+        k,
+        n: g.out_c,
+    };
+    let out_row = g.out_w * g.out_c;
+    for (r, c) in out.chunks_exact_mut(out_row).enumerate() {
+        let (b, oy) = (r / g.out_h, r % g.out_h);
+        for (ox, dst) in rows.chunks_exact_mut(pairs).take(g.out_w).enumerate() {
+            // SAFETY: an i32 slice seen as twice as many i16: same memory, alignment 2 <= 4.
+            let words = unsafe {
+                std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<i16>(), 2 * pairs)
+            };
+            words[k..].fill(0);
+            let left = (ox * g.stride_w).checked_sub(g.pad_left);
+            for (ky, taps) in words[..k].chunks_exact_mut(run).enumerate() {
+                let Some(iy) = tap(oy, g.stride_h, ky, g.pad_top, g.in_h) else {
+                    taps.fill(0);
+                    continue;
+                };
+                let row = &input[((b * g.in_h + iy) * g.in_w) * g.in_c..][..g.in_w * g.in_c];
+                match left.filter(|&x0| x0 + g.kw <= g.in_w) {
+                    // Inside the row: one run of `kw * in_c` bytes.
+                    Some(x0) => centre_run(taps, &row[x0 * g.in_c..][..run], zero),
+                    None => {
+                        for (kx, t) in taps.chunks_exact_mut(g.in_c).enumerate() {
+                            match tap(ox, g.stride_w, kx, g.pad_left, g.in_w) {
+                                Some(ix) => centre_run(t, &row[ix * g.in_c..][..g.in_c], zero),
+                                None => t.fill(0),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tiles(&s, &rows, layer, &params, c);
+    }
     ROWS.set(rows);
+}
+
+/// `dst = src - zero`, widened; the stem's runs of 9 bytes with a constant length, which the
+/// compiler vectorises.
+#[inline(always)]
+fn centre_run(dst: &mut [i16], src: &[u8], zero: i16) {
+    #[inline(always)]
+    fn fixed<const N: usize>(dst: &mut [i16], src: &[u8], zero: i16) {
+        for (d, &v) in dst[..N].iter_mut().zip(&src[..N]) {
+            *d = i16::from(v) - zero;
+        }
+    }
+    match dst.len() {
+        9 => fixed::<9>(dst, src, zero),
+        3 => fixed::<3>(dst, src, zero),
+        _ => {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = i16::from(v) - zero;
+            }
+        }
+    }
 }
 
 /// `row - zero` as i16, two to an i32 (little-endian: the even element in the low half), the

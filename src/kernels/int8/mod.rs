@@ -25,6 +25,9 @@ use crate::kernels::shapes::{ConvGeometry, GemmShape};
 pub type GemmFn = fn(&GemmShape, &[u8], &QuantLayer, &mut [u8]);
 /// Depthwise convolution on weights packed by the same tier's [`PackFn`] from `[taps][c]`.
 pub type DepthwiseFn = fn(&ConvGeometry, &[u8], &QuantLayer, &mut [u8]);
+/// Dense convolution (the stem) on weights packed by the same tier's GEMM [`PackFn`] from
+/// `[kh][kw][in_c][out_c]`.
+pub type DenseFn = fn(&ConvGeometry, &[u8], &QuantLayer, &mut [u8]);
 /// Packs centred weights, once at load: `(rows, columns, weights)` for a row-major matrix.
 pub type PackFn = fn(usize, usize, &[i16]) -> Vec<i16>;
 /// ONNX `QuantizeLinear` into uint8 with `(scale, zero)`: the model's input.
@@ -41,6 +44,9 @@ pub struct Int8Kernels {
     pub gemm_rows: usize,
     /// Its weight packing.
     pub pack_gemm: PackFn,
+    /// A direct dense convolution on the GEMM's packing, where the tier has one; without it
+    /// the model runs [`generic::im2col`] and the GEMM.
+    pub dense: Option<DenseFn>,
     /// The depthwise convolution.
     pub depthwise: DepthwiseFn,
     /// Its weight packing.
@@ -63,6 +69,7 @@ impl Int8Kernels {
             gemm: generic::gemm,
             gemm_rows: 1,
             pack_gemm: generic::keep_layout,
+            dense: None,
             depthwise: generic::depthwise,
             pack_depthwise: generic::keep_layout,
             quantize: requant::quantize_slice,
@@ -77,6 +84,7 @@ impl Int8Kernels {
             gemm: avx2::gemm,
             gemm_rows: avx2::MR,
             pack_gemm: avx2::pack_gemm,
+            dense: Some(avx2::dense),
             depthwise: avx2::depthwise,
             pack_depthwise: avx2::pack_depthwise,
             quantize: avx2::quantize,
@@ -93,6 +101,9 @@ impl Int8Kernels {
             gemm: vnni::gemm_emulated,
             gemm_rows: vnni::MR,
             pack_gemm: vnni::pack_gemm,
+            // The AVX2 dense convolution reads the AVX2 packing: the stem runs as im2col and
+            // this GEMM.
+            dense: None,
             ..Self::avx2()
         }
     }
