@@ -79,7 +79,8 @@ impl QuantModel {
             match layer {
                 QuantLayer::Conv(conv) => {
                     let g = conv.shape.geometry(&conv.name, batch, h, w)?;
-                    if conv.shape.kind == ConvKind::Dense {
+                    // Patches only where the stem runs as im2col and a GEMM.
+                    if conv.shape.kind == ConvKind::Dense && self.kernels.int8.dense.is_none() {
                         let pixels = batch * g.out_h * g.out_w;
                         let patch = g.kh * g.kw * g.in_c;
                         patches = patches.max(pixels.checked_mul(patch).ok_or_else(overflow)?);
