@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use serde::Serialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::commands::cli::{QuantizeArgs, RangeMethodArg};
 use crate::commands::dataset;
@@ -15,7 +14,7 @@ use crate::commands::eval::{eval_variant, load_images, VariantResult};
 use crate::engine::catalog;
 use crate::engine::import::{import_any, Imported};
 use crate::engine::model::{Model, Nhwc};
-use crate::engine::pool::{LoadOptions, ModelPool, Variant};
+use crate::engine::pool::{sha256_hex, LoadOptions, ModelPool, Variant};
 use crate::engine::ptq::calibrate::{Calibrator, Range, RangeMethod};
 use crate::engine::ptq::quantize_plan;
 use crate::error::{Error, Result};
@@ -94,10 +93,7 @@ pub fn run(models_dir: &Path, opts: &LoadOptions, args: &QuantizeArgs) -> Result
     let file = PathBuf::from(format!("{name}.onnx"));
     let path = args.out.join(&file);
     std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
-    let sha256: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = sha256_hex(&bytes);
     write_manifest_entry(
         &args.out,
         manifest_entry(variant, &name, &file, &sha256, &doc),

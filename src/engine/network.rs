@@ -110,14 +110,6 @@ impl Network {
         }
     }
 
-    /// The 8-bit model, when it is one.
-    pub fn as_int8(&self) -> Option<&QuantModel> {
-        match self {
-            Network::Float(_) => None,
-            Network::Int8(m) => Some(m),
-        }
-    }
-
     /// Its number format.
     pub fn precision(&self) -> Precision {
         match self {

@@ -301,7 +301,7 @@ fn load_file(
 ) -> Result<Loaded> {
     let path = dir.join(file);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let sha256 = sha256_hex(&bytes);
     if let Some(expected) = expected {
         if sha256 != expected {
             return Err(Error::Catalog(format!(
@@ -327,8 +327,12 @@ fn import_guarded(path: &Path, bytes: &[u8]) -> Result<Imported> {
         .map_err(|e| Error::Catalog(format!("{}: {e}", path.display())))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The sha256 of `bytes` in lowercase hex, as manifests and `SHA256SUMS` give it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn select(specs: Vec<VariantSpec>, wanted: Option<&[String]>) -> Result<Vec<VariantSpec>> {

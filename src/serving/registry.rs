@@ -281,14 +281,10 @@ impl Registry {
                 .parameters
                 .with_label_values(&[name])
                 .set(cost.params as f64);
-            let cell = [
-                v.spec.precision.as_str(),
-                &format_alpha(v.spec.alpha),
-                &v.spec.resolution.to_string(),
-            ];
+            let (alpha, resolution) = (format_alpha(v.spec.alpha), v.spec.resolution.to_string());
             metrics
                 .variant_info
-                .with_label_values(&[name, cell[0], cell[1], cell[2]])
+                .with_label_values(&[name, v.spec.precision.as_str(), &alpha, &resolution])
                 .set(1.0);
             let acc = &self.accuracy[i];
             if let Some(t) = acc.top1 {

@@ -143,6 +143,25 @@ fn qdq(g: &mut GraphBuilder, tag: &str, x: &str, q: QuantParams) -> String {
     )
 }
 
+/// `DequantizeLinear` of the integer initializer `values` (named `name`), one scale per output
+/// channel along axis 0; returns the dequantized tensor.
+fn dequantize_per_channel(
+    g: &mut GraphBuilder,
+    name: &str,
+    values: &str,
+    scales: &[f32],
+    zero: &str,
+) -> String {
+    let scale = g.f32s(&format!("{name}_scale"), &[scales.len()], scales);
+    g.node(
+        &format!("{name}_dequantize"),
+        "DequantizeLinear",
+        &[values, &scale, zero],
+        &format!("{name}_dq"),
+        &[("axis", Attr::Int(0))],
+    )
+}
+
 /// A `Conv` of `x` with the dequantized weights and bias `q`.
 fn conv(
     g: &mut GraphBuilder,
@@ -154,26 +173,14 @@ fn conv(
     padding: Padding,
 ) -> String {
     let out_c = q.dims[0];
-    let w = g.i8s(&format!("{tag}_w"), &q.dims, &q.values);
-    let w_scale = g.f32s(&format!("{tag}_w_scale"), &[out_c], &q.scales);
-    let w_zero = g.i8s(&format!("{tag}_w_zero"), &[out_c], &vec![0; out_c]);
-    let w = g.node(
-        &format!("{tag}_w_dequantize"),
-        "DequantizeLinear",
-        &[&w, &w_scale, &w_zero],
-        &format!("{tag}_w_dq"),
-        &[("axis", Attr::Int(0))],
-    );
-    let b = g.i32s(&format!("{tag}_b"), &[out_c], &q.bias);
-    let b_scale = g.f32s(&format!("{tag}_b_scale"), &[out_c], &q.bias_scales);
-    let b_zero = g.i32s(&format!("{tag}_b_zero"), &[out_c], &vec![0; out_c]);
-    let b = g.node(
-        &format!("{tag}_b_dequantize"),
-        "DequantizeLinear",
-        &[&b, &b_scale, &b_zero],
-        &format!("{tag}_b_dq"),
-        &[("axis", Attr::Int(0))],
-    );
+    let name_w = format!("{tag}_w");
+    let w = g.i8s(&name_w, &q.dims, &q.values);
+    let w_zero = g.i8s(&format!("{name_w}_zero"), &[out_c], &vec![0; out_c]);
+    let w = dequantize_per_channel(g, &name_w, &w, &q.scales, &w_zero);
+    let name_b = format!("{tag}_b");
+    let b = g.i32s(&name_b, &[out_c], &q.bias);
+    let b_zero = g.i32s(&format!("{name_b}_zero"), &[out_c], &vec![0; out_c]);
+    let b = dequantize_per_channel(g, &name_b, &b, &q.bias_scales, &b_zero);
     let mut attrs = vec![
         ("group", Attr::Int(q.group as i64)),
         (

@@ -145,7 +145,7 @@ impl QuantModel {
         mut times: Option<&mut Vec<Duration>>,
         crew: &Crew<'_>,
     ) -> Result<()> {
-        let mut started = Instant::now();
+        let mut started = times.as_ref().map(|_| Instant::now());
         let Nhwc { data, batch, h, w } = images;
         let plan = &self.plan;
         if data.len() != batch * h * w * plan.in_c || batch == 0 {
@@ -242,10 +242,10 @@ impl QuantModel {
                     (h, w) = (1, 1);
                 }
             }
-            if let Some(times) = times.as_mut() {
+            if let (Some(times), Some(started)) = (times.as_mut(), started.as_mut()) {
                 let now = Instant::now();
-                times.push(now - started);
-                started = now;
+                times.push(now - *started);
+                *started = now;
             }
             std::mem::swap(&mut src, &mut dst);
         }

@@ -158,22 +158,6 @@ pub fn keep_layout(rows: usize, columns: usize, w: &[i16]) -> Vec<i16> {
     w.to_vec()
 }
 
-/// Copies `src` into `dst` (of the same length). The stems of RGB models copy runs of 9 bytes
-/// (3 pixels of 3 channels), which a copy of constant length does in two moves instead of a
-/// byte loop or a call to `memcpy`.
-#[inline(always)]
-fn copy_run(dst: &mut [u8], src: &[u8]) {
-    fn fixed<const N: usize>(dst: &mut [u8], src: &[u8]) {
-        dst[..N].copy_from_slice(&src[..N]);
-    }
-    match dst.len() {
-        9 => fixed::<9>(dst, src),
-        15 => fixed::<15>(dst, src),
-        21 => fixed::<21>(dst, src),
-        _ => dst.copy_from_slice(src),
-    }
-}
-
 /// Lays out the patch every output pixel of `g` reads as one row of `[kh][kw][in_c]` bytes,
 /// padded taps holding the zero point `zero`: a dense convolution becomes a GEMM on weights
 /// `[kh][kw][in_c][out_c]`. `out` is `[batch * out_h * out_w][kh * kw * in_c]`.
@@ -198,7 +182,9 @@ pub fn im2col(g: &ConvGeometry, input: &[u8], zero: u8, out: &mut [u8]) {
                         match tap(oy, g.stride_h, ky, g.pad_top, g.in_h) {
                             Some(iy) => {
                                 let at = ((b * g.in_h + iy) * g.in_w + x0) * g.in_c;
-                                copy_run(dst, &input[at..at + run]);
+                                for (d, &v) in dst.iter_mut().zip(&input[at..at + run]) {
+                                    *d = v;
+                                }
                             }
                             None => dst.fill(zero),
                         }
