@@ -9,8 +9,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     // Loading models and configuration: the service does not start, or a variant is not served.
-    /// The ONNX graph uses something the engine does not implement; names the node and op.
-    #[error("unsupported ONNX graph: node `{node}` (op {op}): {reason}")]
+    /// The model graph (ONNX or TFLite) uses something the engine does not implement; names the
+    /// node (a TFLite operator by its output tensor) and op.
+    #[error("unsupported model graph: node `{node}` (op {op}): {reason}")]
     Unsupported {
         /// Name of the offending node (or its output when it has no name).
         node: String,
@@ -19,8 +20,9 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
-    /// The ONNX file is not a well-formed model (bad protobuf, missing tensors, wrong shapes).
-    #[error("malformed ONNX model: {0}")]
+    /// The model file is not well formed (bad protobuf or flatbuffer, missing tensors, wrong
+    /// shapes).
+    #[error("malformed model: {0}")]
     MalformedModel(String),
     /// The models directory or its manifest is unusable.
     #[error("model catalogue: {0}")]

@@ -249,9 +249,10 @@ pub fn format_alpha(alpha: f32) -> String {
     }
 }
 
-/// Describes a manifest-less ONNX file from its graph: alpha from the stem width / 32, the
+/// Describes a manifest-less model file from its graph: alpha from the stem width / 32, the
 /// resolution from a fixed input shape (else `resolution`), the class count from the output, the
-/// standard [-1, 1] normalisation, and `label_offset` 1 when there are 1001 classes.
+/// standard [-1, 1] normalisation (or the one that gives a pixel-input model its pixels), and
+/// `label_offset` 1 when there are 1001 classes.
 pub fn derive_spec(
     file: &Path,
     network: &Network,
@@ -297,7 +298,7 @@ pub fn derive_spec(
         file: file.file_name().map(PathBuf::from).unwrap_or_default(),
         num_classes: classes,
         label_offset,
-        normalization: Normalization::default(),
+        normalization: network.pixel_normalization().unwrap_or_default(),
         mult_adds: network.mult_adds(resolution, resolution).ok(),
         params: Some(network.params() as u64),
         weights: None,
@@ -308,9 +309,9 @@ pub fn derive_spec(
     })
 }
 
-/// The ONNX files directly inside `dir`, sorted by name.
-pub fn onnx_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    files_with_extensions(dir, &["onnx"])
+/// The model files (ONNX and TFLite) directly inside `dir`, sorted by name.
+pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    files_with_extensions(dir, &["onnx", "tflite"])
 }
 
 /// Files directly inside `dir` whose extension is one of `extensions` (lower case; matched

@@ -15,6 +15,7 @@ use super::import::{self, Imported};
 use super::plan::{InputLayout, Plan};
 use crate::error::{Error, Result};
 use crate::kernels::KernelSet;
+use crate::pipeline::preprocess::Normalization;
 
 /// The number format of a network's weights and activations: the third knob beside alpha and
 /// the resolution.
@@ -148,6 +149,21 @@ impl Network {
         match self {
             Network::Float(_) => None,
             Network::Int8(m) => m.plan().layers.last().map(|l| l.output().scale),
+        }
+    }
+
+    /// The input normalisation that hands a pixel-input model (a uint8 TFLite file) exactly
+    /// its pixels: `(p - zero) x scale` of its input quantization. `None` for other models.
+    pub fn pixel_normalization(&self) -> Option<Normalization> {
+        match self {
+            Network::Int8(m) if m.plan().pixel_input => {
+                let q = m.plan().input;
+                Some(Normalization {
+                    scale: q.scale,
+                    offset: -f32::from(q.zero) * q.scale,
+                })
+            }
+            _ => None,
         }
     }
 

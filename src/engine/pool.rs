@@ -235,7 +235,7 @@ impl ModelPool {
     }
 }
 
-/// The specs of a manifest-less directory, from each ONNX file's graph. Unless `strict`, a file
+/// The specs of a manifest-less directory, from each model file's graph. Unless `strict`, a file
 /// that cannot be read or imported is listed as unavailable under its file stem.
 fn derive_specs(
     dir: &Path,
@@ -244,7 +244,7 @@ fn derive_specs(
 ) -> Result<(Vec<VariantSpec>, Vec<Unavailable>)> {
     let mut specs: Vec<VariantSpec> = Vec::new();
     let mut unavailable = Vec::new();
-    for file in catalog::onnx_files(dir)? {
+    for file in catalog::model_files(dir)? {
         let derived = std::fs::read(&file)
             .map_err(|e| Error::io(&file, e))
             .and_then(|bytes| import_guarded(&file, &bytes))

@@ -21,4 +21,5 @@ mod openapi;
 mod pipeline;
 mod ptq;
 mod quant;
+mod tflite;
 mod zoo;

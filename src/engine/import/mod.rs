@@ -5,15 +5,18 @@
 //! This module walks the graph and checks its shape (one input, a single chain of nodes from it
 //! to the output, each op allowed at the current stage, logits at the end); the lowering of each
 //! op is in [`conv`] (the convolution family) and [`head`] (pooling to the classifier), the
-//! weight layouts in [`weights`]. Quantized (QDQ) graphs have their own walk, [`qdq`].
+//! weight layouts in [`weights`]. Quantized (QDQ) graphs have their own walk, [`qdq`], and
+//! TFLite files theirs, [`tflite`].
 
 mod attrs;
 mod conv;
 mod head;
 mod qdq;
+mod tflite;
 mod weights;
 
 pub use qdq::{import_quantized, import_quantized_bytes};
+pub use tflite::{import_tflite, is_tflite};
 
 use std::collections::HashMap;
 
@@ -32,9 +35,13 @@ pub enum Imported {
     Quantized(QuantPlan),
 }
 
-/// Imports an ONNX model of either kind from its bytes: a graph with `QuantizeLinear` or
-/// `DequantizeLinear` nodes is quantized, and must then be so throughout.
+/// Imports a model of either kind from its bytes: a TFLite file (float32 or uint8), or an ONNX
+/// graph, quantized when it has `QuantizeLinear` or `DequantizeLinear` nodes (and then
+/// throughout).
 pub fn import_any(bytes: &[u8]) -> Result<Imported> {
+    if is_tflite(bytes) {
+        return import_tflite(bytes);
+    }
     let model = onnx::decode_model(bytes)?;
     let quantized = model.graph.as_ref().is_some_and(|g| {
         g.node

@@ -14,7 +14,9 @@ use super::attrs::{self, conv_padding, conv_strides, image_input, pads_nothing_1
 use super::weights::pack_conv;
 use crate::engine::onnx::{self, node_label, pb, Attrs, Constant, Element};
 use crate::engine::plan::{ConvKind, ConvShape, InputLayout, Padding};
-use crate::engine::quant::plan::{QuantConv, QuantLayer, QuantParams, QuantPlan};
+use crate::engine::quant::plan::{
+    overflowing_channel, QuantConv, QuantLayer, QuantParams, QuantPlan,
+};
 use crate::error::{Error, Result};
 use crate::kernels::int8::Requant;
 use crate::kernels::int8::MAX_DEPTHWISE_TAPS;
@@ -185,6 +187,7 @@ impl<'g> Walk<'g> {
             layers: self.layers,
             output_name: output.name.clone(),
             classes: self.channels,
+            pixel_input: false,
         })
     }
 
@@ -546,17 +549,11 @@ impl<'g> Walk<'g> {
                 bias_values(node, b, input.scale, &weight_scales, m)?
             }
         };
-        for (o, &b) in bias.iter().enumerate() {
-            let worst: i64 = weights_of(&weights, o, m)
-                .map(|v| 255 * i64::from(v).abs())
-                .sum::<i64>()
-                + i64::from(b).abs();
-            if worst > i64::from(i32::MAX) {
-                return Err(unsupported(
-                    node,
-                    format!("output channel {o} could overflow a 32-bit accumulator"),
-                ));
-            }
+        if let Some(o) = overflowing_channel(&weights, &bias) {
+            return Err(unsupported(
+                node,
+                format!("output channel {o} could overflow a 32-bit accumulator"),
+            ));
         }
         self.state = State::Conv(Box::new(PendingConv {
             name: node_label(node),
@@ -667,35 +664,15 @@ fn bias_values(
     Ok(bias)
 }
 
-/// The weights of output channel `o` of `m`, in any packed layout (output channel fastest).
-fn weights_of(weights: &[i16], o: usize, m: usize) -> impl Iterator<Item = i16> + '_ {
-    weights.iter().skip(o).step_by(m).copied()
-}
-
 /// A pending conv closed by the `QuantizeLinear` `node` with output `params`: its
 /// requantization, with a fused activation's bounds turned into the output range.
 fn finish_conv(node: &pb::NodeProto, conv: PendingConv, params: QuantParams) -> Result<QuantConv> {
-    // The activation's real bounds as stored values: ONNX clips the real value, then rounds;
-    // rounding is monotonic, so clipping the rounded value at the rounded bounds is the same.
-    let stored = |bound: f32| -> f64 {
-        (f64::from(bound) / f64::from(params.scale)).round_ties_even() + f64::from(params.zero)
-    };
-    let lo = if conv.lo.is_finite() {
-        stored(conv.lo).clamp(0.0, 255.0) as u8
-    } else {
-        0
-    };
-    let hi = if conv.hi.is_finite() {
-        stored(conv.hi).clamp(0.0, 255.0) as u8
-    } else {
-        255
-    };
-    if lo > hi {
+    let Some((lo, hi)) = params.stored_range(conv.lo, conv.hi) else {
         return Err(unsupported(
             node,
             "the activation's range is empty once quantized".into(),
         ));
-    }
+    };
     let scale = conv
         .weight_scales
         .iter()

@@ -20,6 +20,41 @@ impl QuantParams {
     pub fn dequantize(&self, q: u8) -> f32 {
         (i32::from(q) - i32::from(self.zero)) as f32 * self.scale
     }
+
+    /// The stored bounds of a fused activation that clamps real values to `[lo, hi]` (an
+    /// infinite bound clamps nothing); `None` when no stored value is left between them. ONNX
+    /// and TFLite clip the real value and then round; rounding is monotonic, so clipping the
+    /// rounded value at the rounded bounds is the same.
+    pub fn stored_range(&self, lo: f32, hi: f32) -> Option<(u8, u8)> {
+        let stored = |bound: f32, unbounded: u8| -> u8 {
+            if bound.is_finite() {
+                ((f64::from(bound) / f64::from(self.scale)).round_ties_even()
+                    + f64::from(self.zero))
+                .clamp(0.0, 255.0) as u8
+            } else {
+                unbounded
+            }
+        };
+        let (lo, hi) = (stored(lo, 0), stored(hi, 255));
+        (lo <= hi).then_some((lo, hi))
+    }
+}
+
+/// The first output channel whose int32 accumulator could overflow on uint8 inputs, for
+/// centred `weights` in any packed layout with the output channel fastest and one `bias` per
+/// output channel.
+pub fn overflowing_channel(weights: &[i16], bias: &[i32]) -> Option<usize> {
+    let m = bias.len();
+    (0..m).find(|&o| {
+        let worst: i64 = weights
+            .iter()
+            .skip(o)
+            .step_by(m)
+            .map(|&v| 255 * i64::from(v).abs())
+            .sum::<i64>()
+            + i64::from(bias[o]).abs();
+        worst > i64::from(i32::MAX)
+    })
 }
 
 /// A quantized convolution: its shape, integer weights and requantization.
@@ -88,6 +123,10 @@ pub struct QuantPlan {
     pub output_name: String,
     /// Output features (classes).
     pub classes: usize,
+    /// Whether the quantized input is the 8-bit pixel itself (TFLite's convention for uint8
+    /// models): the preprocessing must then map pixel `p` to `(p - zero) x scale` of
+    /// [`QuantPlan::input`] for the model to see the pixels exactly.
+    pub pixel_input: bool,
 }
 
 impl QuantPlan {

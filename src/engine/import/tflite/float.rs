@@ -1,0 +1,111 @@
+//! The steps of a float32 TFLite model as a float [`Plan`].
+
+use super::schema::{ElementType, Model, Tensor};
+use super::{activation_bounds, pack, refused, Step, Steps};
+use crate::engine::plan::{ConvKind, ConvLayer, ConvShape, FcLayer, InputLayout, Layer, Plan};
+use crate::error::Result;
+use crate::kernels::Clamp;
+
+/// Lowers the checked chain of a float model.
+pub(super) fn lower(model: &Model<'_>, s: &Steps<'_>) -> Result<Plan> {
+    let mut layers = Vec::with_capacity(s.steps.len());
+    let mut softmax = false;
+    for step in &s.steps {
+        match step {
+            Step::Conv {
+                shape,
+                activation,
+                weights,
+                bias,
+                output,
+                classifier,
+                ..
+            } => {
+                let (lo, hi) = activation_bounds(*activation, &output.name, "CONV_2D")?;
+                let raw = floats(model, weights, weight_len(shape))?;
+                let bias = match bias {
+                    Some(b) => floats(model, b, shape.out_c)?,
+                    None => vec![0.0; shape.out_c],
+                };
+                let weights = pack(shape, &raw);
+                let act = Clamp { lo, hi };
+                layers.push(if *classifier {
+                    Layer::Fc(FcLayer {
+                        name: output.name.clone(),
+                        in_c: shape.in_c,
+                        out_c: shape.out_c,
+                        weights,
+                        bias,
+                        act,
+                    })
+                } else {
+                    Layer::Conv(ConvLayer {
+                        name: output.name.clone(),
+                        kind: shape.kind,
+                        in_c: shape.in_c,
+                        out_c: shape.out_c,
+                        kh: shape.kh,
+                        kw: shape.kw,
+                        stride_h: shape.stride_h,
+                        stride_w: shape.stride_w,
+                        padding: shape.padding,
+                        weights,
+                        bias,
+                        act,
+                    })
+                });
+            }
+            Step::Pool { window, .. } => layers.push(Layer::GlobalAvgPool {
+                window: Some(*window),
+            }),
+            Step::Flatten { .. } => {}
+            Step::Softmax { beta } => {
+                if *beta != 1.0 {
+                    return Err(refused(
+                        &s.logits.name,
+                        "SOFTMAX",
+                        format!("beta {beta}: only 1 is supported"),
+                    ));
+                }
+                softmax = true;
+            }
+        }
+    }
+    let input = model.tensor(s.input)?;
+    let output = model.tensor(*model.outputs.first().unwrap_or(&-1))?;
+    Ok(Plan {
+        input_name: input.name.clone(),
+        input_layout: InputLayout::Nhwc,
+        in_c: s.channels,
+        height: Some(s.height),
+        width: Some(s.width),
+        layers,
+        output_name: output.name.clone(),
+        classes: s.classes,
+        softmax,
+    })
+}
+
+/// Values in a convolution's weights: `[out][kh][kw][in]`, or `[1][kh][kw][c]` for depthwise.
+pub(super) fn weight_len(shape: &ConvShape) -> usize {
+    match shape.kind {
+        ConvKind::Depthwise => shape.kh * shape.kw * shape.out_c,
+        ConvKind::Dense | ConvKind::Pointwise => shape.out_c * shape.kh * shape.kw * shape.in_c,
+    }
+}
+
+/// The `len` float32 values of a constant tensor.
+fn floats(model: &Model<'_>, t: &Tensor, len: usize) -> Result<Vec<f32>> {
+    if t.element != ElementType::F32 {
+        return Err(refused(
+            &t.name,
+            "CONV_2D",
+            format!("{:?} weights in a float model", t.element),
+        ));
+    }
+    Ok(model
+        .data(t, len, 4)?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
