@@ -11,10 +11,12 @@
 mod attrs;
 mod conv;
 mod head;
+mod imported;
 mod qdq;
 mod tflite;
 mod weights;
 
+pub use imported::Imported;
 pub use qdq::{import_quantized, import_quantized_bytes};
 pub use tflite::{import_tflite, is_tflite};
 
@@ -22,18 +24,8 @@ use std::collections::HashMap;
 
 use super::onnx::{self, node_label, pb, Attrs, Constant};
 use super::plan::{InputLayout, Layer, Plan};
-use super::quant::plan::QuantPlan;
 use crate::error::{Error, Result};
 use crate::kernels::Clamp;
-
-/// A graph as imported: float, or 8-bit quantized.
-#[derive(Debug)]
-pub enum Imported {
-    /// A float graph.
-    Float(Plan),
-    /// A QDQ graph.
-    Quantized(QuantPlan),
-}
 
 /// Imports a model of either kind from its bytes: a TFLite file (float32 or uint8), or an ONNX
 /// graph, quantized when it has `QuantizeLinear` or `DequantizeLinear` nodes (and then

@@ -1,8 +1,8 @@
 //! The steps of a float32 TFLite model as a float [`Plan`].
 
 use super::schema::{ElementType, Model, Tensor};
-use super::{activation_bounds, pack, refused, Step, Steps};
-use crate::engine::plan::{ConvKind, ConvLayer, ConvShape, FcLayer, InputLayout, Layer, Plan};
+use super::walk::{activation_bounds, pack, refused, weight_len, Step, Steps};
+use crate::engine::plan::{ConvLayer, FcLayer, InputLayout, Layer, Plan};
 use crate::error::Result;
 use crate::kernels::Clamp;
 
@@ -84,14 +84,6 @@ pub(super) fn lower(model: &Model<'_>, s: &Steps<'_>) -> Result<Plan> {
         classes: s.classes,
         softmax,
     })
-}
-
-/// Values in a convolution's weights: `[out][kh][kw][in]`, or `[1][kh][kw][c]` for depthwise.
-pub(super) fn weight_len(shape: &ConvShape) -> usize {
-    match shape.kind {
-        ConvKind::Depthwise => shape.kh * shape.kw * shape.out_c,
-        ConvKind::Dense | ConvKind::Pointwise => shape.out_c * shape.kh * shape.kw * shape.in_c,
-    }
 }
 
 /// The `len` float32 values of a constant tensor.

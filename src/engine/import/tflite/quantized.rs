@@ -2,9 +2,8 @@
 //! TFLite's fixed-point requantization replaced by the engine's (see `kernels::int8::requant`;
 //! the two round differently only where a value lies on a half-quantum tie).
 
-use super::float::weight_len;
 use super::schema::{ElementType, Model, Quantization, Tensor};
-use super::{activation_bounds, pack, refused, Step, Steps};
+use super::walk::{activation_bounds, pack, refused, weight_len, Step, Steps};
 use crate::engine::plan::{ConvKind, ConvShape, InputLayout};
 use crate::engine::quant::plan::{
     overflowing_channel, QuantConv, QuantLayer, QuantParams, QuantPlan,
