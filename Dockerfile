@@ -1,6 +1,7 @@
 # mobilenet-serve: build with the Rust toolchain, run on a small Debian base as a non-root user.
 #
 #   docker build -t mobilenet-serve .                                  # models mounted at run time
+#   docker run -p 8000:8000 mobilenet-serve serve                      # nothing mounted: the embedded model
 #   (podman/buildah: add --format docker, else the OCI image format drops the HEALTHCHECK)
 #   docker run -p 8000:8000 -p 8001:8001 -v "$PWD/zoo:/models:ro" mobilenet-serve
 #   docker build --build-arg MODELS=zoo -t mobilenet-serve:zoo .       # models baked in from ./zoo
@@ -30,6 +31,8 @@ COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY Cargo.toml Cargo.lock ./
 COPY proto proto
+# The default model compiled into the binary (models/NOTICE).
+COPY models/embedded models/embedded
 COPY src src
 # The line tables are dropped (a 170 MB binary becomes about 20 MB); symbols stay, so that a
 # backtrace still names its functions.
@@ -46,8 +49,11 @@ RUN groupadd --system --gid 10001 mobilenet \
       --shell /usr/sbin/nologin mobilenet
 COPY --from=builder /out/mobilenet-serve /usr/local/bin/mobilenet-serve
 COPY ${MODELS} /models/
-ENV MODELS_DIR=/models \
-    HOST=0.0.0.0 \
+# MODELS_DIR is left unset: from WORKDIR /, the default directory `models` is /models, and when
+# nothing is mounted or baked there the embedded default model is served (a named directory is
+# never replaced by it; the Kubernetes manifests name theirs).
+WORKDIR /
+ENV HOST=0.0.0.0 \
     HTTP_PORT=8000 \
     GRPC_PORT=8001 \
     LOG_FORMAT=json

@@ -1,7 +1,7 @@
 //! Command line and environment configuration. Every flag can also be set by the environment
 //! variable named in its help.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -24,14 +24,11 @@ pub struct Cli {
 /// Options shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalOptions {
-    /// Directory holding the ONNX files (and optionally manifest.json, imagenet_classes.txt).
-    #[arg(
-        long = "models",
-        env = "MODELS_DIR",
-        default_value = "models",
-        global = true
-    )]
-    pub models_dir: PathBuf,
+    /// Directory holding the model files, ONNX or TFLite (and optionally manifest.json,
+    /// imagenet_classes.txt) [default: models; when it holds no model and none is named, the
+    /// default model compiled into the binary is served].
+    #[arg(long = "models", env = "MODELS_DIR", global = true)]
+    pub models_dir: Option<PathBuf>,
     /// Kernel tier: auto (the fastest this CPU supports), avx512, avx2 or scalar.
     #[arg(long, env = "MOBILENET_KERNELS", default_value = "auto", value_parser = parse_tier, global = true)]
     pub kernels: TierChoice,
@@ -41,6 +38,18 @@ pub struct GlobalOptions {
     /// Input size for manifest-less ONNX files whose input size is symbolic.
     #[arg(long, env = "MOBILENET_RESOLUTION", global = true)]
     pub resolution: Option<usize>,
+}
+
+/// The models directory when none is named.
+pub const DEFAULT_MODELS_DIR: &str = "models";
+
+impl GlobalOptions {
+    /// The models directory: the one named, else [`DEFAULT_MODELS_DIR`].
+    pub fn models_dir(&self) -> &Path {
+        self.models_dir
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_MODELS_DIR))
+    }
 }
 
 fn parse_tier(s: &str) -> Result<TierChoice, String> {

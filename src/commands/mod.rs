@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use self::cli::{Cli, Command, GlobalOptions};
 use crate::engine::pool::{LoadOptions, ModelPool};
+use crate::engine::{catalog, embedded};
 use crate::error::{Error, Result};
 use crate::kernels::KernelSet;
 
@@ -37,7 +38,33 @@ fn load_options(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result
 
 /// Every variant asked for, or an error.
 fn load(global: &GlobalOptions, variants: Option<Vec<String>>) -> Result<ModelPool> {
-    ModelPool::load(&global.models_dir, &load_options(global, variants)?)
+    pool_of(global, &load_options(global, variants)?, ModelPool::load)
+}
+
+/// The pool of the models directory, loaded by `load` (everything, or what loads). Where no
+/// directory is named (no `--models`, no `MODELS_DIR`) and the default one holds no model: the
+/// default model compiled into the binary, said in the log. A named directory is never
+/// replaced: a mistyped path is an error, not a silently different model.
+fn pool_of(
+    global: &GlobalOptions,
+    opts: &LoadOptions,
+    load: fn(&std::path::Path, &LoadOptions) -> Result<ModelPool>,
+) -> Result<ModelPool> {
+    let dir = global.models_dir();
+    if global.models_dir.is_some() || catalog::holds_models(dir)? {
+        return load(dir, opts);
+    }
+    let pool = ModelPool::embedded(dir, opts)?;
+    tracing::info!(
+        variant = %embedded::spec().name,
+        file = embedded::FILE,
+        sha256 = embedded::SHA256,
+        "no models in `{}` and no --models: serving the embedded default model, Google's \
+         MobileNet v1 0.25 at 128 px in uint8 (published top-1 39.5%); `fetch-zoo` downloads \
+         the whole grid, `--models DIR` serves a directory",
+        dir.display()
+    );
+    Ok(pool)
 }
 
 /// Runs the command line's command; its exit code when it ran (a check may fail), an error when
@@ -46,7 +73,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let opts = load_options(&cli.global, args.variants.clone())?;
-            serve::command(&cli.global.models_dir, &opts, args)?;
+            let pool = if args.require_all_models {
+                pool_of(&cli.global, &opts, ModelPool::load)?
+            } else {
+                pool_of(&cli.global, &opts, ModelPool::load_available)?
+            };
+            serve::command(pool, args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Models => {
@@ -74,7 +106,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Quantize(args) => {
             let opts = load_options(&cli.global, None)?;
-            quantize::run(&cli.global.models_dir, &opts, &args)?;
+            quantize::run(cli.global.models_dir(), &opts, &args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify(args) => {

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::api::auth::{ApiKey, Auth};
 use crate::api::grpc;
 use crate::api::http::app;
 use crate::commands::cli::ServeArgs;
-use crate::engine::pool::{LoadOptions, ModelPool};
+use crate::engine::pool::ModelPool;
 use crate::error::{Error, Result};
 use crate::pipeline::decode::DecodeLimits;
 use crate::serving::batcher::BatchPolicy;
@@ -217,16 +216,11 @@ pub async fn run(
     .await
 }
 
-/// The `serve` command: loads what loads (or everything, with `--require-all-models`), starts
-/// the engine and serves until SIGTERM or ctrl-c.
-pub fn command(models_dir: &Path, opts: &LoadOptions, args: ServeArgs) -> Result<()> {
+/// The `serve` command: serves `pool` (what loaded, or everything with
+/// `--require-all-models`) until SIGTERM or ctrl-c.
+pub fn command(pool: ModelPool, args: ServeArgs) -> Result<()> {
     // Validated here, not by clap, whose errors would print the rejected value: the secret.
     let key = args.api_key.as_deref().map(ApiKey::new).transpose()?;
-    let pool = if args.require_all_models {
-        ModelPool::load(models_dir, opts)?
-    } else {
-        ModelPool::load_available(models_dir, opts)?
-    };
     for u in pool.unavailable() {
         tracing::error!(variant = %u.name, file = %u.file.display(), error = %u.error,
             "variant not served: it failed to load");

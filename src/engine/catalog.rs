@@ -309,6 +309,19 @@ pub fn derive_spec(
     })
 }
 
+/// Whether `dir` offers any model: a manifest, a model file, or a subfolder with a manifest. A
+/// missing directory offers none.
+pub fn holds_models(dir: &Path) -> Result<bool> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    Ok(dir.join(MANIFEST).is_file()
+        || !model_files(dir)?.is_empty()
+        || subdirectories(dir)?
+            .iter()
+            .any(|sub| dir.join(sub).join(MANIFEST).is_file()))
+}
+
 /// The model files (ONNX and TFLite) directly inside `dir`, sorted by name.
 pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
     files_with_extensions(dir, &["onnx", "tflite"])

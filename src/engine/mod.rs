@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod crosscheck;
+pub mod embedded;
 pub mod import;
 pub mod model;
 pub mod network;

@@ -10,6 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::catalog::{self, VariantSpec};
+use super::embedded;
 use super::import::{self, Imported};
 use super::network::Network;
 use crate::error::{Error, Result};
@@ -37,6 +38,18 @@ pub struct Variant {
     pub sha256: String,
     /// Whether that digest was checked against an expected one (manifest or `SHA256SUMS`).
     pub verified: bool,
+    /// Where its model came from.
+    pub source: ModelSource,
+}
+
+/// Where a variant's model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelSource {
+    /// A file of the models directory.
+    File,
+    /// The default model compiled into the binary.
+    Embedded,
 }
 
 /// A variant of the catalogue that could not be loaded, and why.
@@ -157,6 +170,7 @@ impl ModelPool {
                     model: l.model.clone(),
                     sha256: l.sha256.clone(),
                     verified: l.verified,
+                    source: ModelSource::File,
                 }),
                 Err(error) if strict => return Err(Error::Catalog(error)),
                 Err(error) => unavailable.push(Unavailable {
@@ -182,6 +196,41 @@ impl ModelPool {
             variants,
             unavailable,
             class_names: catalog::class_names(dir)?,
+        })
+    }
+
+    /// The default model compiled into the binary ([`embedded`]); `dir` is where the pool looks
+    /// for other files, such as measured accuracies. `opts.variants` may name it only.
+    pub fn embedded(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let spec = embedded::spec();
+        let [spec] = &select(vec![spec], opts.variants.as_deref())?[..] else {
+            return Err(Error::Catalog(
+                "the embedded model is one variant: name it once".into(),
+            ));
+        };
+        let sha256 = sha256_hex(embedded::MODEL);
+        if sha256 != embedded::SHA256 {
+            return Err(Error::Catalog(format!(
+                "the embedded model's sha256 is {sha256}, expected {}: the binary was built from \
+                 another file than models/embedded/{}",
+                embedded::SHA256,
+                embedded::FILE
+            )));
+        }
+        let imported = import_guarded(Path::new(embedded::FILE), embedded::MODEL)?;
+        let model = Arc::new(Network::new(imported, opts.kernels));
+        check_consistent(spec, &model)?;
+        Ok(ModelPool {
+            dir: dir.to_path_buf(),
+            variants: vec![Variant {
+                spec: spec.clone(),
+                model,
+                sha256,
+                verified: true,
+                source: ModelSource::Embedded,
+            }],
+            unavailable: Vec::new(),
+            class_names: embedded::class_names(),
         })
     }
 

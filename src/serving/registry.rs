@@ -13,7 +13,7 @@ use super::request::Prediction;
 use super::router::{self, Candidate};
 use crate::engine::catalog::format_alpha;
 use crate::engine::network::Precision;
-use crate::engine::pool::{ModelPool, Unavailable, Variant};
+use crate::engine::pool::{ModelPool, ModelSource, Unavailable, Variant};
 use crate::error::{Error, Result};
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
 
@@ -260,6 +260,7 @@ impl Registry {
                     default: i == self.default_index,
                     sha256: v.sha256.clone(),
                     verified: v.verified,
+                    source: v.source,
                 }
             })
             .collect()
@@ -355,10 +356,13 @@ pub struct ModelInfo {
     pub dominated: bool,
     /// Answers requests that select no variant.
     pub default: bool,
-    /// The sha256 of its ONNX file, as loaded.
+    /// The sha256 of its model file, as loaded.
     pub sha256: String,
     /// Whether that digest matched an expected one (the manifest's or `SHA256SUMS`).
     pub verified: bool,
+    /// `file` (from the models directory) or `embedded` (the default model compiled into the
+    /// binary).
+    pub source: ModelSource,
 }
 
 /// A manifest percentage as f64 without float noise (70.9f32 is 70.90000152587891 as f64).

@@ -4,6 +4,7 @@
 pub mod images;
 pub mod onnx_builder;
 pub mod openapi;
+pub mod process;
 pub mod serving;
 
 use std::path::PathBuf;

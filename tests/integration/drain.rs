@@ -2,6 +2,7 @@
 //! admitted request.
 
 use crate::common;
+use crate::common::process::{free_port, http, ServerProcess};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,8 +14,7 @@ use mobilenet_serve::kernels::{KernelSet, TierChoice};
 use mobilenet_serve::pipeline::decode::DecodeLimits;
 use mobilenet_serve::serving::batcher::BatchPolicy;
 use mobilenet_serve::serving::{Service, ServiceConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const VARIANT: &str = "mobilenet_v1_0.25_128";
 
@@ -34,36 +34,6 @@ fn config() -> ServiceConfig {
         engine_threads: 2,
         eval_results: None,
     }
-}
-
-/// One HTTP/1.1 exchange on a fresh connection: status code and body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,43 +126,6 @@ async fn shutdown_answers_every_admitted_request_and_refuses_new_ones() {
         .expect("the server did not stop after draining")
         .unwrap()
         .unwrap();
-}
-
-/// A free TCP port on loopback (released again at once; the race with other processes is
-/// acceptable in a test).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A server process that is killed if the test fails before it exits, so that it neither
-/// outlives the test nor holds the test's output open.
-struct ServerProcess(std::process::Child);
-
-impl ServerProcess {
-    /// Waits for the process to exit, failing the test after `limit`.
-    async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(started.elapsed() < limit, "no exit after SIGTERM");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ mod common;
 mod auth;
 mod bad_input;
 mod drain;
+mod embedded;
 mod grpc;
 mod http;
 mod import;
