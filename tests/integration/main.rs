@@ -9,6 +9,7 @@ mod common;
 mod auth;
 mod bad_input;
 mod drain;
+mod fetch_zoo;
 mod grpc;
 mod http;
 mod import;
