@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::commands::fetch_zoo::{download, grid};
 use crate::engine::network::Precision;
 use crate::kernels::TierChoice;
 use crate::telemetry::LogFormat;
@@ -82,6 +83,10 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Print the HTTP API's OpenAPI 3.1 description (what `GET /openapi.json` serves).
     Openapi,
+    /// Download Google's MobileNet v1 .tflite files (the 2018-08-02 release archives), check
+    /// each against the repository's models/tflite/SHA256SUMS, and list them in DEST's
+    /// manifest.json; exit 1 if any file failed.
+    FetchZoo(FetchZooArgs),
 }
 
 /// Arguments of `classify`.
@@ -376,4 +381,40 @@ pub struct BenchArgs {
     /// Write an SVG chart here: ms per image and GFLOP/s against batch size, per variant.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+}
+
+/// Arguments of `fetch-zoo`.
+#[derive(Debug, Clone, Args)]
+pub struct FetchZooArgs {
+    /// Directory to put the .tflite files and their manifest.json in (made if needed); relative
+    /// to the current directory, not to --models.
+    #[arg(long, default_value = "models/tflite")]
+    pub dest: PathBuf,
+    /// Base URL of the release: archives are read from BASE/mobilenet_v1_2018_08_02/<name>.tgz.
+    #[arg(long = "from", value_name = "BASE_URL", default_value = grid::DEFAULT_BASE_URL)]
+    pub from: String,
+    /// Comma-separated names: a cell (mobilenet_v1_0.5_160: its float and _quant files), one
+    /// file (mobilenet_v1_0.5_160_quant), or `all` (32 files). Default: the files whose sha256
+    /// the repository knows (13).
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Option<Vec<String>>,
+    /// Comma-separated number formats to fetch: fp32 (float files), int8 (_quant files).
+    #[arg(long, value_delimiter = ',', default_value = "fp32,int8")]
+    pub precision: Vec<Precision>,
+    /// Keep files whose sha256 the repository does not know (with a warning; the manifest
+    /// records the digest computed here) instead of refusing them. A known digest that does not
+    /// match is refused all the same.
+    #[arg(long)]
+    pub allow_unverified: bool,
+    /// Bytes of one archive at most.
+    #[arg(long, default_value_t = download::DEFAULT_MAX_BYTES)]
+    pub max_bytes: u64,
+    /// Seconds to resolve and connect, each.
+    #[arg(long, default_value_t = download::DEFAULT_CONNECT_S,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub connect_timeout_s: u64,
+    /// Seconds one archive may take, download included.
+    #[arg(long, default_value_t = download::DEFAULT_TIMEOUT_S,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout_s: u64,
 }

@@ -1,6 +1,6 @@
 //! The binary's subcommands: `serve`, `models`, `verify`, `eval`, `bench`, `classify`,
-//! `preprocess`, `quantize`, `openapi`, `healthcheck`, and what they print (tables, charts, `.npy` files,
-//! progress bars). The top layer: may use every other.
+//! `preprocess`, `quantize`, `openapi`, `healthcheck`, `fetch-zoo`, and what they print (tables,
+//! charts, `.npy` files, progress bars). The top layer: may use every other.
 
 pub mod bench;
 pub mod chart;
@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod dataset;
 pub mod eval;
+pub mod fetch_zoo;
 pub mod models;
 pub mod npy;
 pub mod progress;
@@ -156,5 +157,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("wrote {n} images to {}", args.out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::FetchZoo(args) => fetch_zoo::command(&args),
     }
 }

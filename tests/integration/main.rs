@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod drain;
 mod embedded;
+mod fetch_zoo;
 mod grpc;
 mod http;
 mod import;
