@@ -3,7 +3,8 @@
 # our engine's top-1 must be within 0.3 points of ORT fed our preprocessed tensors, and within
 # 1 point of ORT fed Pillow's preprocessing. The 8-bit zoo (int8/, when the models directory has
 # it) is compared with Pillow's preprocessing only: our `preprocess` tensors use the float zoo's
-# normalisation. Installs its own venv under target/.
+# normalisation. Google's TFLite files (tflite/) are checked against LiteRT, image by image.
+# Installs its own venv under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 models=${MODELS_DIR:-../shared/models}
@@ -49,3 +50,8 @@ PY
 "$bin" --models "$ptq" eval --data "$data" --batch 8 --json "$work/eval-ptq.json"
 "$work/venv/bin/python" tests/ort/ort_crosscheck.py --models "$ptq" --data "$data" --no-fusion \
   --ours-json "$work/eval-ptq.json" --ours-npy-dir "$work" --json-out "$work/ort-ptq.json"
+# Google's TFLite release files (the zoo's tflite/): our TFLite import against LiteRT on our
+# tensors, image by image (agreement at least 98.5%, top-1 within 0.5 points).
+"$bin" --models "$models/tflite" eval --data "$data" --jobs 2 --batch 8 --json "$work/eval-tflite.json"
+"$work/venv/bin/python" tests/ort/litert_crosscheck.py --models "$models/tflite" --data "$data" \
+  --ours-json "$work/eval-tflite.json" --ours-npy-dir "$work" --json-out "$work/litert.json"

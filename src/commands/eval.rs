@@ -43,6 +43,10 @@ pub struct VariantResult {
     pub mult_adds: Option<u64>,
     /// Published top-1 of the corresponding TF-slim model, for comparison.
     pub published_top1: Option<f32>,
+    /// The top answer for each image, in image order: its ImageNet class, or -1 for the
+    /// background output. What a cross-check with another engine compares, image by image.
+    #[serde(default)]
+    pub top1_classes: Vec<i32>,
 }
 
 /// Everything `eval --json` writes.
@@ -105,6 +109,7 @@ pub fn eval_variant(
     let mut out = Vec::new();
     let mut ws = Workspace::new();
     let (mut top1, mut top5) = (0usize, 0usize);
+    let mut top1_classes = Vec::with_capacity(images.len());
     let (mut engine_time, mut preprocess_time) = (Duration::ZERO, Duration::ZERO);
     for chunk in images.chunks(batch) {
         let started = Instant::now();
@@ -123,6 +128,7 @@ pub fn eval_variant(
                 .map(|(i, _)| pool.class_of(v, i))
                 .collect();
             top1 += usize::from(best[0] == Some(label.class));
+            top1_classes.push(best[0].map_or(-1, |c| c as i32));
             top5 += usize::from(best.contains(&Some(label.class)));
         }
         progress.inc(n as u64);
@@ -140,6 +146,7 @@ pub fn eval_variant(
         // The graph's own count: a manifest's claim can be stale (see the zoo test).
         mult_adds: v.model.mult_adds(r, r).ok(),
         published_top1: v.spec.published_top1,
+        top1_classes,
     })
 }
 

@@ -343,18 +343,18 @@ pub fn files_with_extensions(dir: &Path, extensions: &[&str]) -> Result<Vec<Path
     Ok(files)
 }
 
-/// The 1000 ImageNet class names from `dir/imagenet_classes.txt`, or `class_<i>` when absent.
-pub fn class_names(dir: &Path) -> Result<Vec<String>> {
+/// The class names of `dir/imagenet_classes.txt` (one per line, class 0 first); `None` when
+/// there is no such file.
+pub fn class_names(dir: &Path) -> Result<Option<Vec<String>>> {
     let path = dir.join(CLASS_NAMES);
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(text
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok((0..1000).map(|i| format!("class_{i}")).collect())
-        }
+        Ok(text) => Ok(Some(
+            text.lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path, e)),
     }
 }

@@ -195,7 +195,9 @@ impl ModelPool {
             dir: dir.to_path_buf(),
             variants,
             unavailable,
-            class_names: catalog::class_names(dir)?,
+            // Without a names file, the ImageNet names the binary carries for its embedded
+            // model: every MobileNet of the grid has the same 1000 classes.
+            class_names: catalog::class_names(dir)?.unwrap_or_else(embedded::class_names),
         })
     }
 

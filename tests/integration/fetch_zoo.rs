@@ -22,7 +22,8 @@ use mobilenet_serve::commands::fetch_zoo::grid::{ZooFile, RELEASE};
 use mobilenet_serve::commands::fetch_zoo::{fetch, FetchOptions, How, Report};
 use mobilenet_serve::engine::catalog;
 use mobilenet_serve::engine::network::Precision;
-use mobilenet_serve::engine::pool::sha256_hex;
+use mobilenet_serve::engine::pool::{sha256_hex, LoadOptions, ModelPool};
+use mobilenet_serve::kernels::{KernelSet, TierChoice};
 
 /// The zoo's copies of Google's `.tflite` files.
 fn tflite_dir() -> PathBuf {
@@ -319,6 +320,30 @@ fn fetches_verified_files_byte_for_byte_and_lists_them() {
         raw[2]["provenance"]["origin"],
         "Google mobilenet_v1_2018_08_02 release"
     );
+
+    // And the directory serves: the files import, named with ImageNet's classes though it has
+    // no names file (the binary's own).
+    let opts = LoadOptions {
+        variants: None,
+        resolution: None,
+        kernels: KernelSet::select(TierChoice::Auto).unwrap(),
+    };
+    let pool = ModelPool::load_available(&dest, &opts).unwrap();
+    assert_eq!(
+        pool.names(),
+        [
+            "mobilenet_v1_0.25_224",
+            "mobilenet_v1_0.25_128_quant",
+            "mobilenet_v1_0.5_160_quant"
+        ]
+    );
+    assert_eq!(
+        pool.unavailable().len(),
+        1,
+        "the foreign entry's file is absent"
+    );
+    let v = pool.get("mobilenet_v1_0.5_160_quant").unwrap();
+    assert_eq!(pool.label(v, 1), "tench");
 }
 
 #[test]

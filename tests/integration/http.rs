@@ -690,6 +690,7 @@ async fn models_list_costs_accuracy_with_its_source_and_live_latency() {
             preprocess_ms_per_image: 0.1,
             mult_adds: None,
             published_top1: None,
+            top1_classes: Vec::new(),
         }],
     };
     std::fs::write(&results, serde_json::to_string_pretty(&report).unwrap()).unwrap();
