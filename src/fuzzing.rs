@@ -17,8 +17,8 @@ use prost::Message;
 
 use crate::api::grpc::oip as oip_grpc;
 use crate::api::http::{classifier, oip_body};
-use crate::engine::import::import_bytes;
-use crate::engine::model::Model;
+use crate::engine::import::import_any;
+use crate::engine::network::Network;
 use crate::kernels::{KernelSet, Tier, TierChoice};
 use crate::oip::{ElementLimits, InputData};
 use crate::pipeline::decode::{decode, DecodeLimits};
@@ -150,29 +150,30 @@ pub fn oip_grpc_request(data: &[u8]) -> bool {
     parsed.map(|r| check_inputs(&r)).is_ok()
 }
 
-/// Imports the bytes as an ONNX model; a model that imports is bound to the best kernels of
-/// this machine and run on one small image, as the pool would run it.
+/// Imports the bytes as a model of any kind the pool takes (ONNX float or QDQ, TFLite float or
+/// uint8); a model that imports is bound to the best kernels of this machine and run on one
+/// small image, as the pool would run it.
 pub fn import_and_run(data: &[u8]) -> bool {
-    let Ok(plan) = import_bytes(data) else {
+    let Ok(imported) = import_any(data) else {
         return false;
     };
     let Ok(kernels) = KernelSet::select(TierChoice::Auto) else {
         return false;
     };
-    let (h, w) = (plan.height.unwrap_or(16), plan.width.unwrap_or(16));
+    let network = Network::new(imported, kernels);
+    let [h, w] = network.fixed_size().map(|d| d.unwrap_or(16));
     // A huge declared input is refused by the pool's consistency check, not run here.
     if h.saturating_mul(w) > 64 * 64 {
         return false;
     }
-    let model = Model::new(plan, kernels);
-    let Ok(len) = model.activation_len(1, h, w) else {
+    let Ok(footprint) = network.footprint(1, h, w) else {
         return false;
     };
-    if len > 1 << 24 {
+    if footprint.values.max(footprint.bytes).max(footprint.patches) > 1 << 24 {
         return false;
     }
-    let input = vec![0.5; h * w * model.plan().in_c];
-    let Ok(out) = model.run(&input, 1, h, w) else {
+    let input = vec![0.5; h * w * network.in_c()];
+    let Ok(out) = network.run(&input, 1, h, w) else {
         return false;
     };
     assert!(!out.is_empty(), "a model that ran gave no output");

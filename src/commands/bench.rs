@@ -13,7 +13,7 @@ use crate::engine::network::{Network, Precision};
 use crate::engine::plan::{ConvKind, Layer, Plan};
 use crate::engine::pool::{ModelPool, Variant};
 use crate::engine::quant::plan::{QuantLayer, QuantPlan};
-use crate::engine::reference::{ProtoCache, TractReference};
+use crate::engine::reference::{ModelFiles, Reference};
 use crate::engine::team::Team;
 use crate::engine::workspace::Workspace;
 use crate::error::{Error, Result};
@@ -96,7 +96,7 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
         "tract ms",
         "ours/tr"
     );
-    let mut protos = ProtoCache::default();
+    let mut files_read = ModelFiles::default();
     let mut results = Vec::new();
     let teams = args
         .threads
@@ -111,7 +111,7 @@ pub fn run(pool: &ModelPool, args: &BenchArgs) -> Result<BenchReport> {
     for v in pool.variants() {
         // Built once per variant, timed beside ours at batch 1 for each thread count.
         let tract = if args.tract && args.batch.contains(&1) {
-            Some(TractReference::for_variant(protos.get(pool, v)?, v)?)
+            Some(Reference::for_variant(files_read.get(pool, v)?, v)?)
         } else {
             None
         };
@@ -211,7 +211,7 @@ fn bench_variant(
     team: &Team,
     batch: usize,
     iters: usize,
-    tract: Option<&TractReference>,
+    tract: Option<&Reference>,
     peak: Option<f64>,
 ) -> Result<BenchResult> {
     let r = v.spec.resolution;

@@ -1,11 +1,12 @@
-//! The `verify` command: our engine against tract-onnx on the same ONNX files.
+//! The `verify` command: our engine against tract on the same model files (tract-onnx for ONNX
+//! files, tract-tflite for TFLite ones).
 
 use std::path::Path;
 
 use crate::commands::dataset::image_files;
 use crate::engine::crosscheck::{check_variant, image_inputs, random_inputs};
 use crate::engine::pool::ModelPool;
-use crate::engine::reference::ProtoCache;
+use crate::engine::reference::ModelFiles;
 use crate::error::{Error, Result};
 
 /// The `verify` command: prints one line per variant and the summary; returns whether all passed.
@@ -21,7 +22,7 @@ pub fn run(pool: &ModelPool, images: Option<&Path>, count: usize) -> Result<bool
         }
         None => None,
     };
-    let mut protos = ProtoCache::default();
+    let mut files_read = ModelFiles::default();
     let (mut worst, mut agree, mut total, mut all_ok) = (0.0f32, 0, 0, true);
     let (mut logits, mut within_one, mut worst_quanta) = (0, 0, 0.0f32);
     for v in pool.variants() {
@@ -29,7 +30,7 @@ pub fn run(pool: &ModelPool, images: Option<&Path>, count: usize) -> Result<bool
             Some(f) => image_inputs(f, v)?,
             None => random_inputs(count, v.input_len(), 0x5EED),
         };
-        let c = check_variant(v, protos.get(pool, v)?, &inputs)?;
+        let c = check_variant(v, files_read.get(pool, v)?, &inputs)?;
         let verdict = if c.passed() { "ok" } else { "FAILED" };
         match &c.quanta {
             None => {

@@ -167,6 +167,15 @@ impl Network {
         }
     }
 
+    /// The name of the graph tensor its outputs are: the logits for an 8-bit network (whose
+    /// file may go on to a quantized softmax), the graph's output for a float one.
+    pub fn output_name(&self) -> &str {
+        match self {
+            Network::Float(m) => &m.plan().output_name,
+            Network::Int8(m) => &m.plan().output_name,
+        }
+    }
+
     /// Outputs per image.
     pub fn classes(&self) -> usize {
         match self {

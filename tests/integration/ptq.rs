@@ -12,6 +12,7 @@ use mobilenet_serve::engine::crosscheck::{check_variant, image_inputs};
 use mobilenet_serve::engine::network::Precision;
 use mobilenet_serve::engine::onnx::decode_model;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::engine::reference::ModelFile;
 use mobilenet_serve::kernels::{KernelSet, TierChoice};
 
 const FLOAT: &str = "mobilenet_v1_0.25_128";
@@ -63,9 +64,9 @@ fn a_quantized_zoo_variant_serves_agrees_with_tract_and_keeps_its_accuracy() {
     assert!(v.verified, "the manifest entry carries the file's digest");
     assert_eq!(v.sha256, report.sha256);
     let bytes = std::fs::read(out.path().join(&v.spec.file)).unwrap();
-    let proto = decode_model(&bytes).unwrap();
+    let file = ModelFile::Onnx(Box::new(decode_model(&bytes).unwrap()));
     let inputs = image_inputs(&held_out(8), v).unwrap();
-    let check = check_variant(v, &proto, &inputs).unwrap();
+    let check = check_variant(v, &file, &inputs).unwrap();
     assert!(check.passed(), "against tract: {check:?}");
     // 200 images: 0.5 point each. The tool loses about 2 points on this variant (README); a
     // broken scale or layout loses tens.

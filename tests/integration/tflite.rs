@@ -8,9 +8,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use crate::common::{imagenet_dir, zoo_dir};
+use mobilenet_serve::commands::dataset::image_files;
+use mobilenet_serve::engine::crosscheck::{check_variant, image_inputs};
 use mobilenet_serve::engine::import::{import_any, Imported};
 use mobilenet_serve::engine::network::{Network, Precision};
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
+use mobilenet_serve::engine::reference::ModelFile;
 use mobilenet_serve::kernels::{KernelSet, Tier, TierChoice};
 use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
 use mobilenet_serve::pipeline::preprocess::{preprocess, Normalization};
@@ -228,4 +231,33 @@ fn one_directory_mixes_onnx_and_tflite_files() {
     );
     let float = pool.get("mobilenet_v1_0.25_128").unwrap();
     assert_eq!(float.spec.normalization, Normalization::default());
+}
+
+#[test]
+fn tract_tflite_agrees_on_every_file_and_catches_a_changed_weight() {
+    let opts = LoadOptions {
+        variants: None,
+        resolution: None,
+        kernels: best(),
+    };
+    let pool = ModelPool::load(&tflite_dir(), &opts).unwrap();
+    assert_eq!(pool.variants().len(), 13);
+    let images = image_files(&imagenet_dir()).unwrap();
+    for v in pool.variants() {
+        let bytes = std::fs::read(tflite_dir().join(&v.spec.file)).unwrap();
+        let inputs = image_inputs(&images[..2], v).unwrap();
+        let check = check_variant(v, &ModelFile::from_bytes(bytes).unwrap(), &inputs).unwrap();
+        assert!(check.passed(), "{}: {check:?}", v.spec.name);
+    }
+    // The reference given the same file with 1 KB of weights changed (the middle of the file is
+    // weight data): the check must see it.
+    let v = pool.get("mobilenet_v1_0.25_128_quant").unwrap();
+    let mut bytes = std::fs::read(tflite_dir().join(&v.spec.file)).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 1024] {
+        *b ^= 0x55;
+    }
+    let inputs = image_inputs(&images[..2], v).unwrap();
+    let check = check_variant(v, &ModelFile::from_bytes(bytes).unwrap(), &inputs).unwrap();
+    assert!(!check.passed(), "a changed weight went unseen: {check:?}");
 }

@@ -15,7 +15,7 @@ use mobilenet_serve::engine::crosscheck::{
 use mobilenet_serve::engine::model::Nhwc;
 use mobilenet_serve::engine::network::Precision;
 use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
-use mobilenet_serve::engine::reference::ProtoCache;
+use mobilenet_serve::engine::reference::ModelFiles;
 use mobilenet_serve::engine::team::Team;
 use mobilenet_serve::engine::workspace::Workspace;
 use mobilenet_serve::kernels::{KernelSet, Tier};
@@ -108,7 +108,7 @@ fn zoo_per_tier() -> &'static [ModelPool] {
 fn every_variant_matches_tract_on_random_and_real_inputs_with_every_tier() {
     let images = mobilenet_serve::commands::dataset::image_files(&common::imagenet_dir()).unwrap();
     let pools = zoo_per_tier();
-    let mut protos = ProtoCache::default();
+    let mut protos = ModelFiles::default();
     for (i, first) in pools[0].variants().iter().enumerate() {
         // tract's outputs depend on the graph only: computed once, compared with every tier.
         let proto = protos.get(&pools[0], first).unwrap();

@@ -18,7 +18,7 @@ mod weights;
 
 pub use imported::Imported;
 pub use qdq::{import_quantized, import_quantized_bytes};
-pub use tflite::{import_tflite, is_tflite};
+pub use tflite::{import_tflite, is_tflite, squeeze_axes_for_tract};
 
 use std::collections::HashMap;
 

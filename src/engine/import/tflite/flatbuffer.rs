@@ -171,6 +171,12 @@ impl<'a> Vector<'a> {
             })
     }
 
+    /// Where its elements lie in the buffer, `size` bytes each.
+    pub fn byte_range(&self, size: usize) -> Result<std::ops::Range<usize>> {
+        let bytes = self.bytes(size)?;
+        Ok(self.start..self.start + bytes.len())
+    }
+
     /// Its elements as 4-byte signed integers.
     pub fn i32s(&self) -> Result<Vec<i32>> {
         Ok(self

@@ -20,7 +20,7 @@ mod quantized;
 mod schema;
 mod walk;
 
-pub use schema::is_tflite;
+pub use schema::{is_tflite, squeeze_axes_for_tract};
 
 use self::schema::{ElementType, Model};
 use self::walk::{refused, walk};

@@ -410,3 +410,33 @@ impl Operator<'_> {
         self.options.map_or(Ok(1.0), |o| o.f32(0, 1.0))
     }
 }
+
+/// A copy of the model `bytes` for tract-tflite 0.23, whose `SQUEEZE` sorts the axes and removes
+/// them one at a time without shifting the later ones past the removed ones (its
+/// `ops/array.rs`, `de_squeeze`): the release's `[1, 2]` on `[1, 1, 1, 1001]` removes axis 1,
+/// then fails on axis 2 of `[1, 1, 1001]`. Each list of non-negative axes is rewritten as that
+/// removal needs it, sorted with the i-th less i (`[1, 2]` -> `[1, 1]`), so that tract removes
+/// the axes the file means. For the reference engine only: the importer reads files as published.
+pub fn squeeze_axes_for_tract(bytes: &[u8]) -> Result<Vec<u8>> {
+    let model = Model::parse(bytes)?;
+    let mut ranges = Vec::new();
+    for o in model.operators.iter().filter(|o| o.code == op::SQUEEZE) {
+        if let Some(dims) = o.options.map(|t| t.vector(0)).transpose()?.flatten() {
+            ranges.push((dims.byte_range(4)?, dims.i32s()?));
+        }
+    }
+    let mut out = bytes.to_vec();
+    for (range, mut dims) in ranges {
+        if dims.iter().any(|&d| d < 0) {
+            continue;
+        }
+        dims.sort_unstable();
+        let shifted: Vec<u8> = dims
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &d)| (d - i as i32).to_le_bytes())
+            .collect();
+        out[range].copy_from_slice(&shifted);
+    }
+    Ok(out)
+}

@@ -1,15 +1,76 @@
-//! The same ONNX graph run by tract-onnx: an independent implementation that our engine's outputs
-//! are checked against.
+//! The same model file run by tract: an independent implementation that our engine's outputs
+//! are checked against. tract-onnx runs ONNX files ([`TractReference`]), tract-tflite TFLite
+//! ones ([`tflite::TfliteReference`]); [`Reference`] is either.
+
+pub mod tflite;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use tract_onnx::prelude::*;
 
+use self::tflite::TfliteReference;
+use super::embedded;
+use super::import::is_tflite;
+use super::network::Precision;
 use super::onnx::{self, pb};
 use super::plan::InputLayout;
-use super::pool::{ModelPool, Variant};
+use super::pool::{ModelPool, ModelSource, Variant};
 use crate::error::{Error, Result};
+
+/// A model file as the reference engines read it.
+#[derive(Debug, Clone)]
+pub enum ModelFile {
+    /// A decoded ONNX model (boxed: the protobuf struct is large beside a byte vector).
+    Onnx(Box<pb::ModelProto>),
+    /// A TFLite file's bytes.
+    Tflite(Vec<u8>),
+}
+
+impl ModelFile {
+    /// A TFLite file, or else an ONNX model to decode.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        if is_tflite(&bytes) {
+            Ok(ModelFile::Tflite(bytes))
+        } else {
+            onnx::decode_model(&bytes).map(|m| ModelFile::Onnx(Box::new(m)))
+        }
+    }
+}
+
+/// The independent engine for one variant's file.
+#[derive(Debug)]
+pub enum Reference {
+    /// tract-onnx.
+    Onnx(TractReference),
+    /// tract-tflite.
+    Tflite(TfliteReference),
+}
+
+impl Reference {
+    /// The reference for `variant` at its own resolution, from its model file.
+    pub fn for_variant(file: &ModelFile, variant: &Variant) -> Result<Self> {
+        match file {
+            ModelFile::Onnx(proto) => {
+                TractReference::for_variant(proto, variant).map(Reference::Onnx)
+            }
+            ModelFile::Tflite(bytes) => {
+                // An 8-bit network stops at the logits, where the file goes on to its softmax.
+                let output = (variant.model.precision() == Precision::Int8)
+                    .then(|| variant.model.output_name());
+                TfliteReference::new(bytes, output).map(Reference::Tflite)
+            }
+        }
+    }
+
+    /// Runs one NHWC image and returns the output row.
+    pub fn run_nhwc(&self, image: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Reference::Onnx(r) => r.run_nhwc(image),
+            Reference::Tflite(r) => r.run_nhwc(image),
+        }
+    }
+}
 
 /// A tract model optimised for one input size, fed one image at a time (tract is much slower per
 /// image at larger batches).
@@ -94,19 +155,24 @@ impl TractReference {
     }
 }
 
-/// The decoded ONNX files of a pool, each read once however many variants share it (the engine
-/// keeps only its own plan, so the reference has to read the file again).
+/// The model files of a pool, each read once however many variants share it (the engine keeps
+/// only its own plan, so the reference has to read the file again).
 #[derive(Default)]
-pub struct ProtoCache(HashMap<PathBuf, pb::ModelProto>);
+pub struct ModelFiles(HashMap<PathBuf, ModelFile>);
 
-impl ProtoCache {
-    /// The decoded ONNX file of `variant`.
-    pub fn get(&mut self, pool: &ModelPool, variant: &Variant) -> Result<&pb::ModelProto> {
+impl ModelFiles {
+    /// The model file of `variant` (the binary's own bytes for the embedded model).
+    pub fn get(&mut self, pool: &ModelPool, variant: &Variant) -> Result<&ModelFile> {
         let file = &variant.spec.file;
         if !self.0.contains_key(file) {
-            let path = pool.dir().join(file);
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            self.0.insert(file.clone(), onnx::decode_model(&bytes)?);
+            let bytes = match variant.source {
+                ModelSource::Embedded => embedded::MODEL.to_vec(),
+                ModelSource::File => {
+                    let path = pool.dir().join(file);
+                    std::fs::read(&path).map_err(|e| Error::io(&path, e))?
+                }
+            };
+            self.0.insert(file.clone(), ModelFile::from_bytes(bytes)?);
         }
         Ok(&self.0[file])
     }
