@@ -59,14 +59,7 @@ pub(super) fn lower(model: &Model<'_>, s: &Steps<'_>) -> Result<Plan> {
                 window: Some(*window),
             }),
             Step::Flatten { .. } => {}
-            Step::Softmax { beta } => {
-                if *beta != 1.0 {
-                    return Err(refused(
-                        &s.logits.name,
-                        "SOFTMAX",
-                        format!("beta {beta}: only 1 is supported"),
-                    ));
-                }
+            Step::Softmax => {
                 softmax = true;
             }
         }

@@ -41,8 +41,8 @@ pub(super) enum Step<'m> {
         input: &'m Tensor,
         output: &'m Tensor,
     },
-    /// The final softmax.
-    Softmax { beta: f32 },
+    /// The final softmax (beta 1).
+    Softmax,
 }
 
 /// The checked chain of a model.
@@ -197,10 +197,12 @@ pub(super) fn walk<'m>(model: &'m Model<'_>) -> Result<Steps<'m>> {
                 if !matches!(stage, Stage::Classified | Stage::Flat) {
                     return Err(refuse("a softmax before the classifier".into()));
                 }
-                stage = Stage::Done;
-                Step::Softmax {
-                    beta: o.softmax_beta()?,
+                let beta = o.softmax_beta()?;
+                if beta != 1.0 {
+                    return Err(refuse(format!("beta {beta}: only 1 is supported")));
                 }
+                stage = Stage::Done;
+                Step::Softmax
             }
             _ => {
                 return Err(refuse(
