@@ -284,6 +284,7 @@ pub fn service_config(args: &ServeArgs) -> ServiceConfig {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         },
+        engine_nice: args.engine_nice,
         eval_results: args.eval_results.clone(),
     }
 }

@@ -169,7 +169,12 @@ impl Team {
     /// A team of `threads` threads (at most [`MAX_THREADS`]): the caller of each run and
     /// `threads - 1` helpers named `{name}-{i}`, which first run `on_start` (the service lowers
     /// their priority there).
-    pub fn new(threads: usize, name: &str, on_start: fn()) -> Result<Self> {
+    pub fn new(
+        threads: usize,
+        name: &str,
+        on_start: impl Fn() + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let on_start = Arc::new(on_start);
         if threads > MAX_THREADS {
             return Err(Error::BadInput(format!(
                 "{threads} compute threads: at most {MAX_THREADS}"
@@ -179,6 +184,7 @@ impl Team {
         let mut helpers = Vec::new();
         for i in 1..threads.max(1) {
             let s = Arc::clone(&shared);
+            let on_start = Arc::clone(&on_start);
             let spawned = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {

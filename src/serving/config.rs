@@ -38,6 +38,8 @@ pub struct ServiceConfig {
     pub default_model: Option<String>,
     /// Engine threads.
     pub engine_threads: usize,
+    /// How much the engine threads lower their priority (nice value added, 0..=19).
+    pub engine_nice: i32,
     /// Accuracy results to read (default: `eval.json` in the models directory, when present).
     pub eval_results: Option<PathBuf>,
 }
@@ -51,6 +53,12 @@ impl ServiceConfig {
         }
         if self.engine_threads == 0 {
             return bad("at least one engine thread is needed".into());
+        }
+        if !(0..=19).contains(&self.engine_nice) {
+            return bad(format!(
+                "engine niceness {}: it must be 0 to 19",
+                self.engine_nice
+            ));
         }
         if self.max_concurrent_requests == 0 {
             return bad("at least one concurrent request must be allowed".into());

@@ -106,7 +106,11 @@ impl Service {
                 latency: self.registry.latency().clone(),
                 metrics: self.metrics.clone(),
             };
-            *engine = Some(EngineThreads::spawn(self.config.engine_threads, ctx)?);
+            *engine = Some(EngineThreads::spawn(
+                self.config.engine_threads,
+                self.config.engine_nice,
+                ctx,
+            )?);
         }
         Ok(())
     }

@@ -30,27 +30,31 @@ pub struct EngineContext {
     pub metrics: Arc<Metrics>,
 }
 
-/// How much nicer than the rest of the process the engine threads run. The threads that accept
-/// connections, refuse with 429/503 and answer health probes must not wait for a core behind a
-/// batch. Measured on 2 cores at 5x capacity (tests/load/pressure.sh overload, with curl probes
-/// beside it), engine at nice 0 then 10: 429s in 5.4 then 2.9 ms at p50, 13.8 then 7.8 ms at
-/// p99, and as many requests classified. Where nothing else runs, the engine still gets every
-/// idle cycle.
-pub const ENGINE_NICENESS: i32 = 10;
+/// How much nicer than the rest of the process the engine threads run by default
+/// (`--engine-nice`). The threads that accept connections, refuse with 429/503 and answer
+/// health probes must not wait for a core behind a batch. Measured on 2 cores at 5x capacity
+/// (tests/load/pressure.sh overload, with curl probes beside it), engine at nice 0 then 10: 429s
+/// in 5.4 then 2.9 ms at p50, 13.8 then 7.8 ms at p99, and as many requests classified. Where
+/// nothing else runs, the engine still gets every idle cycle; the cost is on a shared host,
+/// where any process at nice 0 in the same scheduling group takes the cores first (README,
+/// "Configuration").
+pub const DEFAULT_ENGINE_NICE: i32 = 10;
 
-/// Lowers the calling engine thread's priority by [`ENGINE_NICENESS`] (Linux: the nice value is
-/// per thread). A failure only costs latency under load, so it is logged, not fatal.
-fn yield_to_io_threads() {
+/// Lowers the calling engine thread's priority by `nice` (Linux: the nice value is per thread).
+/// A failure only costs latency under load, so it is logged, not fatal.
+fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
-    {
+    if nice > 0 {
         use rustix::process::{getpriority_process, setpriority_process};
         // `None` is the calling thread on Linux; the nice value ends at 19.
         let result = getpriority_process(None)
-            .and_then(|now| setpriority_process(None, (now + ENGINE_NICENESS).min(19)));
+            .and_then(|now| setpriority_process(None, (now + nice).min(19)));
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot lower the engine thread's priority");
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// The running engine threads. Dropping them closes the batcher's queues and waits for the
@@ -65,7 +69,7 @@ impl EngineThreads {
     /// Starts `threads` engine threads: `engine-0` takes the batches, and every batch is split
     /// across it and the `threads - 1` others. Buffers are sized for the largest batch of the
     /// largest variant first, so that serving never allocates activations.
-    pub fn spawn(threads: usize, ctx: EngineContext) -> Result<Self> {
+    pub fn spawn(threads: usize, nice: i32, ctx: EngineContext) -> Result<Self> {
         let max_batch = ctx.batcher.policy().max_batch;
         let mut activations = Footprint::default();
         let mut inputs = 0;
@@ -77,12 +81,12 @@ impl EngineThreads {
             outputs = outputs.max(max_batch * v.spec.num_classes);
         }
         // The helpers are named engine-1.. and the thread taking batches engine-0.
-        let team = Team::new(threads, "engine", yield_to_io_threads)?;
+        let team = Team::new(threads, "engine", move || lower_priority(nice))?;
         let batcher = ctx.batcher.clone();
         let handle = std::thread::Builder::new()
             .name("engine-0".into())
             .spawn(move || {
-                yield_to_io_threads();
+                lower_priority(nice);
                 let mut buffers = Buffers {
                     workspace: Workspace::with_capacity(activations),
                     input: resident_vec(inputs),

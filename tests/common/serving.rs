@@ -56,6 +56,7 @@ pub fn config() -> ServiceConfig {
         decode_limits: DecodeLimits::default(),
         default_model: None,
         engine_threads: 2,
+        engine_nice: mobilenet_serve::serving::workers::DEFAULT_ENGINE_NICE,
         eval_results: None,
     }
 }

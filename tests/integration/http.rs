@@ -840,12 +840,13 @@ async fn the_web_page_and_its_assets_are_served_from_the_binary() {
     }
 }
 
-/// The engine threads run [`ENGINE_NICENESS`] nicer than the rest of the process, so that
-/// refusals and probes do not wait behind a batch for a core.
+/// The engine threads run `--engine-nice` nicer than the rest of the process (by default
+/// [`DEFAULT_ENGINE_NICE`], so that refusals and probes do not wait behind a batch for a
+/// core), and the threads that answer keep the process's priority.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engine_threads_run_nicer_than_the_threads_that_answer() {
-    use mobilenet_serve::serving::workers::ENGINE_NICENESS;
+async fn engine_threads_run_as_nice_as_configured_and_the_others_do_not() {
+    use mobilenet_serve::serving::workers::DEFAULT_ENGINE_NICE;
     use std::time::Duration;
     // Field 19 of /proc/.../stat, counted after the parenthesised name (which may hold spaces).
     let nice = |stat: &str| -> i32 {
@@ -858,37 +859,43 @@ async fn engine_threads_run_nicer_than_the_threads_that_answer() {
             .unwrap()
     };
     let base = nice(&std::fs::read_to_string("/proc/self/stat").unwrap());
-    let _service = service(config());
-    let started = std::time::Instant::now();
-    loop {
-        let (mut engine, mut others) = (Vec::new(), Vec::new());
-        for task in std::fs::read_dir("/proc/self/task").unwrap() {
-            let dir = task.unwrap().path();
-            let (Ok(comm), Ok(stat)) = (
-                std::fs::read_to_string(dir.join("comm")),
-                std::fs::read_to_string(dir.join("stat")),
-            ) else {
-                continue;
-            };
-            if comm.starts_with("engine-") {
-                engine.push(nice(&stat));
-            } else {
-                others.push(nice(&stat));
+    for engine_nice in [DEFAULT_ENGINE_NICE, 3, 0] {
+        let mut cfg = config();
+        cfg.engine_nice = engine_nice;
+        let service = service(cfg);
+        let expected = (base + engine_nice).min(19);
+        let started = std::time::Instant::now();
+        loop {
+            let (mut engine, mut others) = (Vec::new(), Vec::new());
+            for task in std::fs::read_dir("/proc/self/task").unwrap() {
+                let dir = task.unwrap().path();
+                let (Ok(comm), Ok(stat)) = (
+                    std::fs::read_to_string(dir.join("comm")),
+                    std::fs::read_to_string(dir.join("stat")),
+                ) else {
+                    continue;
+                };
+                if comm.starts_with("engine-") {
+                    engine.push(nice(&stat));
+                } else {
+                    others.push(nice(&stat));
+                }
             }
+            // Only the engine threads: the runtime's workers, which answer, keep the process's.
+            assert!(
+                others.iter().all(|n| *n == base),
+                "other threads at {others:?}"
+            );
+            // The previous service's threads may still be finishing: wait for this one's alone.
+            if !engine.is_empty() && engine.iter().all(|n| *n == expected) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "engine threads at nice {engine:?}, the process at {base}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Only the engine threads: the runtime's workers, which answer, keep the process's.
-        assert!(
-            others.iter().all(|n| *n == base),
-            "other threads at {others:?}"
-        );
-        let expected = (base + ENGINE_NICENESS).min(19);
-        if !engine.is_empty() && engine.iter().all(|n| *n == expected) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "engine threads at nice {engine:?}, the process at {base}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(service);
     }
 }
