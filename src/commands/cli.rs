@@ -230,9 +230,10 @@ pub struct ServeArgs {
     /// Engine threads, which every batch is split across (0: one per available core).
     #[arg(long, env = "ENGINE_THREADS", default_value_t = 0)]
     pub engine_threads: usize,
-    /// How much the engine threads lower their priority (nice value added, 0-19): above 0,
-    /// refusals and probes stay fast under overload, but any ordinary process on the same host
-    /// takes the cores from inference first.
+    /// How much the engine threads lower their priority (nice value added, 0-19). Above 0,
+    /// refusals and probes answer a little faster under overload, but any ordinary process in
+    /// the same CPU cgroup takes the cores from inference first: raise it where the server has
+    /// a cgroup of its own (the Kubernetes manifests set 10).
     #[arg(long, env = "ENGINE_NICE", default_value_t = crate::serving::workers::DEFAULT_ENGINE_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub engine_nice: i32,

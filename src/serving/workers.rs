@@ -31,14 +31,18 @@ pub struct EngineContext {
 }
 
 /// How much nicer than the rest of the process the engine threads run by default
-/// (`--engine-nice`). The threads that accept connections, refuse with 429/503 and answer
-/// health probes must not wait for a core behind a batch. Measured on 2 cores at 5x capacity
-/// (tests/load/pressure.sh overload, with curl probes beside it), engine at nice 0 then 10: 429s
-/// in 5.4 then 2.9 ms at p50, 13.8 then 7.8 ms at p99, and as many requests classified. Where
-/// nothing else runs, the engine still gets every idle cycle; the cost is on a shared host,
-/// where any process at nice 0 in the same scheduling group takes the cores first (README,
-/// "Configuration").
-pub const DEFAULT_ENGINE_NICE: i32 = 10;
+/// (`--engine-nice`): not at all. Measured on 2 cores, old and new settings alternating:
+/// - beside one busy loop per core at nice 0 (an ordinary process on a shared host;
+///   `tests/load/neighbour.sh`), 0.5_160's inference took 1.5-4.0 ms at p50, 8.1-8.2 at p95
+///   and 13-14 at most with the engine at nice 0, against 7.7-13.5, 44-57 and 78-152 ms at
+///   nice 10;
+/// - at 5x capacity (`tests/load/pressure.sh overload`), 429s took 3.3-3.5 ms at p50 and
+///   13-14 ms at p99 at nice 0, against 1.9-2.7 and 6.7-12.6 ms at nice 10.
+///
+/// The refusals stay fast either way; the inference of a shared host does not. Where the
+/// server has a CPU cgroup of its own (a Kubernetes pod: `deploy/k8s` sets 10), its engine
+/// competes only with its own accepting threads, and a higher niceness costs nothing.
+pub const DEFAULT_ENGINE_NICE: i32 = 0;
 
 /// Lowers the calling engine thread's priority by `nice` (Linux: the nice value is per thread).
 /// A failure only costs latency under load, so it is logged, not fatal.

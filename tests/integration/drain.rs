@@ -253,8 +253,8 @@ async fn sigterm_under_open_loop_load_loses_no_admitted_request() {
             ])
             .args(["--max-queue", "32", "--max-concurrent-requests", "1024"])
             .args(["--drain-timeout-s", &drain_timeout])
-            // The engine runs nicer than everything else here: on a busy machine the queue may
-            // take longer than the default 10 s, and that is not what this test is about.
+            // On a busy machine the queue may take longer than the default 10 s, and that is
+            // not what this test is about.
             .args(["--request-timeout-ms", "120000"])
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info")
