@@ -61,6 +61,9 @@ pub enum Error {
     /// The encoded image or its decoded size exceeds the configured limits.
     #[error("image too large: {0}")]
     TooLarge(String),
+    /// The request's head (request line and headers) is over the limit.
+    #[error("request head too large: {0}")]
+    HeadersTooLarge(String),
     /// A variant name that is not loaded.
     #[error("unknown model `{name}`; known models: {known}")]
     UnknownModel {
@@ -153,6 +156,8 @@ pub enum ErrorClass {
     RequestTimeout,
     /// Over a size limit.
     TooLarge,
+    /// The request's headers are over their size limit.
+    HeadersTooLarge,
     /// A media type or image format we do not take.
     UnsupportedMediaType,
     /// Valid, but no variant can serve it.
@@ -177,6 +182,7 @@ impl ErrorClass {
             ErrorClass::MethodNotAllowed => 405,
             ErrorClass::RequestTimeout => 408,
             ErrorClass::TooLarge => 413,
+            ErrorClass::HeadersTooLarge => 431,
             ErrorClass::UnsupportedMediaType => 415,
             ErrorClass::Unprocessable => 422,
             ErrorClass::TooManyRequests => 429,
@@ -218,6 +224,7 @@ impl Error {
             Error::MethodNotAllowed(_) => (C::MethodNotAllowed, "method_not_allowed", None),
             Error::RequestTimeout(_) => (C::RequestTimeout, "request_timeout", None),
             Error::TooLarge(_) => (C::TooLarge, "too_large", None),
+            Error::HeadersTooLarge(_) => (C::HeadersTooLarge, "headers_too_large", None),
             Error::UnsupportedMediaType(_) => {
                 (C::UnsupportedMediaType, "unsupported_media_type", None)
             }

@@ -90,9 +90,10 @@ pub fn http_status(class: ErrorClass) -> StatusCode {
 /// The gRPC code of an error class.
 pub fn grpc_code(class: ErrorClass) -> Code {
     match class {
-        ErrorClass::BadRequest | ErrorClass::TooLarge | ErrorClass::UnsupportedMediaType => {
-            Code::InvalidArgument
-        }
+        ErrorClass::BadRequest
+        | ErrorClass::TooLarge
+        | ErrorClass::HeadersTooLarge
+        | ErrorClass::UnsupportedMediaType => Code::InvalidArgument,
         ErrorClass::Unauthorized => Code::Unauthenticated,
         ErrorClass::NotFound => Code::NotFound,
         ErrorClass::MethodNotAllowed => Code::Unimplemented,

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::api::auth::{ApiKey, Auth};
 use crate::api::grpc;
+use crate::api::head;
 use crate::api::http::app;
 use crate::commands::cli::ServeArgs;
 use crate::engine::pool::ModelPool;
@@ -124,17 +125,20 @@ async fn serve_http(
     mut stopping: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A head over the buffer gets hyper's own 431 (api::http::head).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(head::MAX_HEAD_BUFFER);
     // HTTP/2 has no head timeout: pings find peers that stopped answering (and would
     // otherwise also hold up a graceful shutdown, which waits for a ping's ack).
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_header_list_size(head::MAX_HEAD_BUFFER as u32);
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {

@@ -565,3 +565,43 @@ async fn slow_and_lying_bodies_are_cut_off() {
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+/// Request heads over 16 KiB get 431 with the JSON error body (in the Open Inference Protocol's
+/// format under `/v2`); over the transport's 64 KiB buffer, hyper's own 431; a head of a few KiB
+/// is served. A 200 KB header was answered 200 before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431() {
+    use mobilenet_serve::api::head::{MAX_HEAD_BUFFER, MAX_HEAD_BYTES};
+    let (addr, _stop) = start().await;
+    let get = |path: &str, pad: usize| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(pad)
+        )
+    };
+    let (status, _) = exchange(addr, &get("/healthz", 8 * 1024), b"").await;
+    assert_eq!(status, 200, "an 8 KiB head is served");
+
+    for (path, code) in [("/healthz", "headers_too_large"), ("/v2/health/ready", "")] {
+        let (status, body) = exchange(addr, &get(path, MAX_HEAD_BYTES + 10), b"").await;
+        assert_eq!(status, 431, "{path}");
+        let json: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body:?}"));
+        if code.is_empty() {
+            // The Open Inference Protocol's error object: one message.
+            assert!(json["error"].as_str().unwrap().contains("bytes"), "{json}");
+        } else {
+            assert_eq!(json["error"]["code"], code, "{json}");
+        }
+    }
+
+    for pad in [MAX_HEAD_BUFFER + 1, 200 * 1024] {
+        let (status, body) = exchange(addr, &get("/healthz", pad), b"").await;
+        assert_eq!(status, 431, "a {pad}-byte header");
+        // hyper's answer, before the application: the transport did not read the whole head.
+        assert!(
+            body.is_empty(),
+            "a {pad}-byte header reached the application"
+        );
+    }
+}

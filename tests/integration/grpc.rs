@@ -371,3 +371,25 @@ async fn grpc_timeouts_are_capped_or_refused_as_deadlines() {
         err.message()
     );
 }
+
+/// Metadata over the header limit (`api::head::MAX_HEAD_BYTES`) is refused by h2 before the
+/// call reaches a service; a call with ordinary metadata still works on the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_metadata_is_refused() {
+    use mobilenet_serve::api::head::MAX_HEAD_BYTES;
+    let s = service(config());
+    let (addr, _stop) = start_grpc(s.clone()).await;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ClassifierClient::new(channel);
+    let mut big = tonic::Request::new(ListModelsRequest {});
+    big.metadata_mut()
+        .insert("x-pad", "a".repeat(MAX_HEAD_BYTES + 1).parse().unwrap());
+    let err = client.list_models(big).await.unwrap_err();
+    assert_ne!(err.code(), Code::Ok, "{err:?}");
+    let fine = client.list_models(ListModelsRequest {}).await;
+    assert!(fine.is_ok(), "{fine:?}");
+}

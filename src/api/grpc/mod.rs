@@ -77,6 +77,10 @@ pub async fn serve(
         // would get no traffic from clients already connected. Calls in flight get a grace.
         .max_connection_age(Duration::from_secs(300))
         .max_connection_age_grace(Duration::from_secs(30))
+        // gRPC clients send a handful of small metadata entries: a header list over the HTTP
+        // port's limit (api::head) is refused by h2 (hyper's default, said here so that it
+        // stays).
+        .http2_max_header_list_size(crate::api::head::MAX_HEAD_BYTES as u32)
         .add_service(InterceptedService::new(
             health,
             auth.interceptor(Access::Health),

@@ -18,7 +18,7 @@ use axum::Router;
 
 use crate::api::auth::{self, Auth};
 use crate::api::errors::{for_path, is_oip_path};
-use crate::api::{openapi, request_id};
+use crate::api::{head, openapi, request_id};
 use crate::error::Error;
 use crate::serving::Service;
 
@@ -37,6 +37,8 @@ pub fn app(service: Arc<Service>, auth: Auth) -> Router {
             Arc::new(auth),
             auth::require_key,
         ))
+        // Before anything reads the headers further.
+        .layer(axum::middleware::from_fn(head::limit))
         // Outermost, so that even a refusal is logged under its request id.
         .layer(axum::middleware::from_fn(request_id::propagate))
         .with_state(service)
