@@ -6,6 +6,11 @@ use std::io::{self, Read, Write};
 use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
 
+/// The largest `.tflite` taken out of an archive, in bytes: the release's largest file (1.0_224,
+/// float) is 16.9 MB. A gzip stream within the download limit could otherwise unpack to far more
+/// than the disk holds.
+pub const MAX_TFLITE_BYTES: u64 = 64 << 20;
+
 /// The `.tflite` copied out of an archive.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Extracted {
@@ -64,6 +69,12 @@ pub fn extract_file<R: Read>(
             continue;
         }
         let size = entry.header().size().map_err(corrupt)?;
+        // The archive is compressed: its size limit does not bound what it unpacks to.
+        if size > MAX_TFLITE_BYTES {
+            return Err(ArchiveError::Corrupt(format!(
+                "{wanted} claims {size} bytes; no release file is over {MAX_TFLITE_BYTES}"
+            )));
+        }
         let extracted = copy_hashed(&mut entry, out)?;
         // A plain tar cut inside the file reads as a short file, not an error: count.
         if extracted.bytes != size {
@@ -144,6 +155,26 @@ mod tests {
         let mut out = Vec::new();
         extract_file(&archive[..], "m.tflite", &mut out, true).unwrap();
         assert_eq!(out, b"x");
+    }
+
+    #[test]
+    fn a_file_claiming_more_than_any_release_file_is_refused_unread() {
+        // A header alone: nothing of the claimed size follows, as in a gzip bomb's first block.
+        let mut header = tar::Header::new_gnu();
+        header.set_path("./m.tflite").unwrap();
+        header.set_size(MAX_TFLITE_BYTES + 1);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut gz = GzEncoder::new(Vec::new(), Default::default());
+        gz.write_all(header.as_bytes()).unwrap();
+        let archive = gz.finish().unwrap();
+        let mut out = Vec::new();
+        let err = extract_file(&archive[..], "m.tflite", &mut out, false).unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::Corrupt(m) if m.contains("claims")),
+            "{err:?}"
+        );
+        assert!(out.is_empty());
     }
 
     #[test]
