@@ -58,18 +58,22 @@ fn values(len: usize, seed: u64, lo: i64, hi: i64) -> Vec<i64> {
         .collect()
 }
 
-/// A requantization with per-channel scales that keep most outputs inside 0..=255, a random
-/// zero point and a ReLU6-like range.
+/// A requantization with per-channel scales that keep most outputs inside 0..=255, a
+/// ReLU6-like range and a random zero point inside it. A zero point outside the range (above
+/// `hi`, say) saturated every output of some one-row cases, which the comparison then could not
+/// see through (proptest found m = 1, k = 26, n = 42).
 fn requant(n: usize, seed: u64, taps: usize) -> Requant {
     let spread = 1.0 / (taps as f32 * 2000.0);
+    let lo = values(1, seed + 2, 0, 40)[0];
+    let hi = values(1, seed + 3, 200, 255)[0];
     Requant {
         scale: values(n, seed, 1, 100)
             .into_iter()
             .map(|v| v as f32 * spread)
             .collect(),
-        zero: values(1, seed + 1, 0, 255)[0] as u8,
-        lo: values(1, seed + 2, 0, 40)[0] as u8,
-        hi: values(1, seed + 3, 200, 255)[0] as u8,
+        zero: values(1, seed + 1, lo, hi)[0] as u8,
+        lo: lo as u8,
+        hi: hi as u8,
     }
 }
 
