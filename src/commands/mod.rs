@@ -10,6 +10,7 @@ pub mod client;
 pub mod dataset;
 pub mod eval;
 pub mod fetch_zoo;
+pub mod manifest_file;
 pub mod models;
 pub mod npy;
 pub mod progress;

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::commands::cli::{QuantizeArgs, RangeMethodArg};
-use crate::commands::dataset;
 use crate::commands::eval::{eval_variant, load_images, VariantResult};
+use crate::commands::{dataset, manifest_file};
 use crate::engine::catalog;
 use crate::engine::import::{import_any, Imported};
 use crate::engine::model::{Model, Nhwc};
@@ -94,10 +94,12 @@ pub fn run(models_dir: &Path, opts: &LoadOptions, args: &QuantizeArgs) -> Result
     let path = args.out.join(&file);
     std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
     let sha256 = sha256_hex(&bytes);
-    write_manifest_entry(
-        &args.out,
-        manifest_entry(variant, &name, &file, &sha256, &doc),
-    )?;
+    // An earlier entry of the same name (a re-run) is replaced.
+    let entries = manifest_file::merge(
+        manifest_file::read(&args.out)?,
+        vec![manifest_entry(variant, &name, &file, &sha256, &doc)],
+    );
+    manifest_file::write(&args.out, &entries)?;
     println!(
         "wrote {} ({} KB, sha256 {sha256}) and its entry in {}",
         path.display(),
@@ -250,19 +252,4 @@ fn manifest_entry(float: &Variant, name: &str, file: &Path, sha256: &str, doc: &
             "note": doc,
         },
     })
-}
-
-/// Adds `entry` to `dir/manifest.json` (made when absent), replacing an entry of the same name.
-fn write_manifest_entry(dir: &Path, entry: Value) -> Result<()> {
-    let path = dir.join(catalog::MANIFEST);
-    let mut entries: Vec<Value> = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map_err(|e| Error::Catalog(format!("{}: {e}", path.display())))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    entries.retain(|e| e.get("name") != entry.get("name"));
-    entries.push(entry);
-    let text = serde_json::to_string_pretty(&entries).map_err(|e| Error::Catalog(e.to_string()))?;
-    std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
 }

@@ -29,7 +29,7 @@ use self::archive::ArchiveError;
 use self::download::{Client, Limits};
 use self::grid::ZooFile;
 use crate::commands::cli::FetchZooArgs;
-use crate::commands::progress;
+use crate::commands::{manifest_file, progress};
 use crate::engine::catalog;
 use crate::engine::pool::sha256_hex;
 use crate::error::{Error, Result};
@@ -156,7 +156,7 @@ pub fn command(args: &FetchZooArgs) -> Result<ExitCode> {
 pub fn fetch(opts: &FetchOptions) -> Result<Report> {
     std::fs::create_dir_all(&opts.dest).map_err(|e| Error::io(&opts.dest, e))?;
     // Read before any download: a malformed manifest fails the run at once, not at its end.
-    let old = manifest::read(&opts.dest)?;
+    let old = manifest_file::read(&opts.dest)?;
     // The catalogue checks the manifest's digests against this file: they must agree.
     let listed = catalog::read_checksums(&opts.dest)?;
     let client = Client::new(opts.limits);
@@ -193,7 +193,7 @@ pub fn fetch(opts: &FetchOptions) -> Result<Report> {
     let manifest = if entries.is_empty() {
         None
     } else {
-        manifest::write(&opts.dest, &manifest::merge(old, entries))?;
+        manifest_file::write(&opts.dest, &manifest_file::merge(old, entries))?;
         Some(opts.dest.join(catalog::MANIFEST))
     };
     Ok(Report { outcomes, manifest })
