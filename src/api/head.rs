@@ -29,7 +29,12 @@ pub const MAX_HEAD_BUFFER: usize = 64 * 1024;
 
 /// The head's size as the client sent it on HTTP/1.1: request line and `name: value` lines.
 fn head_size(request: &Request) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 11;
+    // The request target as sent: origin form (path and query) on HTTP/1.1; on HTTP/2 the
+    // authority travels as a header of its own, counted here with the target.
+    let uri = request.uri();
+    let target = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = request.method().as_str().len() + target + 11;
     let fields: usize = request
         .headers()
         .iter()

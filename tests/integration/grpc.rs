@@ -379,12 +379,7 @@ async fn oversized_metadata_is_refused() {
     use mobilenet_serve::api::head::MAX_HEAD_BYTES;
     let s = service(config());
     let (addr, _stop) = start_grpc(s.clone()).await;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = ClassifierClient::new(channel);
+    let mut client = ClassifierClient::new(grpc_channel(addr).await);
     let mut big = tonic::Request::new(ListModelsRequest {});
     big.metadata_mut()
         .insert("x-pad", "a".repeat(MAX_HEAD_BYTES + 1).parse().unwrap());

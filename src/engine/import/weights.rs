@@ -50,13 +50,24 @@ pub(super) fn pack_dense<T: Copy + Default>(
     kh: usize,
     kw: usize,
 ) -> Vec<T> {
+    to_hwio(w, [out_c, in_c, kh, kw], |o, i, y, x| {
+        ((o * in_c + i) * kh + y) * kw + x
+    })
+}
+
+/// Weights of `[out_c, in_c, kh, kw]` in any source layout (`source(o, i, y, x)` is the index
+/// of a weight there) -> the dense kernels' `[kh][kw][in][out]`.
+pub(super) fn to_hwio<T: Copy + Default>(
+    w: &[T],
+    [out_c, in_c, kh, kw]: [usize; 4],
+    source: impl Fn(usize, usize, usize, usize) -> usize,
+) -> Vec<T> {
     let mut packed = vec![T::default(); w.len()];
     for o in 0..out_c {
         for i in 0..in_c {
             for y in 0..kh {
                 for x in 0..kw {
-                    packed[((y * kw + x) * in_c + i) * out_c + o] =
-                        w[((o * in_c + i) * kh + y) * kw + x];
+                    packed[((y * kw + x) * in_c + i) * out_c + o] = w[source(o, i, y, x)];
                 }
             }
         }

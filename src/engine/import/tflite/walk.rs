@@ -4,6 +4,7 @@
 //! and activation bounds.
 
 use super::schema::{op, Activation, Model, Operator, PaddingKind, Tensor, WindowOptions};
+use crate::engine::import::weights::to_hwio;
 use crate::engine::plan::{ConvKind, ConvShape, Padding};
 use crate::error::{Error, Result};
 
@@ -346,18 +347,9 @@ fn pack_ohwi<T: Copy + Default>(
     kw: usize,
     in_c: usize,
 ) -> Vec<T> {
-    let mut packed = vec![T::default(); w.len()];
-    for o in 0..out_c {
-        for y in 0..kh {
-            for x in 0..kw {
-                for i in 0..in_c {
-                    packed[((y * kw + x) * in_c + i) * out_c + o] =
-                        w[((o * kh + y) * kw + x) * in_c + i];
-                }
-            }
-        }
-    }
-    packed
+    to_hwio(w, [out_c, in_c, kh, kw], |o, i, y, x| {
+        ((o * kh + y) * kw + x) * in_c + i
+    })
 }
 
 /// The weights of a convolution step, in the engine's layout for its kind.
