@@ -46,6 +46,7 @@ pub fn router() -> OpenApiRouter<Arc<Service>> {
     OpenApiRouter::with_openapi(Frame::openapi())
         .merge(super::http::classifier::routes())
         .merge(super::http::oip::routes())
+        .merge(super::http::repository::routes())
         .merge(super::web::routes())
         .routes(routes!(openapi_json))
 }

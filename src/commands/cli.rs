@@ -237,6 +237,22 @@ pub struct ServeArgs {
     #[arg(long, env = "ENGINE_NICE", default_value_t = crate::serving::workers::DEFAULT_ENGINE_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub engine_nice: i32,
+    /// Who changes the served models after start: none (what loaded at start stays), poll
+    /// (the models directory is rescanned every --repository-poll-secs and on SIGHUP; new,
+    /// changed and removed files are loaded, swapped and unloaded) or explicit (only the
+    /// repository API's load and unload requests, starting from --load-model).
+    #[arg(long, env = "MODEL_CONTROL_MODE", default_value = "none",
+          value_parser = ["none", "poll", "explicit"])]
+    pub model_control_mode: String,
+    /// With --model-control-mode poll: seconds between two looks at the models directory (a
+    /// `stat` per file; a change then reads, imports and warms up what changed).
+    #[arg(long, env = "REPOSITORY_POLL_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub repository_poll_secs: u64,
+    /// With --model-control-mode explicit: a variant to load at start (repeatable; none by
+    /// default, as in Triton).
+    #[arg(long = "load-model", value_name = "NAME")]
+    pub load_model: Vec<String>,
     /// After SIGTERM, how long admitted requests may take to finish, in seconds.
     #[arg(long, env = "DRAIN_TIMEOUT_S", default_value_t = 30)]
     pub drain_timeout_s: u64,

@@ -69,17 +69,44 @@ fn pool_of(
     Ok(pool)
 }
 
+/// What `serve` starts with: in `explicit` model control, the `--load-model` variants (none
+/// by default); else `--variants` (all by default), failures listed unless
+/// `--require-all-models`.
+fn serve_pool(global: &GlobalOptions, args: &cli::ServeArgs) -> Result<ModelPool> {
+    let explicit = serve::control_mode(args) == crate::serving::ControlMode::Explicit;
+    if !explicit && !args.load_model.is_empty() {
+        return Err(Error::Config(
+            "--load-model needs --model-control-mode explicit (else every variant loads)".into(),
+        ));
+    }
+    if explicit && args.variants.is_some() {
+        return Err(Error::Config(
+            "in explicit model control, --load-model names what loads at start, not --variants"
+                .into(),
+        ));
+    }
+    let wanted = if explicit {
+        Some(args.load_model.clone())
+    } else {
+        args.variants.clone()
+    };
+    let opts = load_options(global, wanted)?;
+    if explicit && args.load_model.is_empty() {
+        return ModelPool::empty(global.models_dir(), &opts);
+    }
+    if args.require_all_models {
+        pool_of(global, &opts, ModelPool::load)
+    } else {
+        pool_of(global, &opts, ModelPool::load_available)
+    }
+}
+
 /// Runs the command line's command; its exit code when it ran (a check may fail), an error when
 /// it could not.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            let opts = load_options(&cli.global, args.variants.clone())?;
-            let pool = if args.require_all_models {
-                pool_of(&cli.global, &opts, ModelPool::load)?
-            } else {
-                pool_of(&cli.global, &opts, ModelPool::load_available)?
-            };
+            let pool = serve_pool(&cli.global, &args)?;
             serve::command(pool, args)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::decode::DecodeLimits;
 use crate::serving::batcher::BatchPolicy;
 use crate::serving::config::MAX_REQUEST_TIMEOUT;
-use crate::serving::{Service, ServiceConfig};
+use crate::serving::{ControlMode, Rescan, Service, ServiceConfig};
 
 /// The sockets the service answers on.
 #[derive(Debug)]
@@ -70,6 +70,9 @@ pub async fn serve_until(
             Ok(()) => tracing::info!("every variant warmed up: ready"),
             Err(e) => tracing::error!(error = %e, "warm-up failed: not ready"),
         }
+        if warming.model_control() == ControlMode::Poll {
+            poll_models(warming).await;
+        }
     });
     // A watch channel, not a Notify: a waiter that starts after the signal still sees it.
     let (stopped, stopping) = watch::channel(false);
@@ -111,6 +114,47 @@ pub async fn serve_until(
         "drained: bye"
     );
     Ok(())
+}
+
+/// `--model-control-mode poll`: rescans the models directory every `repository_poll` and at
+/// each SIGHUP, until the service drains.
+async fn poll_models(service: Arc<Service>) {
+    let every = service.config().repository_poll;
+    #[cfg(unix)]
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: polling only");
+            None
+        }
+    };
+    tracing::info!(every_s = every.as_secs(), "polling the models directory");
+    while !service.is_draining() {
+        #[cfg(unix)]
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            Some(()) = async { hangups.as_mut()?.recv().await } => true,
+        };
+        #[cfg(not(unix))]
+        let forced = {
+            tokio::time::sleep(every).await;
+            false
+        };
+        if service.is_draining() {
+            break;
+        }
+        if forced {
+            tracing::info!("SIGHUP: rescanning the models directory");
+        }
+        match service.rescan_models(forced).await {
+            Ok(r) if r != Rescan::default() => tracing::info!(loaded = ?r.loaded,
+                unloaded = ?r.unloaded, failed = r.failed.len(), "models directory rescanned"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot rescan the models directory: serving as before")
+            }
+        }
+    }
 }
 
 /// Longest a client may take to send a request's head; the body then has the request timeout.
@@ -267,6 +311,11 @@ pub fn command(pool: ModelPool, args: ServeArgs) -> Result<()> {
     ))
 }
 
+/// `--model-control-mode` (clap has checked the spelling).
+pub fn control_mode(args: &ServeArgs) -> ControlMode {
+    args.model_control_mode.parse().unwrap_or_default()
+}
+
 /// The service settings of `serve`'s arguments.
 pub fn service_config(args: &ServeArgs) -> ServiceConfig {
     ServiceConfig {
@@ -290,5 +339,7 @@ pub fn service_config(args: &ServeArgs) -> ServiceConfig {
         },
         engine_nice: args.engine_nice,
         eval_results: args.eval_results.clone(),
+        model_control: control_mode(args),
+        repository_poll: Duration::from_secs(args.repository_poll_secs),
     }
 }

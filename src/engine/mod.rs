@@ -15,6 +15,7 @@ pub mod pool;
 pub mod ptq;
 pub mod quant;
 pub mod reference;
+pub mod repository;
 pub mod schedule;
 pub mod team;
 pub mod workspace;

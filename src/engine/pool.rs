@@ -78,6 +78,7 @@ pub struct ModelPool {
     variants: Vec<Variant>,
     unavailable: Vec<Unavailable>,
     class_names: Vec<String>,
+    options: LoadOptions,
 }
 
 /// A loaded ONNX file.
@@ -108,21 +109,7 @@ impl ModelPool {
                 dir.display()
             )));
         }
-        let (mut specs, mut unavailable) = match catalog::read_manifest(dir)? {
-            Some(specs) => (specs, Vec::new()),
-            None => derive_specs(dir, opts, strict)?,
-        };
-        for more in catalog::read_sub_manifests(dir)? {
-            if let Some(twice) = specs.iter().find(|s| s.name == more.name) {
-                return Err(Error::Catalog(format!(
-                    "two variants are called `{}`: {} and {}",
-                    more.name,
-                    twice.file.display(),
-                    more.file.display()
-                )));
-            }
-            specs.push(more);
-        }
+        let (specs, mut unavailable) = read_specs(dir, opts, strict)?;
         // A wanted variant whose file already failed stays listed as unavailable.
         let wanted: Option<Vec<String>> = opts.variants.as_ref().map(|w| {
             w.iter()
@@ -198,6 +185,7 @@ impl ModelPool {
             // Without a names file, the ImageNet names the binary carries for its embedded
             // model: every MobileNet of the grid has the same 1000 classes.
             class_names: catalog::class_names(dir)?.unwrap_or_else(embedded::class_names),
+            options: opts.clone(),
         })
     }
 
@@ -233,6 +221,7 @@ impl ModelPool {
             }],
             unavailable: Vec::new(),
             class_names: embedded::class_names(),
+            options: opts.clone(),
         })
     }
 
@@ -245,6 +234,27 @@ impl ModelPool {
     /// The directory the pool was loaded from.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// No variant: what an `explicit` model control mode starts from when told to load none.
+    pub fn empty(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        Ok(ModelPool {
+            dir: dir.to_path_buf(),
+            variants: Vec::new(),
+            unavailable: Vec::new(),
+            class_names: catalog::class_names(dir)?.unwrap_or_else(embedded::class_names),
+            options: opts.clone(),
+        })
+    }
+
+    /// How it was loaded (what later loads of the live repository use too).
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// The ImageNet class names (index = class).
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
     }
 
     /// Every loaded variant, in catalogue order.
@@ -284,6 +294,32 @@ impl ModelPool {
                 .unwrap_or_else(|| format!("class_{c}")),
         }
     }
+}
+
+/// Every variant `dir` describes: its manifest's (else derived from each model file's graph)
+/// and its sub-directories' manifests'. Unless `strict`, a manifest-less file that cannot be
+/// read or imported is listed as unavailable under its file stem.
+pub(super) fn read_specs(
+    dir: &Path,
+    opts: &LoadOptions,
+    strict: bool,
+) -> Result<(Vec<VariantSpec>, Vec<Unavailable>)> {
+    let (mut specs, unavailable) = match catalog::read_manifest(dir)? {
+        Some(specs) => (specs, Vec::new()),
+        None => derive_specs(dir, opts, strict)?,
+    };
+    for more in catalog::read_sub_manifests(dir)? {
+        if let Some(twice) = specs.iter().find(|s| s.name == more.name) {
+            return Err(Error::Catalog(format!(
+                "two variants are called `{}`: {} and {}",
+                more.name,
+                twice.file.display(),
+                more.file.display()
+            )));
+        }
+        specs.push(more);
+    }
+    Ok((specs, unavailable))
 }
 
 /// The specs of a manifest-less directory, from each model file's graph. Unless `strict`, a file
@@ -328,7 +364,7 @@ fn derive_specs(
 
 /// The digest `spec`'s file must have: from the manifest, else from `SHA256SUMS`; the two must
 /// agree when both give one.
-fn expected_digest(
+pub(super) fn expected_digest(
     spec: &VariantSpec,
     checksums: &HashMap<PathBuf, String>,
 ) -> Result<Option<String>> {
@@ -351,7 +387,18 @@ fn load_file(
     opts: &LoadOptions,
 ) -> Result<Loaded> {
     let path = dir.join(file);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let (bytes, sha256) = read_checked(&path, expected)?;
+    let imported = import_guarded(&path, &bytes)?;
+    Ok(Loaded {
+        model: Arc::new(Network::new(imported, opts.kernels)),
+        sha256,
+        verified: expected.is_some(),
+    })
+}
+
+/// The bytes of the model file at `path` and their sha256, which must be `expected` if given.
+pub(super) fn read_checked(path: &Path, expected: Option<&str>) -> Result<(Vec<u8>, String)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let sha256 = sha256_hex(&bytes);
     if let Some(expected) = expected {
         if sha256 != expected {
@@ -362,17 +409,12 @@ fn load_file(
             )));
         }
     }
-    let imported = import_guarded(&path, &bytes)?;
-    Ok(Loaded {
-        model: Arc::new(Network::new(imported, opts.kernels)),
-        sha256,
-        verified: expected.is_some(),
-    })
+    Ok((bytes, sha256))
 }
 
 /// Imports `bytes`; a panic in the importer (a bug that a malformed file found) fails this file
 /// only, not the process.
-fn import_guarded(path: &Path, bytes: &[u8]) -> Result<Imported> {
+pub(super) fn import_guarded(path: &Path, bytes: &[u8]) -> Result<Imported> {
     catch_unwind(AssertUnwindSafe(|| import::import_any(bytes)))
         .unwrap_or_else(|_| Err(Error::MalformedModel("the importer panicked".into())))
         .map_err(|e| Error::Catalog(format!("{}: {e}", path.display())))
@@ -410,7 +452,7 @@ fn select(specs: Vec<VariantSpec>, wanted: Option<&[String]>) -> Result<Vec<Vari
 }
 
 /// The manifest must agree with the graph it describes.
-fn check_consistent(spec: &VariantSpec, network: &Network) -> Result<()> {
+pub(super) fn check_consistent(spec: &VariantSpec, network: &Network) -> Result<()> {
     let bad = |why: String| Err(Error::Catalog(format!("{}: {why}", spec.name)));
     if network.precision() != spec.precision {
         return bad(format!(

@@ -6,6 +6,7 @@
 //! and below, never `api`.
 
 pub mod json;
+pub mod repository;
 pub mod tensor;
 
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ pub const PLATFORM: &str = "onnx_onnxv1";
 /// The server's name in its metadata.
 pub const SERVER_NAME: &str = "mobilenet-serve";
 /// Protocol extensions this server implements.
-pub const EXTENSIONS: [&str; 2] = ["classification", "binary_tensor_data"];
+pub const EXTENSIONS: [&str; 3] = ["classification", "binary_tensor_data", "model_repository"];
 /// Input of preprocessed tensors.
 pub const INPUT: &str = "input";
 /// Input of encoded images.
@@ -107,7 +108,8 @@ pub fn model_ready(service: &Service, name: &str, version: &str) -> Result<bool>
 
 /// The metadata of model `name` at `version`.
 pub fn model_metadata(service: &Service, name: &str, version: &str) -> Result<ModelMetadata> {
-    let variant = service.variant(name)?;
+    let served = service.variant(name)?;
+    let variant = served.variant();
     check_version(name, version)?;
     let r = variant.spec.resolution as i64;
     let channels = variant.model.in_c() as i64;
@@ -262,7 +264,8 @@ async fn infer_inner(
     request: Request,
 ) -> Result<Response> {
     let started = admission.admitted();
-    let variant = service.variant(&request.model)?;
+    let served = service.variant(&request.model)?;
+    let variant = served.variant();
     check_version(&request.model, &request.version)?;
     let images = images(variant, request.inputs)?;
     let wanted = requested_outputs(variant, request.outputs)?;
@@ -273,7 +276,7 @@ async fn infer_inner(
         .infer(
             admission,
             InferRequest {
-                model: request.model,
+                model: served.clone(),
                 images,
                 timeout: request.timeout.map(|t| t.min(longest)),
             },

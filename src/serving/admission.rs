@@ -8,6 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::batcher::{Batcher, Incoming};
 use super::metrics::{Metrics, NO_VARIANT};
+use super::registry::Served;
 use super::request::Timings;
 use crate::error::{Error, Result, RETRY_AFTER_S};
 
@@ -35,7 +36,7 @@ impl Gate {
     pub(super) fn enter(
         &self,
         protocol: &'static str,
-        batcher: &Arc<Batcher>,
+        batcher: &Arc<Batcher<Served>>,
     ) -> Result<Admission> {
         let permit = self
             .slots
@@ -73,7 +74,7 @@ pub struct Admission {
     /// Held until the engine has answered (see [`Admission::release`]).
     slot: Option<Arc<Slot>>,
     /// Tells the batcher images are on their way, until they are submitted.
-    incoming: Option<Incoming>,
+    incoming: Option<Incoming<Served>>,
     admitted: Instant,
     report: Report,
 }
@@ -125,7 +126,7 @@ impl Admission {
     }
 
     /// The batcher's notice that images are coming, once: submitting consumes it.
-    pub(super) fn take_incoming(&mut self) -> Result<Incoming> {
+    pub(super) fn take_incoming(&mut self) -> Result<Incoming<Served>> {
         self.incoming
             .take()
             .ok_or_else(|| Error::Internal("a request submitted its images twice".into()))

@@ -1,6 +1,7 @@
 //! How the service runs: its limits, and the check that refuses settings it could not work under.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use super::batcher::BatchPolicy;
@@ -42,6 +43,10 @@ pub struct ServiceConfig {
     pub engine_nice: i32,
     /// Accuracy results to read (default: `eval.json` in the models directory, when present).
     pub eval_results: Option<PathBuf>,
+    /// Who changes the served models after start.
+    pub model_control: ControlMode,
+    /// With [`ControlMode::Poll`]: time between two looks at the models directory.
+    pub repository_poll: Duration,
 }
 
 impl ServiceConfig {
@@ -71,5 +76,43 @@ impl ServiceConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Who changes what is served after start (`--model-control-mode`, as Triton names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControlMode {
+    /// Nobody: what loaded at start is served until exit.
+    #[default]
+    None,
+    /// The models directory: rescanned periodically and on SIGHUP.
+    Poll,
+    /// The repository API: load and unload requests only.
+    Explicit,
+}
+
+impl ControlMode {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlMode::None => "none",
+            ControlMode::Poll => "poll",
+            ControlMode::Explicit => "explicit",
+        }
+    }
+}
+
+impl FromStr for ControlMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(ControlMode::None),
+            "poll" => Ok(ControlMode::Poll),
+            "explicit" => Ok(ControlMode::Explicit),
+            other => Err(format!(
+                "model control mode `{other}`: expected none, poll or explicit"
+            )),
+        }
     }
 }

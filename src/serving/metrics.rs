@@ -48,6 +48,14 @@ pub struct Metrics {
     pub variant_info: GaugeVec,
     /// The router's current latency prediction in seconds, by variant.
     pub predicted_latency: GaugeVec,
+    /// 1 while the variant is served, 0 while the catalogue has it but it is not (failed to
+    /// load, or unloaded).
+    pub model_ready: IntGaugeVec,
+    /// Loads and unloads by the live repository after start, by variant and outcome
+    /// (`loaded`, `failed`, `unloaded`).
+    pub loads: IntCounterVec,
+    /// Time to read, import and warm up a variant, by variant.
+    pub load_duration: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -154,6 +162,29 @@ impl Metrics {
                 ),
                 &["variant"],
             )?,
+            model_ready: IntGaugeVec::new(
+                opts(
+                    "model_ready",
+                    "1 while the variant is served, 0 while the catalogue has it and it is not \
+                     (failed to load, or unloaded).",
+                ),
+                &["variant"],
+            )?,
+            loads: IntCounterVec::new(
+                opts(
+                    "model_loads_total",
+                    "Model loads and unloads after start, by outcome (loaded, failed, unloaded).",
+                ),
+                &["variant", "outcome"],
+            )?,
+            load_duration: HistogramVec::new(
+                HistogramOpts::from(opts(
+                    "model_load_duration_seconds",
+                    "Time to read, check, import and warm up a variant.",
+                ))
+                .buckets(prometheus::exponential_buckets(0.01, 2.0, 12)?),
+                &["variant"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
@@ -173,6 +204,9 @@ impl Metrics {
         m.registry.register(Box::new(m.parameters.clone()))?;
         m.registry.register(Box::new(m.variant_info.clone()))?;
         m.registry.register(Box::new(m.predicted_latency.clone()))?;
+        m.registry.register(Box::new(m.model_ready.clone()))?;
+        m.registry.register(Box::new(m.loads.clone()))?;
+        m.registry.register(Box::new(m.load_duration.clone()))?;
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

@@ -7,10 +7,12 @@ pub mod admission;
 pub mod batcher;
 pub mod config;
 pub mod latency;
+pub mod memory;
 pub mod metrics;
 pub mod prepare;
 pub mod readiness;
 pub mod registry;
+pub mod repository;
 pub mod request;
 pub mod router;
 pub mod shutdown;
@@ -25,13 +27,14 @@ use tracing::Instrument;
 pub use self::admission::Admission;
 use self::admission::{count_refusal, Gate};
 use self::batcher::{Batcher, Job, JobOutput};
-pub use self::config::ServiceConfig;
-use self::config::{WARM_UP_DEADLINE, WARM_UP_RUNS};
+pub use self::config::{ControlMode, ServiceConfig};
 use self::metrics::Metrics;
 use self::prepare::prepare;
 use self::readiness::Readiness;
-use self::registry::Registry;
-pub use self::registry::{Accuracy, LatencyInfo, ModelInfo, EVAL_RESULTS};
+use self::registry::{candidates, describe, publish, Registry, Snapshot};
+pub use self::registry::{Accuracy, LatencyInfo, ModelInfo, Served, EVAL_RESULTS};
+use self::repository::{warm_up, Repository};
+pub use self::repository::{IndexEntry, ModelState, Rescan};
 pub use self::request::{
     millis, ClassifyRequest, ClassifyResponse, Images, InferRequest, InferResponse, Prediction,
     Timings, MAX_TOP_K,
@@ -40,13 +43,15 @@ use self::router::Selection;
 use self::workers::{EngineContext, EngineThreads};
 use crate::engine::pool::{ModelPool, Unavailable, Variant};
 use crate::error::{Error, Result};
+use crate::pipeline::postprocess::{softmax_in_place, top_k};
 
 /// The running service: the variants, their queues and engine threads, and the metrics.
 /// Dropping it blocks until the engine threads have answered what is queued.
 #[derive(Debug)]
 pub struct Service {
-    registry: Registry,
-    batcher: Arc<Batcher>,
+    registry: Arc<Registry>,
+    repository: Repository,
+    batcher: Arc<Batcher<Served>>,
     gate: Gate,
     metrics: Arc<Metrics>,
     readiness: Readiness,
@@ -68,25 +73,29 @@ impl Service {
     pub fn without_engine(pool: ModelPool, config: ServiceConfig) -> Result<Arc<Self>> {
         config.validate()?;
         let metrics = Arc::new(Metrics::new().map_err(|e| Error::Internal(e.to_string()))?);
-        let registry = Registry::new(
+        let opts = pool.options().clone();
+        let registry = Arc::new(Registry::new(
             pool,
             config.eval_results.as_deref(),
             config.default_model.as_deref(),
-        )?;
-        let names = registry
-            .variants()
-            .iter()
-            .map(|v| v.spec.name.clone())
-            .collect();
+            config.model_control == ControlMode::Explicit,
+        )?);
         let batcher = Arc::new(Batcher::new(
-            names,
             config.batch,
             config.max_queue,
             metrics.clone(),
         ));
-        registry.publish(&metrics);
+        publish(&registry.snapshot(), &metrics);
+        let repository = Repository::new(
+            config.model_control,
+            opts,
+            registry.clone(),
+            batcher.clone(),
+            metrics.clone(),
+        );
         Ok(Arc::new(Service {
             registry,
+            repository,
             batcher,
             gate: Gate::new(config.max_concurrent_requests, metrics.clone()),
             readiness: Readiness::new(metrics.clone()),
@@ -102,14 +111,20 @@ impl Service {
         if engine.is_none() {
             let ctx = EngineContext {
                 batcher: self.batcher.clone(),
-                variants: self.registry.variants().clone(),
-                latency: self.registry.latency().clone(),
                 metrics: self.metrics.clone(),
             };
+            let variants: Vec<Variant> = self
+                .registry
+                .snapshot()
+                .served
+                .iter()
+                .map(|s| s.variant().clone())
+                .collect();
             *engine = Some(EngineThreads::spawn(
                 self.config.engine_threads,
                 self.config.engine_nice,
                 ctx,
+                &variants,
             )?);
         }
         Ok(())
@@ -136,38 +151,46 @@ impl Service {
     /// are paged in and the router has a latency for each before traffic arrives; then the
     /// service reports ready.
     pub async fn warm_up(&self) -> Result<()> {
-        for (i, v) in self.registry.variants().iter().enumerate() {
-            let mut last = None;
-            for _ in 0..WARM_UP_RUNS {
-                let deadline = Instant::now() + WARM_UP_DEADLINE;
-                // Traffic may already fill the queue: wait for room rather than never being ready.
-                let out = loop {
-                    let (job, rx) = Job::new(vec![0.0; v.input_len()], deadline);
-                    match self.batcher.submit(i, vec![job]) {
-                        Ok(()) => {
-                            break rx.await.map_err(|_| {
-                                Error::Internal("the engine stopped during warm-up".into())
-                            })??
-                        }
-                        Err(Error::QueueFull { .. }) => {
-                            tokio::time::sleep(Duration::from_millis(10)).await
-                        }
-                        Err(e) => return Err(e),
-                    }
-                };
-                last = Some(out.inference);
-            }
-            if let Some(t) = last {
-                self.registry.latency()[i].seed_batch(t);
-            }
+        for served in &self.registry.snapshot().served {
+            let last = warm_up(&self.batcher, served).await?;
             tracing::info!(
-                variant = %v.spec.name,
-                ms = last.unwrap_or_default().as_secs_f64() * 1e3,
+                variant = %served.name(),
+                ms = last.as_secs_f64() * 1e3,
                 "warmed up"
             );
         }
+        if let Err(e) = self.repository.scan_catalogue().await {
+            // The index then lists what is served and what failed only.
+            tracing::warn!(error = %e, "cannot read the models directory's catalogue");
+        }
         self.readiness.mark_warm();
         Ok(())
+    }
+
+    /// Who changes the served models after start.
+    pub fn model_control(&self) -> ControlMode {
+        self.repository.mode()
+    }
+
+    /// The repository index: every variant known and its state (`ready_only`: the served).
+    pub fn repository_index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        self.repository.index(ready_only)
+    }
+
+    /// Loads or reloads variant `name` (`explicit` model control only).
+    pub async fn load_model(&self, name: &str) -> Result<()> {
+        self.repository.load(name).await
+    }
+
+    /// Stops serving variant `name` (`explicit` model control only).
+    pub async fn unload_model(&self, name: &str) -> Result<()> {
+        self.repository.unload(name).await
+    }
+
+    /// Brings the served models in line with the models directory (`poll` model control);
+    /// `force` rescans even when no file changed.
+    pub async fn rescan_models(&self, force: bool) -> Result<Rescan> {
+        self.repository.rescan(force).await
     }
 
     /// Ready: warmed up and not draining.
@@ -190,11 +213,16 @@ impl Service {
         self.readiness.watch()
     }
 
-    /// Every variant, as `/v1/models` lists them.
+    /// Every served variant, as `/v1/models` lists them.
     pub fn models(&self) -> Vec<ModelInfo> {
-        self.registry.describe(
+        self.describe(&self.registry.snapshot())
+    }
+
+    fn describe(&self, snapshot: &Snapshot) -> Vec<ModelInfo> {
+        describe(
+            snapshot,
             Instant::now(),
-            &self.batcher.queued_all(),
+            &self.batcher.queued_all(snapshot.names()),
             self.config.batch.max_batch,
             &self.metrics,
         )
@@ -202,20 +230,25 @@ impl Service {
 
     /// One variant, as `/v1/models/{name}` shows it.
     pub fn model(&self, name: &str) -> Result<ModelInfo> {
-        let index = self.registry.index_of(name)?;
-        Ok(self.models().swap_remove(index))
+        self.registry.resolve(name)?;
+        self.models()
+            .into_iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::ModelUnavailable {
+                name: name.to_string(),
+                reason: "it was unloaded just now".into(),
+            })
     }
 
-    /// The variants of the catalogue that failed to load, and why.
-    pub fn unavailable(&self) -> &[Unavailable] {
-        self.registry.unavailable()
+    /// The variants of the catalogue that are not served, and why (failed to load, unloaded).
+    pub fn unavailable(&self) -> Vec<Unavailable> {
+        self.registry.snapshot().unavailable.clone()
     }
 
-    /// The loaded variant called `name`.
-    pub fn variant(&self, name: &str) -> Result<&Variant> {
-        self.registry
-            .index_of(name)
-            .map(|i| &self.registry.variants()[i])
+    /// The served variant called `name`: the load a request for it runs on, even if it is
+    /// replaced meanwhile.
+    pub fn variant(&self, name: &str) -> Result<Arc<Served>> {
+        self.registry.resolve(name)
     }
 
     /// The class name of output `index` of `variant` (`background` for TF-slim's extra class).
@@ -224,17 +257,18 @@ impl Service {
     }
 
     /// The `variant` label under which a request for model `name` is counted: the name when such
-    /// a variant is loaded, else `none` (unknown names must not grow the label set).
-    pub fn metrics_label(&self, name: &str) -> &str {
+    /// a variant is served, else `none` (unknown names must not grow the label set).
+    pub fn metrics_label(&self, name: &str) -> String {
         self.registry.metrics_label(name)
     }
 
-    /// Elements of the largest variant's input image.
+    /// Elements of the largest served variant's input image.
     pub fn largest_input_len(&self) -> usize {
         self.registry
-            .variants()
+            .snapshot()
+            .served
             .iter()
-            .map(|v| v.input_len())
+            .map(|s| s.variant().input_len())
             .max()
             .unwrap_or(0)
     }
@@ -289,40 +323,36 @@ impl Service {
                 "warming up: latency targets are served once every variant is measured".into(),
             ));
         }
+        let snapshot = self.registry.snapshot();
         if let Selection::Name(name) = &request.selection {
-            // A name the catalogue has but that failed to load says why.
-            self.registry.index_of(name)?;
+            // A name the catalogue has but that failed to load (or was unloaded) says why.
+            self.registry.resolve(name)?;
         }
-        let candidates = self.registry.candidates(
+        let Some(default) = snapshot.default else {
+            return Err(Error::Unavailable(
+                "no model is loaded: load one through the repository API".into(),
+            ));
+        };
+        let candidates = candidates(
+            &snapshot,
             started,
-            &self.batcher.queued_all(),
+            &self.batcher.queued_all(snapshot.names()),
             self.config.batch.max_batch,
             &self.metrics,
         );
-        let choice = router::choose(
-            &request.selection,
-            &candidates,
-            self.registry.default_index(),
-        )?;
-        let variant = &self.registry.variants()[choice.index];
-        admission.count_as(&variant.spec.name);
+        let choice = router::choose(&request.selection, &candidates, default)?;
+        let served = snapshot.served[choice.index].clone();
+        drop(snapshot);
+        admission.count_as(served.name());
         let ran = self
-            .run(
-                admission,
-                choice.index,
-                Images::Encoded(request.images),
-                timeout,
-            )
+            .run(admission, &served, Images::Encoded(request.images), timeout)
             .await?;
 
         let post_started = Instant::now();
         let predictions = tracing::debug_span!("postprocess").in_scope(|| {
             ran.outputs
                 .iter()
-                .map(|o| {
-                    self.registry
-                        .predictions(choice.index, &o.scores, request.top_k)
-                })
+                .map(|o| self.predictions(&served, &o.scores, request.top_k))
                 .collect()
         });
         let mut timings = ran.timings;
@@ -330,7 +360,7 @@ impl Service {
         timings.postprocess = millis(now - post_started);
         timings.total = millis(now - started);
         Ok(ClassifyResponse {
-            model: variant.spec.name.clone(),
+            model: served.name().to_string(),
             predictions,
             target_met: choice.target_met,
             timings,
@@ -345,18 +375,38 @@ impl Service {
         admission: &mut Admission,
         request: InferRequest,
     ) -> Result<InferResponse> {
-        let index = self.registry.index_of(&request.model)?;
         let started = admission.admitted();
         self.check_count(request.images.len())?;
         let timeout = self.check_timeout(request.timeout)?;
-        let ran = self.run(admission, index, request.images, timeout).await?;
+        let ran = self
+            .run(admission, &request.model, request.images, timeout)
+            .await?;
         let mut timings = ran.timings;
         timings.total = millis(started.elapsed());
         Ok(InferResponse {
-            model: request.model,
+            model: request.model.name().to_string(),
             outputs: ran.outputs.into_iter().map(|o| o.scores).collect(),
             timings,
         })
+    }
+
+    /// Softmax (unless the graph has one), then the top `k` ImageNet classes of `served`; the
+    /// background output of 1001-class models is never a prediction.
+    fn predictions(&self, served: &Served, scores: &[f32], k: usize) -> Vec<Prediction> {
+        let variant = served.variant();
+        let mut probs = scores.to_vec();
+        if !variant.model.softmax() {
+            softmax_in_place(&mut probs);
+        }
+        let offset = variant.spec.label_offset;
+        top_k(&probs[offset.min(probs.len())..], k)
+            .into_iter()
+            .map(|(class, score)| Prediction {
+                index: class,
+                label: self.registry.label(variant, class + offset),
+                score,
+            })
+            .collect()
     }
 
     fn check_count(&self, n: usize) -> Result<()> {
@@ -384,17 +434,17 @@ impl Service {
         Ok(timeout)
     }
 
-    /// Prepares the images, queues them on variant `index` and waits for every answer, or for
-    /// the deadline; then gives the request's slot back. Fills every timing but postprocess
-    /// and total.
+    /// Prepares the images, queues them on `served` and waits for every answer, or for the
+    /// deadline; then gives the request's slot back. Fills every timing but postprocess and
+    /// total.
     async fn run(
         &self,
         admission: &mut Admission,
-        index: usize,
+        served: &Arc<Served>,
         images: Images,
         timeout: Duration,
     ) -> Result<Ran> {
-        let ran = self.run_held(admission, index, images, timeout).await;
+        let ran = self.run_held(admission, served, images, timeout).await;
         admission.release();
         ran
     }
@@ -402,12 +452,12 @@ impl Service {
     async fn run_held(
         &self,
         admission: &mut Admission,
-        index: usize,
+        served: &Arc<Served>,
         images: Images,
         timeout: Duration,
     ) -> Result<Ran> {
         let deadline = admission.admitted() + timeout;
-        let variant = &self.registry.variants()[index];
+        let variant = served.variant();
         let n = images.len();
         let prepared = prepare(admission, variant, images, self.config.decode_limits).await?;
         if Instant::now() >= deadline {
@@ -422,7 +472,7 @@ impl Service {
             jobs.push(job);
             receivers.push(rx);
         }
-        admission.take_incoming()?.submit(index, jobs)?;
+        admission.take_incoming()?.submit(served, jobs)?;
 
         let mut outputs: Vec<JobOutput> = Vec::with_capacity(n);
         for rx in receivers {
@@ -436,7 +486,7 @@ impl Service {
         }
         let now = Instant::now();
         for o in &outputs {
-            self.registry.latency()[index].record_image(o.queue, o.inference, now);
+            served.latency().record_image(o.queue, o.inference, now);
         }
         let mut batches: Vec<u64> = outputs.iter().map(|o| o.batch_id).collect();
         batches.dedup();

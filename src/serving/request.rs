@@ -56,8 +56,9 @@ impl Images {
 /// A request for one named variant's raw outputs (the Open Inference Protocol's inference).
 #[derive(Debug, Clone)]
 pub struct InferRequest {
-    /// The variant.
-    pub model: String,
+    /// The variant's load (see `Service::variant`): the request runs on it
+    /// even if the variant is replaced meanwhile.
+    pub model: std::sync::Arc<super::registry::Served>,
     /// Its inputs.
     pub images: Images,
     /// The client's deadline, from now (the configured default when `None`).

@@ -14,18 +14,14 @@ use crate::engine::team::Team;
 use crate::engine::workspace::{resident_vec, Footprint, Workspace};
 use crate::error::{Error, Result};
 use crate::serving::batcher::{Batch, Batcher, JobOutput};
-use crate::serving::latency::LatencyTracker;
 use crate::serving::metrics::Metrics;
+use crate::serving::registry::Served;
 
 /// What the engine threads share.
 #[derive(Debug, Clone)]
 pub struct EngineContext {
-    /// Where batches come from.
-    pub batcher: Arc<Batcher>,
-    /// The variants, indexed like the batcher's queues.
-    pub variants: Arc<[Variant]>,
-    /// Live latency per variant, same indices.
-    pub latency: Arc<[LatencyTracker]>,
+    /// Where batches come from; each carries its model.
+    pub batcher: Arc<Batcher<Served>>,
     /// Batch sizes go here.
     pub metrics: Arc<Metrics>,
 }
@@ -66,19 +62,25 @@ fn lower_priority(nice: i32) {
 #[derive(Debug)]
 pub struct EngineThreads {
     handles: Vec<JoinHandle<()>>,
-    batcher: Arc<Batcher>,
+    batcher: Arc<Batcher<Served>>,
 }
 
 impl EngineThreads {
     /// Starts `threads` engine threads: `engine-0` takes the batches, and every batch is split
     /// across it and the `threads - 1` others. Buffers are sized for the largest batch of the
-    /// largest variant first, so that serving never allocates activations.
-    pub fn spawn(threads: usize, nice: i32, ctx: EngineContext) -> Result<Self> {
+    /// largest of `variants` first, so that serving them never allocates activations (a larger
+    /// variant loaded later grows them once).
+    pub fn spawn(
+        threads: usize,
+        nice: i32,
+        ctx: EngineContext,
+        variants: &[Variant],
+    ) -> Result<Self> {
         let max_batch = ctx.batcher.policy().max_batch;
         let mut activations = Footprint::default();
         let mut inputs = 0;
         let mut outputs = 0;
-        for v in ctx.variants.iter() {
+        for v in variants {
             let r = v.spec.resolution;
             activations = activations.max(v.model.footprint(max_batch, r, r)?);
             inputs = inputs.max(max_batch * v.input_len());
@@ -126,8 +128,8 @@ struct Buffers {
     output: Vec<f32>,
 }
 
-fn run_batch(ctx: &EngineContext, team: &Team, buffers: &mut Buffers, batch: Batch) {
-    let variant = &ctx.variants[batch.variant];
+fn run_batch(ctx: &EngineContext, team: &Team, buffers: &mut Buffers, batch: Batch<Served>) {
+    let variant = batch.model.variant();
     let n = batch.jobs.len();
     let r = variant.spec.resolution;
     buffers.input.clear();
@@ -172,7 +174,7 @@ fn run_batch(ctx: &EngineContext, team: &Team, buffers: &mut Buffers, batch: Bat
     });
     match result {
         Ok(()) => {
-            ctx.latency[batch.variant].record_batch(inference);
+            batch.model.latency().record_batch(inference);
             for (job, scores) in batch
                 .jobs
                 .into_iter()

@@ -19,7 +19,7 @@ use mobilenet_serve::pipeline::decode::{decode, DecodeLimits};
 use mobilenet_serve::pipeline::postprocess::argmax;
 use mobilenet_serve::pipeline::preprocess::preprocess;
 use mobilenet_serve::serving::batcher::BatchPolicy;
-use mobilenet_serve::serving::{Service, ServiceConfig};
+use mobilenet_serve::serving::{ControlMode, Service, ServiceConfig};
 
 /// The cheapest variant.
 pub const SMALL: &str = "mobilenet_v1_0.25_128";
@@ -58,6 +58,8 @@ pub fn config() -> ServiceConfig {
         engine_threads: 2,
         engine_nice: mobilenet_serve::serving::workers::DEFAULT_ENGINE_NICE,
         eval_results: None,
+        model_control: ControlMode::None,
+        repository_poll: Duration::from_secs(15),
     }
 }
 

@@ -13,7 +13,7 @@ use mobilenet_serve::engine::pool::{LoadOptions, ModelPool};
 use mobilenet_serve::kernels::{KernelSet, TierChoice};
 use mobilenet_serve::pipeline::decode::DecodeLimits;
 use mobilenet_serve::serving::batcher::BatchPolicy;
-use mobilenet_serve::serving::{Service, ServiceConfig};
+use mobilenet_serve::serving::{ControlMode, Service, ServiceConfig};
 use tokio::net::TcpListener;
 
 const VARIANT: &str = "mobilenet_v1_0.25_128";
@@ -34,6 +34,8 @@ fn config() -> ServiceConfig {
         engine_threads: 2,
         engine_nice: mobilenet_serve::serving::workers::DEFAULT_ENGINE_NICE,
         eval_results: None,
+        model_control: ControlMode::None,
+        repository_poll: Duration::from_secs(15),
     }
 }
 

@@ -23,5 +23,6 @@ mod openapi;
 mod pipeline;
 mod ptq;
 mod quant;
+mod repository;
 mod tflite;
 mod zoo;

@@ -177,7 +177,7 @@ async fn health_and_metadata_describe_each_variant() {
     assert_eq!(meta["name"], "mobilenet-serve");
     assert_eq!(
         meta["extensions"],
-        json!(["classification", "binary_tensor_data"])
+        json!(["classification", "binary_tensor_data", "model_repository"])
     );
     for uri in [
         format!("/v2/models/{SMALL}"),

@@ -99,7 +99,7 @@ async fn every_described_operation_is_served_as_described() {
     let ops = operations(&doc);
     assert_eq!(
         ops.len(),
-        21,
+        24,
         "the routes of the API, the OIP and the pages"
     );
     for (path, method, op) in &ops {
@@ -120,7 +120,9 @@ async fn every_described_operation_is_served_as_described() {
         );
         let text = String::from_utf8_lossy(&reply.body);
         assert!(!text.contains("no such route"), "{what} is routed: {text}");
-        if *method == Method::POST {
+        // `{}` asks the repository index for every model; the other POSTs need more (or, for
+        // repository loads, a model control mode that allows them).
+        if *method == Method::POST && path != "/v2/repository/index" {
             assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{what}: {text}");
         } else {
             assert_eq!(reply.status, StatusCode::OK, "{what}: {text}");

@@ -219,6 +219,63 @@ impl GrpcInferenceService for InferenceApi {
         }))
     }
 
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let r = request.into_inner();
+        let models = oip::repository::index(&self.service, &r.repository_name, r.ready)
+            .map_err(status)?
+            .into_iter()
+            .map(|m| pb::repository_index_response::ModelIndex {
+                name: m.name,
+                version: m.version,
+                state: m.state,
+                reason: m.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let r = request.into_inner();
+        let parameters: Vec<String> = r.parameters.into_keys().collect();
+        oip::repository::load(
+            &self.service,
+            &r.repository_name,
+            &r.model_name,
+            &parameters,
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let r = request.into_inner();
+        // tritonclient always sends it; there are no dependents (no ensembles).
+        let parameters: Vec<String> = r
+            .parameters
+            .into_keys()
+            .filter(|k| k != "unload_dependents")
+            .collect();
+        oip::repository::unload(
+            &self.service,
+            &r.repository_name,
+            &r.model_name,
+            &parameters,
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+
     async fn model_infer(
         &self,
         request: Request<pb::ModelInferRequest>,
@@ -229,7 +286,7 @@ impl GrpcInferenceService for InferenceApi {
         let id = msg.id.clone();
         let longest = self.service.config().max_request_timeout;
         let limits = ElementLimits::of(&self.service);
-        admission.count_as(self.service.metrics_label(&msg.model_name));
+        admission.count_as(&self.service.metrics_label(&msg.model_name));
         let parsed = admission
             .check(to_request(msg, deadline, longest, &limits))
             .map_err(status)?;

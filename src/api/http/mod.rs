@@ -7,6 +7,7 @@ pub(crate) mod body;
 pub(crate) mod classifier;
 pub(crate) mod oip;
 pub(crate) mod oip_body;
+pub(crate) mod repository;
 pub(crate) mod timing;
 
 use std::sync::Arc;

@@ -294,7 +294,7 @@ async fn run_infer(
     let mut admission = service.admit(PROTOCOL)?;
     let limit = service.config().decode_limits.max_bytes;
     let limits = ElementLimits::of(&service);
-    admission.count_as(service.metrics_label(&model));
+    admission.count_as(&service.metrics_label(&model));
     // An unknown model or version is refused before its body is read.
     admission.check(
         service

@@ -1,9 +1,13 @@
-//! Dynamic batching: one bounded queue per variant, drained by the engine threads.
+//! Dynamic batching: one bounded queue per loaded model, drained by the engine threads.
 //!
 //! Request handlers [`Batcher::submit`] preprocessed images (all of a request's images or none)
 //! and await their replies. Engine threads call [`Batcher::next_batch`], which blocks until the
 //! [`BatchPolicy`] says a queue is due, then takes up to `max_batch` live images from it. Images
 //! whose client went away or whose deadline passed are dropped there, before any compute.
+//!
+//! Queues are keyed by the loaded model itself ([`QueueKey`]), not by a fixed index, so that
+//! models come and go: a replaced model keeps its queue until what it holds has run, beside
+//! its successor's, and the queue goes once it is empty and its model retired.
 
 pub mod policy;
 
@@ -59,11 +63,21 @@ impl Job {
     }
 }
 
+/// What a queue is for: a loaded model, which the batches of its queue carry to the engine.
+pub trait QueueKey: std::fmt::Debug + Send + Sync + 'static {
+    /// Tells this load apart from every other, a reload of the same name included.
+    fn key(&self) -> u64;
+    /// The variant name (the `variant` label of the queue's metrics).
+    fn name(&self) -> &str;
+    /// Replaced or unloaded: its queue goes once empty.
+    fn is_retired(&self) -> bool;
+}
+
 /// A batch taken by an engine thread.
 #[derive(Debug)]
-pub struct Batch {
-    /// Index of the variant (in the order given to [`Batcher::new`]).
-    pub variant: usize,
+pub struct Batch<K> {
+    /// The model whose queue it came from.
+    pub model: Arc<K>,
     /// Sequential batch number.
     pub id: u64,
     /// The images, in queue order.
@@ -71,8 +85,14 @@ pub struct Batch {
 }
 
 #[derive(Debug)]
-struct State {
-    queues: Vec<VecDeque<Job>>,
+struct Queue<K> {
+    model: Arc<K>,
+    jobs: VecDeque<Job>,
+}
+
+#[derive(Debug)]
+struct State<K> {
+    queues: Vec<Queue<K>>,
     /// No more submissions; the threads drain what is queued and stop.
     closed: bool,
     /// Admitted requests that have not submitted their images yet (see [`Incoming`]).
@@ -80,29 +100,23 @@ struct State {
     next_id: u64,
 }
 
-/// The per-variant queues shared by request handlers and engine threads.
+/// The per-model queues shared by request handlers and engine threads.
 #[derive(Debug)]
-pub struct Batcher {
-    state: Mutex<State>,
+pub struct Batcher<K> {
+    state: Mutex<State<K>>,
     /// Signalled when work arrives or the batcher closes.
     wake: Condvar,
     policy: BatchPolicy,
     max_queue: usize,
-    names: Vec<String>,
     metrics: Arc<Metrics>,
 }
 
-impl Batcher {
-    /// Queues for the variants called `names`, each holding at most `max_queue` images.
-    pub fn new(
-        names: Vec<String>,
-        policy: BatchPolicy,
-        max_queue: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+impl<K: QueueKey> Batcher<K> {
+    /// Queues holding at most `max_queue` images each, made as models are first submitted to.
+    pub fn new(policy: BatchPolicy, max_queue: usize, metrics: Arc<Metrics>) -> Self {
         Batcher {
             state: Mutex::new(State {
-                queues: names.iter().map(|_| VecDeque::new()).collect(),
+                queues: Vec::new(),
                 closed: false,
                 incoming: 0,
                 next_id: 0,
@@ -110,7 +124,6 @@ impl Batcher {
             wake: Condvar::new(),
             policy,
             max_queue,
-            names,
             metrics,
         }
     }
@@ -124,31 +137,28 @@ impl Batcher {
     /// request is announced, partial batches wait up to `max_delay` for it; when none is, they
     /// run at once, since nothing could join them. Under load batches fill up anyway; at low
     /// load no request pays the delay for nothing.
-    pub fn expect(self: &Arc<Self>) -> Incoming {
+    pub fn expect(self: &Arc<Self>) -> Incoming<K> {
         self.lock().incoming += 1;
         Incoming {
             batcher: Some(self.clone()),
         }
     }
 
-    /// Queues all of `jobs` for `variant`, or none of them when they do not fit.
-    pub fn submit(&self, variant: usize, jobs: Vec<Job>) -> Result<()> {
-        self.submit_locked(self.lock(), variant, jobs)
+    /// Queues all of `jobs` for `model`, or none of them when they do not fit. A retired model
+    /// still takes them: the request chose it before it was replaced, and runs on it.
+    pub fn submit(&self, model: &Arc<K>, jobs: Vec<Job>) -> Result<()> {
+        self.submit_locked(self.lock(), model, jobs)
     }
 
     fn submit_locked(
         &self,
-        mut state: MutexGuard<'_, State>,
-        variant: usize,
+        mut state: MutexGuard<'_, State<K>>,
+        model: &Arc<K>,
         jobs: Vec<Job>,
     ) -> Result<()> {
         if state.closed {
             return Err(Error::Unavailable("the engine is shutting down".into()));
         }
-        let queue = state
-            .queues
-            .get_mut(variant)
-            .ok_or_else(|| Error::Internal(format!("no queue for variant {variant}")))?;
         if jobs.len() > self.max_queue {
             return Err(Error::BadRequest(format!(
                 "{} images in one request never fit the queue of {} images",
@@ -156,17 +166,27 @@ impl Batcher {
                 self.max_queue
             )));
         }
-        if queue.len() + jobs.len() > self.max_queue {
+        let at = state
+            .queues
+            .iter()
+            .position(|q| q.model.key() == model.key());
+        let queued = at.map_or(0, |at| state.queues[at].jobs.len());
+        if queued + jobs.len() > self.max_queue {
             return Err(Error::QueueFull {
-                variant: self.names[variant].clone(),
+                variant: model.name().to_string(),
                 capacity: self.max_queue,
                 retry_after_s: crate::error::RETRY_AFTER_S,
             });
         }
-        queue.extend(jobs);
-        let depth = queue.len();
+        match at {
+            Some(at) => state.queues[at].jobs.extend(jobs),
+            None => state.queues.push(Queue {
+                model: model.clone(),
+                jobs: jobs.into(),
+            }),
+        }
         // Under the lock, so that a concurrent take cannot leave a stale depth behind.
-        self.set_depth(variant, depth);
+        self.set_depth(&state, model.name());
         drop(state);
         // Every waiting thread re-decides: one may take this batch, another may then be the
         // only one left to keep the timer of a partial batch elsewhere.
@@ -174,14 +194,28 @@ impl Batcher {
         Ok(())
     }
 
-    /// Images waiting for `variant`.
-    pub fn queued(&self, variant: usize) -> usize {
-        self.lock().queues.get(variant).map_or(0, VecDeque::len)
+    /// Images waiting for the variant called `name` (its retired loads' included).
+    pub fn queued(&self, name: &str) -> usize {
+        depth_of(&self.lock(), name)
     }
 
-    /// Images waiting for every variant, read under one lock.
-    pub fn queued_all(&self) -> Vec<usize> {
-        self.lock().queues.iter().map(VecDeque::len).collect()
+    /// Images waiting for each of `names`, read under one lock.
+    pub fn queued_all<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
+        let state = self.lock();
+        names.into_iter().map(|n| depth_of(&state, n)).collect()
+    }
+
+    /// Called once `model` is retired: its queue goes now if empty, else once drained.
+    pub fn retire(&self, model: &K) {
+        let mut state = self.lock();
+        state
+            .queues
+            .retain(|q| q.model.key() != model.key() || !q.jobs.is_empty());
+    }
+
+    /// Queues that exist now (retired ones still draining included).
+    pub fn queue_count(&self) -> usize {
+        self.lock().queues.len()
     }
 
     /// Refuses new submissions; engine threads finish what is queued, then
@@ -193,11 +227,11 @@ impl Batcher {
 
     /// Blocks until a batch is due and returns it; `None` once closed and empty. For engine
     /// threads only (it blocks the calling OS thread).
-    pub fn next_batch(&self) -> Option<Batch> {
+    pub fn next_batch(&self) -> Option<Batch<K>> {
         let mut state = self.lock();
         loop {
             let now = Instant::now();
-            let views: Vec<QueueView> = state.queues.iter().map(view).collect();
+            let views: Vec<QueueView> = state.queues.iter().map(|q| view(&q.jobs)).collect();
             let flush = state.closed || state.incoming == 0;
             match self.policy.decide(now, &views, flush) {
                 Decision::Run(variant) => {
@@ -226,10 +260,12 @@ impl Batcher {
         }
     }
 
-    /// Takes up to `max_batch` live jobs from the front of `variant`'s queue.
-    fn take(&self, state: &mut State, variant: usize, now: Instant) -> Option<Batch> {
-        let name = &self.names[variant];
-        let queue = &mut state.queues[variant];
+    /// Takes up to `max_batch` live jobs from the front of queue `at`, and removes the queue
+    /// when that empties a retired model's.
+    fn take(&self, state: &mut State<K>, at: usize, now: Instant) -> Option<Batch<K>> {
+        let model = state.queues[at].model.clone();
+        let name = model.name();
+        let queue = &mut state.queues[at].jobs;
         let mut jobs = Vec::with_capacity(self.policy.max_batch.min(queue.len()));
         while jobs.len() < self.policy.max_batch {
             let Some(job) = queue.pop_front() else { break };
@@ -249,24 +285,26 @@ impl Batcher {
                 jobs.push(job);
             }
         }
-        let depth = queue.len();
-        self.set_depth(variant, depth);
+        if queue.is_empty() && model.is_retired() {
+            state.queues.swap_remove(at);
+        }
+        self.set_depth(&*state, name);
         if jobs.is_empty() {
             return None;
         }
         let id = state.next_id;
         state.next_id += 1;
-        Some(Batch { variant, id, jobs })
+        Some(Batch { model, id, jobs })
     }
 
-    fn set_depth(&self, variant: usize, depth: usize) {
+    fn set_depth(&self, state: &State<K>, name: &str) {
         self.metrics
             .queue_depth
-            .with_label_values(&[&self.names[variant]])
-            .set(depth as i64);
+            .with_label_values(&[name])
+            .set(depth_of(state, name) as i64);
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<K>> {
         // Queues of plain values stay consistent even if a holder panicked.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -275,20 +313,20 @@ impl Batcher {
 /// A request announced to the batcher (see [`Batcher::expect`]); it stops counting when it
 /// submits its images or is dropped.
 #[derive(Debug)]
-pub struct Incoming {
-    batcher: Option<Arc<Batcher>>,
+pub struct Incoming<K: QueueKey> {
+    batcher: Option<Arc<Batcher<K>>>,
 }
 
-impl Incoming {
+impl<K: QueueKey> Incoming<K> {
     /// Queues the request's images (see [`Batcher::submit`]) and stops counting it, atomically,
     /// so that no engine thread sees neither.
-    pub fn submit(mut self, variant: usize, jobs: Vec<Job>) -> Result<()> {
+    pub fn submit(mut self, model: &Arc<K>, jobs: Vec<Job>) -> Result<()> {
         let Some(batcher) = self.batcher.take() else {
             return Err(Error::Internal("a request was submitted twice".into()));
         };
         let mut state = batcher.lock();
         state.incoming -= 1;
-        let submitted = batcher.submit_locked(state, variant, jobs);
+        let submitted = batcher.submit_locked(state, model, jobs);
         if submitted.is_err() {
             // Refused: partial batches elsewhere may have been waiting for this request only.
             batcher.wake.notify_all();
@@ -297,7 +335,7 @@ impl Incoming {
     }
 }
 
-impl Drop for Incoming {
+impl<K: QueueKey> Drop for Incoming<K> {
     fn drop(&mut self) {
         if let Some(batcher) = self.batcher.take() {
             batcher.lock().incoming -= 1;
@@ -305,6 +343,16 @@ impl Drop for Incoming {
             batcher.wake.notify_all();
         }
     }
+}
+
+/// Images queued for `name`: a replaced model's queue still draining counts with its successor's.
+fn depth_of<K: QueueKey>(state: &State<K>, name: &str) -> usize {
+    state
+        .queues
+        .iter()
+        .filter(|q| q.model.name() == name)
+        .map(|q| q.jobs.len())
+        .sum()
 }
 
 fn view(queue: &VecDeque<Job>) -> QueueView {
@@ -319,13 +367,41 @@ fn view(queue: &VecDeque<Job>) -> QueueView {
 mod tests {
     use super::*;
 
-    fn batcher(max_batch: usize, max_queue: usize) -> Batcher {
+    /// A queue key without a model.
+    #[derive(Debug)]
+    struct Model {
+        key: u64,
+        name: &'static str,
+        retired: std::sync::atomic::AtomicBool,
+    }
+
+    impl QueueKey for Model {
+        fn key(&self) -> u64 {
+            self.key
+        }
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn is_retired(&self) -> bool {
+            self.retired.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    fn model(key: u64, name: &'static str) -> Arc<Model> {
+        Arc::new(Model {
+            key,
+            name,
+            retired: false.into(),
+        })
+    }
+
+    fn batcher(max_batch: usize, max_queue: usize) -> Batcher<Model> {
         let policy = BatchPolicy {
             max_batch,
             max_delay: Duration::from_millis(1),
         };
         let metrics = Arc::new(Metrics::new().unwrap());
-        Batcher::new(vec!["a".into(), "b".into()], policy, max_queue, metrics)
+        Batcher::new(policy, max_queue, metrics)
     }
 
     fn far() -> Instant {
@@ -335,28 +411,66 @@ mod tests {
     #[test]
     fn submission_is_all_or_nothing_within_the_bound() {
         let b = batcher(4, 3);
+        let (a, c) = (model(1, "a"), model(2, "b"));
         let (j1, _r1) = Job::new(vec![1.0], far());
         let (j2, _r2) = Job::new(vec![2.0], far());
-        b.submit(0, vec![j1, j2]).unwrap();
+        b.submit(&a, vec![j1, j2]).unwrap();
         let (j3, _r3) = Job::new(vec![3.0], far());
         let (j4, _r4) = Job::new(vec![4.0], far());
-        let err = b.submit(0, vec![j3, j4]).unwrap_err();
+        let err = b.submit(&a, vec![j3, j4]).unwrap_err();
         assert_eq!(err.kind().status, 429);
-        assert_eq!(b.queued(0), 2);
-        assert_eq!(b.queued(1), 0);
+        assert_eq!(b.queued("a"), 2);
+        assert_eq!(b.queued("b"), 0);
+        let (j5, _r5) = Job::new(vec![5.0], far());
+        b.submit(&c, vec![j5]).unwrap();
+        assert_eq!(b.queued_all(["a", "b", "c"]), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn a_retired_model_keeps_its_queue_until_drained_beside_its_successor() {
+        let b = batcher(8, 10);
+        let (old, new) = (model(1, "a"), model(2, "a"));
+        let (j1, _r1) = Job::new(vec![1.0], far());
+        b.submit(&old, vec![j1]).unwrap();
+        old.retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        b.retire(&old);
+        // Queued work is not dropped by the retirement, and a late submission still runs on
+        // the model its request chose.
+        let (j2, _r2) = Job::new(vec![2.0], far());
+        b.submit(&old, vec![j2]).unwrap();
+        let (j3, _r3) = Job::new(vec![3.0], far());
+        b.submit(&new, vec![j3]).unwrap();
+        assert_eq!((b.queued("a"), b.queue_count()), (3, 2));
+        let first = b.next_batch().unwrap();
+        assert_eq!(first.model.key, 1);
+        assert_eq!(first.jobs.len(), 2);
+        assert_eq!(b.queue_count(), 1, "the drained retired queue stays");
+        let second = b.next_batch().unwrap();
+        assert_eq!((second.model.key, second.jobs.len()), (2, 1));
+        assert_eq!(b.queue_count(), 1, "a live model's empty queue stays");
+        new.retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        b.retire(&new);
+        assert_eq!(b.queue_count(), 0);
+        assert!(b
+            .metrics
+            .render()
+            .contains(r#"mobilenet_queue_depth{variant="a"} 0"#));
     }
 
     #[test]
     fn batches_take_at_most_max_batch_in_order() {
         let b = batcher(2, 10);
+        let m = model(7, "b");
         let mut rxs = Vec::new();
         for i in 0..3 {
             let (j, rx) = Job::new(vec![i as f32], far());
             rxs.push(rx);
-            b.submit(1, vec![j]).unwrap();
+            b.submit(&m, vec![j]).unwrap();
         }
         let first = b.next_batch().unwrap();
-        assert_eq!(first.variant, 1);
+        assert_eq!(first.model.key, 7);
         let inputs: Vec<f32> = first.jobs.iter().map(|j| j.input[0]).collect();
         assert_eq!(inputs, vec![0.0, 1.0]);
         // The single remaining image is flushed after max_delay.
@@ -366,8 +480,8 @@ mod tests {
 
     #[test]
     fn partial_batches_wait_only_while_a_request_is_on_its_way() {
+        let m = model(1, "a");
         let b = Arc::new(Batcher::new(
-            vec!["a".into()],
             BatchPolicy {
                 max_batch: 8,
                 max_delay: Duration::from_secs(3600),
@@ -377,12 +491,12 @@ mod tests {
         ));
         // Nothing announced: a lone image runs at once despite the hour-long delay.
         let (j, _rx) = Job::new(vec![0.0], far());
-        b.submit(0, vec![j]).unwrap();
+        b.submit(&m, vec![j]).unwrap();
         assert_eq!(b.next_batch().unwrap().jobs.len(), 1);
         // With a request announced, the partial batch waits for it and then runs with it.
         let (first, _r1) = Job::new(vec![1.0], far());
         let coming = b.expect();
-        b.submit(0, vec![first]).unwrap();
+        b.submit(&m, vec![first]).unwrap();
         let worker = {
             let b = b.clone();
             std::thread::spawn(move || b.next_batch().unwrap().jobs.len())
@@ -393,12 +507,12 @@ mod tests {
             "a partial batch ran while a request was on its way"
         );
         let (second, _r2) = Job::new(vec![2.0], far());
-        coming.submit(0, vec![second]).unwrap();
+        coming.submit(&m, vec![second]).unwrap();
         assert_eq!(worker.join().unwrap(), 2);
         // A request that gives up releases the waiting batch too.
         let (third, _r3) = Job::new(vec![3.0], far());
         let coming = b.expect();
-        b.submit(0, vec![third]).unwrap();
+        b.submit(&m, vec![third]).unwrap();
         drop(coming);
         assert_eq!(b.next_batch().unwrap().jobs.len(), 1);
     }
@@ -406,11 +520,12 @@ mod tests {
     #[test]
     fn dead_jobs_are_dropped_before_compute() {
         let b = batcher(4, 10);
+        let m = model(1, "a");
         let (expired, mut expired_rx) = Job::new(vec![0.0], Instant::now());
         let (gone, gone_rx) = Job::new(vec![1.0], far());
         let (live, _live_rx) = Job::new(vec![2.0], far());
         drop(gone_rx);
-        b.submit(0, vec![expired, gone, live]).unwrap();
+        b.submit(&m, vec![expired, gone, live]).unwrap();
         let batch = b.next_batch().unwrap();
         assert_eq!(batch.jobs.len(), 1);
         assert_eq!(batch.jobs[0].input, vec![2.0]);
@@ -426,11 +541,12 @@ mod tests {
     #[test]
     fn closing_drains_then_stops_every_thread() {
         let b = Arc::new(batcher(8, 10));
+        let m = model(1, "a");
         let (j, _rx) = Job::new(vec![0.0], far());
-        b.submit(0, vec![j]).unwrap();
+        b.submit(&m, vec![j]).unwrap();
         b.close();
         let (late, _late_rx) = Job::new(vec![1.0], far());
-        assert_eq!(b.submit(0, vec![late]).unwrap_err().kind().status, 503);
+        assert_eq!(b.submit(&m, vec![late]).unwrap_err().kind().status, 503);
         let threads: Vec<_> = (0..2)
             .map(|_| {
                 let b = b.clone();
