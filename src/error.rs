@@ -72,12 +72,13 @@ pub enum Error {
         /// Comma-separated list of valid names.
         known: String,
     },
-    /// A variant of the catalogue that failed to load (missing, corrupt or tampered file).
-    #[error("model `{name}` is not served: it failed to load: {reason}")]
+    /// A variant of the catalogue that failed to load (missing, corrupt or tampered file) or
+    /// was unloaded.
+    #[error("model `{name}` is not served: {reason}")]
     ModelUnavailable {
         /// The name asked for.
         name: String,
-        /// Why it failed to load.
+        /// Why: "it failed to load: ..." or "it was unloaded".
         reason: String,
     },
     /// A valid latency/accuracy target that no loaded variant is predicted to meet.

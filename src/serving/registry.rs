@@ -292,7 +292,11 @@ impl Registry {
         match snapshot.unavailable.iter().find(|u| u.name == name) {
             Some(u) => Err(Error::ModelUnavailable {
                 name: name.to_string(),
-                reason: u.error.clone(),
+                reason: if u.error == UNLOADED {
+                    "it was unloaded".to_string()
+                } else {
+                    format!("it failed to load: {}", u.error)
+                },
             }),
             None => Err(Error::UnknownModel {
                 name: name.to_string(),

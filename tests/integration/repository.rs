@@ -139,6 +139,11 @@ async fn explicit_mode_loads_and_unloads_through_the_rest_api() {
     assert_eq!(status, 200);
     assert_eq!(ready.as_array().unwrap().len(), 1);
     assert_eq!(ready[0]["state"], "READY");
+    // The body is an object or null; serde alone would take an array for the struct.
+    let (status, body) = post(addr, "/v2/repository/index", "[]").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, all) = post(addr, "/v2/repository/index", "null").await;
+    assert_eq!((status, all.as_array().unwrap().len()), (200, 2));
     let (status, text) = http(addr, "POST", "/classify", image).await.unwrap();
     assert_eq!(status, 200, "{text}");
     assert!(text.contains(SMALL), "{text}");
@@ -172,7 +177,10 @@ async fn explicit_mode_loads_and_unloads_through_the_rest_api() {
         .await
         .unwrap();
     assert_eq!(status, 404, "{text}");
-    assert!(text.contains("model_unavailable"), "{text}");
+    assert!(
+        text.contains("model_unavailable") && text.contains("it was unloaded"),
+        "{text}"
+    );
     let (status, _) = http(addr, "GET", &format!("/v2/models/{SMALL}/ready"), b"")
         .await
         .unwrap();

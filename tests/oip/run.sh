@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Acceptance of the Open Inference Protocol with clients nobody on this project wrote:
-# tritonclient (HTTP and gRPC) and the KServe SDK (REST and gRPC), from PyPI in their own venv,
+# tritonclient (HTTP and gRPC, the repository extension included) and the KServe SDK (REST and
+# gRPC), from PyPI in their own venv,
 # against `mobilenet-serve serve` on free local ports; then a load run through tritonclient's
 # asyncio clients. Ends with SIGTERM and requires a clean exit. CI runs it (.ci/run).
 #   LOAD_SECONDS  seconds per load level (default 4)
@@ -33,7 +34,9 @@ on_exit() {
 }
 trap on_exit EXIT
 
-start_server "$work/server.log" "$bin" --models "$models" serve --variants "$variants"
+# Explicit model control, so that the clients' repository calls (load, unload) are allowed.
+start_server "$work/server.log" "$bin" --models "$models" serve --model-control-mode explicit \
+  $(for v in ${variants//,/ }; do printf -- '--load-model %s ' "$v"; done)
 
 common=(--http "127.0.0.1:$http_port" --grpc "127.0.0.1:$grpc_port" --data "$data"
   --tensors "$work" --variants "$variants" --images "$images")

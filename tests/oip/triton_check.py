@@ -106,5 +106,27 @@ for proto, mod, url in (("http", thttp, args.http), ("grpc", tgrpc, args.grpc)):
         expect_error(lambda: c.infer(variant, [img], outputs=[mod.InferRequestedOutput("nope")]),
                      400, "StatusCode.INVALID_ARGUMENT", "unknown output")
     expect_error(lambda: c.infer("no_such_model", [img]), 404, "StatusCode.NOT_FOUND", "unknown model")
+
+    # The model repository extension (the server runs with --model-control-mode explicit).
+    def index():
+        listed = c.get_model_repository_index(as_json=True) if proto == "grpc" else \
+            c.get_model_repository_index()
+        listed = listed.get("models", []) if isinstance(listed, dict) else listed
+        return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in listed}
+    names = args.variants.split(",")
+    listed = index()
+    check(all(listed[v][0] == "READY" for v in names), f"repository index: {len(listed)} models, "
+          f"{sum(s == 'READY' for s, _ in listed.values())} ready")
+    gone = names[-1]
+    c.unload_model(gone)
+    check(index()[gone] == ("UNAVAILABLE", "unloaded"), f"unload_model({gone}): UNAVAILABLE, unloaded")
+    if proto == "http":
+        check(not c.is_model_ready(gone), "an unloaded model is not ready")
+    expect_error(lambda: c.infer(gone, [img]), 404, "StatusCode.NOT_FOUND", "inference on an unloaded model")
+    c.load_model(gone)
+    check(index()[gone][0] == "READY" and c.is_model_ready(gone), f"load_model({gone}): READY again")
+    r = c.infer(gone, [img], outputs=[mod.InferRequestedOutput("logits")])
+    check(r.as_numpy("logits").shape[0] == n, "inference after the reload")
+    expect_error(lambda: c.load_model("no_such_model"), 404, "StatusCode.NOT_FOUND", "load of an unknown model")
     c.close()
 print("tritonclient: all checks passed")

@@ -146,7 +146,15 @@ fn parse<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("malformed body: {e}")))
+    let malformed = |e: serde_json::Error| Error::BadRequest(format!("malformed body: {e}"));
+    // serde would also fill a struct from a JSON array; the schema says object (or null).
+    match serde_json::from_slice(body).map_err(malformed)? {
+        serde_json::Value::Null => Ok(T::default()),
+        object @ serde_json::Value::Object(_) => serde_json::from_value(object).map_err(malformed),
+        _ => Err(Error::BadRequest(
+            "malformed body: expected a JSON object".to_string(),
+        )),
+    }
 }
 
 fn done(answer: Result<()>) -> Response {
