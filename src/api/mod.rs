@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod errors;
 pub mod grpc;
+pub mod h2_heads;
 pub mod head;
 pub mod http;
 pub mod openapi;

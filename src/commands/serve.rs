@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::api::auth::{ApiKey, Auth};
 use crate::api::grpc;
+use crate::api::h2_heads::{self, HeadDeadline};
 use crate::api::head;
 use crate::api::http::app;
 use crate::commands::cli::ServeArgs;
@@ -157,9 +158,10 @@ async fn poll_models(service: Arc<Service>) {
     }
 }
 
-/// Longest a client may take to send a request's head; the body then has the request timeout.
-/// Without it, connections that never finish their headers (slowloris) are held forever.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send a request's head, on HTTP/1 and HTTP/2; the body then has
+/// the request timeout. Without it, connections that never finish their headers (slowloris)
+/// are held forever.
+const HEADER_READ_TIMEOUT: Duration = h2_heads::HEAD_DEADLINE;
 
 /// Serves `app` over HTTP/1.1 and HTTP/2 (prior knowledge) until `stopping`, then stops
 /// accepting (new connections are refused) and lets each connection finish its requests.
@@ -208,12 +210,20 @@ async fn serve_http(
         let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if !protocol_known(&tcp).await {
-                return;
-            }
-            let connection =
-                builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
-            if let Err(e) = watcher.watch(connection).await {
+            let ended = match opening(&tcp).await {
+                Opening::Http1 => {
+                    let connection = builder.serve_connection(TokioIo::new(tcp), app_service(app));
+                    watcher.watch(connection).await
+                }
+                Opening::Http2 => {
+                    // h2 has no deadline on request heads of its own.
+                    let io = HeadDeadline::new(tcp, HEADER_READ_TIMEOUT);
+                    let connection = builder.serve_connection(TokioIo::new(io), app_service(app));
+                    watcher.watch(connection).await
+                }
+                Opening::Silent => return,
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
             }
         });
@@ -223,17 +233,30 @@ async fn serve_http(
     Ok(())
 }
 
+fn app_service(app: axum::Router) -> TowerToHyperService<axum::Router> {
+    TowerToHyperService::new(app)
+}
+
+/// What a connection's first bytes say.
+enum Opening {
+    Http1,
+    /// The HTTP/2 client preface (prior knowledge).
+    Http2,
+    /// Nothing that tells in time, or a hang-up.
+    Silent,
+}
+
 /// Waits (at most [`HEADER_READ_TIMEOUT`]) until the client has sent enough to tell HTTP/1 from
-/// HTTP/2's preface, which hyper's version detection would otherwise wait for forever; false
-/// when it never does or hangs up.
-async fn protocol_known(tcp: &tokio::net::TcpStream) -> bool {
+/// HTTP/2's preface, which hyper's version detection would otherwise wait for forever.
+async fn opening(tcp: &tokio::net::TcpStream) -> Opening {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let wait = async {
         let mut buf = [0u8; PREFACE.len()];
         loop {
             match tcp.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n == PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                Ok(0) | Err(_) => return Opening::Silent,
+                Ok(n) if buf[..n] != PREFACE[..n] => return Opening::Http1,
+                Ok(n) if n == PREFACE.len() => return Opening::Http2,
                 // A prefix of the preface so far: wait for more.
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
@@ -241,7 +264,7 @@ async fn protocol_known(tcp: &tokio::net::TcpStream) -> bool {
     };
     tokio::time::timeout(HEADER_READ_TIMEOUT, wait)
         .await
-        .unwrap_or(false)
+        .unwrap_or(Opening::Silent)
 }
 
 /// Binds the ports and serves until SIGTERM or ctrl-c.

@@ -183,3 +183,11 @@ pub async fn grpc_channel(addr: SocketAddr) -> Channel {
     }
     panic!("cannot connect to {addr}");
 }
+
+/// The HTTP/2 preface, an empty SETTINGS frame, and a HEADERS frame on stream 1 (END_STREAM,
+/// not END_HEADERS) whose block never gets its CONTINUATION. Without the head deadline
+/// (api::h2_heads), the HTTP port's pings would close it after 30 s, the gRPC port's connection
+/// age after 5 min.
+pub const H2_HALF_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
+    \x00\x00\x00\x04\x00\x00\x00\x00\x00\
+    \x00\x00\x03\x01\x01\x00\x00\x00\x01\x82\x86\x84";

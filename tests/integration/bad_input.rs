@@ -501,15 +501,17 @@ async fn stalled_request_heads_are_closed() {
             .is_ok();
         (closed, started.elapsed())
     };
-    let (silent, partial, preface) = tokio::join!(
+    let (silent, partial, preface, h2_head) = tokio::join!(
         stall(b""),
         stall(b"POST /classify HTTP/1.1\r\nHost: t\r\n"),
         stall(b"PRI * HTTP/2.0\r\n"),
+        stall(common::serving::H2_HALF_HEAD),
     );
     for (what, (closed, took)) in [
         ("no byte at all", silent),
         ("half a request head", partial),
         ("half the HTTP/2 preface", preface),
+        ("an HTTP/2 HEADERS frame without END_HEADERS", h2_head),
     ] {
         assert!(closed, "{what}: still open after {took:?}");
         assert!(

@@ -802,3 +802,64 @@ async fn grpc_answers_like_rest_and_maps_errors_to_codes() {
     assert_eq!(counted(&metrics, "oip_grpc", 404), 1);
     assert_eq!(counted(&metrics, "oip_grpc", 504), 1);
 }
+
+/// Protobuf expands as it decodes (an empty `bytes_contents` element: 2 bytes on the wire, a
+/// 24-byte Vec in memory); the inference service checks the wire bytes first (api::grpc::budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_refuses_requests_that_would_expand_when_decoded() {
+    let s = service(config());
+    s.warm_up().await.unwrap();
+    let (addr, _stop) = start_grpc(s.clone()).await;
+    let mut c = GrpcInferenceServiceClient::new(grpc_channel(addr).await);
+    let mut empty_images = grpc_input("image", "BYTES", vec![1]);
+    empty_images.contents = Some(pb::InferTensorContents {
+        bytes_contents: vec![Vec::new(); 300_000],
+        ..Default::default()
+    });
+    let flood_of_elements = pb::ModelInferRequest {
+        model_name: SMALL.into(),
+        inputs: vec![empty_images],
+        ..Default::default()
+    };
+    let flood_of_tensors = pb::ModelInferRequest {
+        model_name: SMALL.into(),
+        inputs: vec![Default::default(); 100_000],
+        ..Default::default()
+    };
+    for (what, request) in [
+        ("elements", flood_of_elements),
+        ("tensors", flood_of_tensors),
+    ] {
+        let refused = c.model_infer(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{what}: {refused:?}");
+        assert!(
+            refused.message().contains("once decoded"),
+            "{what}: {refused:?}"
+        );
+    }
+    let index = pb::RepositoryIndexRequest {
+        repository_name: "r".repeat(100_000),
+        ready: false,
+    };
+    let refused = c.repository_index(index).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("at most"), "{refused:?}");
+
+    // A real request of many images passes: the budget counts their bytes one to one.
+    let images = jpegs(8);
+    let mut input = grpc_input("image", "BYTES", vec![8]);
+    input.contents = Some(pb::InferTensorContents {
+        bytes_contents: images,
+        ..Default::default()
+    });
+    let answer = c
+        .model_infer(pb::ModelInferRequest {
+            model_name: SMALL.into(),
+            inputs: vec![input],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.outputs[0].shape[0], 8);
+}

@@ -1,8 +1,10 @@
 //! The gRPC server (tonic): our `mobilenet.v1.Classifier` ([`classifier`]) and the Open
 //! Inference Protocol's `inference.GRPCInferenceService` ([`oip`]) side by side, with
 //! `grpc.health.v1.Health` following readiness, server reflection, the API key where required,
-//! and request ids. The bindings share [`deadline`] and `api::errors`, not each other.
+//! and request ids. The bindings share [`deadline`] and `api::errors`, not each other; the
+//! inference binding decodes within a [`budget`].
 
+pub mod budget;
 pub mod classifier;
 pub mod deadline;
 pub mod oip;
@@ -12,11 +14,13 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 
 pub use self::classifier::{pb, SERVICE_NAME};
 use self::classifier::{ClassifierApi, ClassifierServer};
 use crate::api::auth::{Access, Auth};
+use crate::api::h2_heads::{HeadDeadline, HEAD_DEADLINE};
 use crate::api::request_id::GrpcRequestIds;
 use crate::error::{Error, Result};
 use crate::serving::Service;
@@ -96,7 +100,10 @@ pub async fn serve(
         ))
         .serve_with_incoming_shutdown(
             // No Nagle delay on small replies (see the HTTP server).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            // h2 has no deadline on request heads of its own (api::h2_heads).
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|tcp| tcp.map(|tcp| HeadDeadline::new(tcp, HEAD_DEADLINE))),
             async move { classifier::drained(&mut stopping).await },
         )
         .await

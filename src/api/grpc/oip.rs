@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
+use super::budget::{self, InferSizes, WireBudget};
 use super::deadline::{grpc_timeout, request_timeout};
 use crate::api::errors::status;
 use crate::error::{Error, Result};
@@ -20,6 +21,64 @@ pub mod pb {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("inference");
 }
+
+/// The decoded sizes that an inference request's budget counts in.
+const INFER_SIZES: InferSizes = InferSizes {
+    request: size_of::<pb::ModelInferRequest>(),
+    input: size_of::<pb::model_infer_request::InferInputTensor>(),
+    output: size_of::<pb::model_infer_request::InferRequestedOutputTensor>(),
+    parameter: size_of::<(String, pb::InferParameter)>() + 1,
+    bytes: size_of::<Vec<u8>>(),
+};
+
+impl WireBudget for pb::ModelInferRequest {
+    fn check(wire: &[u8]) -> std::result::Result<(), Status> {
+        budget::infer_request(wire, &INFER_SIZES)
+    }
+}
+
+/// The other requests: names and parameters only.
+macro_rules! small_requests {
+    ($($request:ident),*) => {$(
+        impl WireBudget for pb::$request {
+            fn check(wire: &[u8]) -> std::result::Result<(), Status> {
+                budget::small_request(wire)
+            }
+        }
+    )*};
+}
+small_requests!(
+    ServerLiveRequest,
+    ServerReadyRequest,
+    ModelReadyRequest,
+    ServerMetadataRequest,
+    ModelMetadataRequest,
+    RepositoryIndexRequest,
+    RepositoryModelLoadRequest,
+    RepositoryModelUnloadRequest
+);
+
+/// Responses, which the generated client decodes, come from the server the client chose.
+macro_rules! unchecked_responses {
+    ($($response:ident),*) => {$(
+        impl WireBudget for pb::$response {
+            fn check(_wire: &[u8]) -> std::result::Result<(), Status> {
+                Ok(())
+            }
+        }
+    )*};
+}
+unchecked_responses!(
+    ServerLiveResponse,
+    ServerReadyResponse,
+    ModelReadyResponse,
+    ServerMetadataResponse,
+    ModelMetadataResponse,
+    ModelInferResponse,
+    RepositoryIndexResponse,
+    RepositoryModelLoadResponse,
+    RepositoryModelUnloadResponse
+);
 
 use pb::grpc_inference_service_server::GrpcInferenceService;
 pub use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
