@@ -388,3 +388,60 @@ async fn oversized_metadata_is_refused() {
     let fine = client.list_models(ListModelsRequest {}).await;
     assert!(fine.is_ok(), "{fine:?}");
 }
+
+/// A peer that opens an HTTP/2 header block and never ends it is closed after the head deadline
+/// (10 s), as on the HTTP port; tonic's own limits would hold it until the connection's maximum
+/// age (5 min).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_head_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _stop) = start_grpc(service(config())).await;
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(common::serving::H2_HALF_HEAD).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut rest)).await;
+    let took = started.elapsed();
+    assert!(closed.is_ok(), "still open after {took:?}");
+    assert!(
+        took >= Duration::from_secs(9),
+        "closed too early ({took:?})"
+    );
+}
+
+/// A gRPC client that cancels its call while the image is queued (RST_STREAM) costs no
+/// inference: hyper drops the handler, and the engine skips the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_costs_no_inference() {
+    let s = stalled_service(config());
+    let (addr, _stop) = start_grpc(s.clone()).await;
+    let mut c = client(addr).await;
+    let mut req = request(jpegs(1));
+    req.model = Some(SMALL.into());
+    let call = tokio::spawn(async move { c.classify(req).await });
+    until_queued(&s, SMALL, 1).await;
+    assert_eq!(s.metrics().in_flight.get(), 1);
+    call.abort();
+    let started = std::time::Instant::now();
+    while s.metrics().in_flight.get() != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the handler outlived the call"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    s.start_engine().unwrap();
+    until_queued(&s, SMALL, 0).await;
+    // Had the image been computed, nothing would count it as cancelled.
+    let dropped =
+        format!("mobilenet_dropped_images_total{{reason=\"cancelled\",variant=\"{SMALL}\"}} 1");
+    let started = std::time::Instant::now();
+    while !s.metrics().render().contains(&dropped) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            s.metrics().render()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

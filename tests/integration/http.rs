@@ -898,3 +898,48 @@ async fn engine_threads_run_as_nice_as_configured_and_the_others_do_not() {
         drop(service);
     }
 }
+
+/// A client that hangs up while its image waits in the queue costs no inference: hyper reads
+/// an HTTP/1 connection for EOF while its handler runs and drops the handler when it comes, and
+/// the batcher skips a job nobody waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_hangs_up_while_queued_costs_no_inference() {
+    use tokio::io::AsyncWriteExt;
+    let s = stalled_service(config());
+    let (addr, _stop) = common::serving::serve_http(s.clone()).await;
+    // The server's warm-up image waits in the queue first.
+    until_queued(&s, SMALL, 1).await;
+    let img = jpegs(1).remove(0);
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /classify?model={SMALL} HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n\
+         Content-Length: {}\r\n\r\n",
+        img.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&img).await.unwrap();
+    until_queued(&s, SMALL, 2).await;
+    assert_eq!(s.metrics().in_flight.get(), 1);
+    drop(tcp);
+    let started = std::time::Instant::now();
+    while s.metrics().in_flight.get() != 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the handler outlived its client"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    s.start_engine().unwrap();
+    while !s.is_ready() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no warm-up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Had the job been computed, nothing would count it as cancelled.
+    let metrics = s.metrics().render();
+    let dropped =
+        format!("mobilenet_dropped_images_total{{reason=\"cancelled\",variant=\"{SMALL}\"}} 1");
+    assert!(metrics.contains(&dropped), "{metrics}");
+}
