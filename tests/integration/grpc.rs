@@ -395,7 +395,7 @@ async fn oversized_metadata_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http2_head_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (addr, _stop) = start_grpc(service(config())).await;
+    let (addr, _stop) = start_grpc(stalled_service(config())).await;
     let started = std::time::Instant::now();
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(common::serving::H2_HALF_HEAD).await.unwrap();
