@@ -21,7 +21,7 @@ use crate::engine::import::import_any;
 use crate::engine::network::Network;
 use crate::kernels::{KernelSet, Tier, TierChoice};
 use crate::oip::{ElementLimits, InputData};
-use crate::pipeline::decode::{decode, DecodeLimits};
+use crate::pipeline::decode::{decode, decode_for, DecodeLimits, Resize};
 use crate::pipeline::preprocess::{preprocess, Normalization};
 
 /// A target's body: takes the fuzzer's bytes, returns whether they were accepted.
@@ -64,6 +64,14 @@ pub fn decode_and_preprocess(data: &[u8]) -> bool {
     assert!(
         u64::from(img.width()) * u64::from(img.height()) <= LIMITS.max_pixels,
         "decoded beyond the pixel limit"
+    );
+    // The scaled decode (libjpeg, in C) on every JPEG at least 64 px on its shorter side: what
+    // the full decode takes, it takes too (falling back to it where libjpeg fails), no larger.
+    let scaled = decode_for(data, &LIMITS, Resize::Fast, 16)
+        .unwrap_or_else(|e| panic!("the full decode succeeded, the fast one failed: {e}"));
+    assert!(
+        scaled.width() <= img.width() && scaled.height() <= img.height(),
+        "the scaled decode is larger"
     );
     let rho = [224, 192, 160, 128][data.len() % 4];
     let run = |tier| {

@@ -14,6 +14,7 @@ use crate::commands::client;
 use crate::engine::network::Precision;
 use crate::engine::pool::ModelPool;
 use crate::error::{Error, Result};
+use crate::pipeline::decode::Resize;
 use crate::serving::router::{Selection, SelectionParams};
 use crate::serving::{ClassifyRequest, Service, ServiceConfig, Timings};
 
@@ -101,6 +102,7 @@ async fn classify_local(
         selection: selection.clone(),
         top_k: args.top_k,
         timeout: None,
+        resize: args.resize,
     };
     let mut answer = service.classify(admission, request).await?;
     Ok(FileAnswer {
@@ -142,6 +144,8 @@ fn query(args: &ClassifyArgs) -> Result<String> {
         precision: Option<Precision>,
         top_k: usize,
         timeout_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resize: Option<Resize>,
     }
     // Checked here too, so that a mistake is reported before any upload.
     selection_params(args).selection()?;
@@ -155,6 +159,7 @@ fn query(args: &ClassifyArgs) -> Result<String> {
         precision: args.precision,
         top_k: args.top_k,
         timeout_ms: args.timeout_ms,
+        resize: args.resize,
     })
     .map_err(|e| Error::Internal(format!("query: {e}")))
 }
@@ -280,6 +285,7 @@ mod tests {
             json: false,
             timeout_ms: 1000,
             api_key: None,
+            resize: None,
         }
     }
 

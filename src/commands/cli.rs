@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::commands::fetch_zoo::{download, grid};
 use crate::engine::network::Precision;
 use crate::kernels::TierChoice;
+use crate::pipeline::decode::Resize;
 use crate::telemetry::LogFormat;
 
 /// MobileNet v1 classification with our own CPU engine, cross-checked against tract.
@@ -132,6 +133,11 @@ pub struct ClassifyArgs {
     /// The server's API key, sent as `Authorization: Bearer` with --url.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// `fast` (a JPEG of at least four times the model's size decoded at 1/2, 1/4 or 1/8 of its
+    /// size) or `exact` (the full image, bit-exact with Pillow); default: the server's (with
+    /// --url) or `fast`.
+    #[arg(long)]
+    pub resize: Option<Resize>,
 }
 
 /// Arguments of `healthcheck`.
@@ -249,6 +255,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REPOSITORY_POLL_SECS", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub repository_poll_secs: u64,
+    /// How images come down to the model's size when a request does not say: `fast` (a JPEG of
+    /// at least four times the resize target is decoded at 1/2, 1/4 or 1/8 of its size in the
+    /// DCT domain, then resized) or `exact` (the full image and Pillow's resize, bit-exact with
+    /// the reference pipeline; slower on large photos).
+    #[arg(long, env = "RESIZE", default_value_t = Resize::Fast)]
+    pub resize: Resize,
     /// With --model-control-mode explicit: a variant to load at start (repeatable; none by
     /// default, as in Triton).
     #[arg(long = "load-model", value_name = "NAME")]
@@ -300,6 +312,10 @@ pub struct EvalArgs {
     /// Write an SVG chart of top-1 against latency here.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// `exact` (the full image, Pillow's pipeline: the published accuracies' protocol) or
+    /// `fast` (large JPEGs decoded at a reduced scale, as the server's default).
+    #[arg(long, default_value_t = Resize::Exact)]
+    pub resize: Resize,
 }
 
 /// How `quantize` chooses each activation's range from the calibration values.

@@ -16,9 +16,9 @@ use crate::engine::pool::{ModelPool, Variant};
 use crate::engine::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::kernels::Tier;
-use crate::pipeline::decode::{decode, DecodeLimits};
+use crate::pipeline::decode::{decode_for, DecodeLimits, Resize};
 use crate::pipeline::postprocess::top_k;
-use crate::pipeline::preprocess::preprocess_into;
+use crate::pipeline::preprocess::{preprocess_into, resize_target};
 
 /// Accuracy and speed of one variant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +62,9 @@ pub struct EvalReport {
     pub kernels: String,
     /// Mean time to decode one image, in milliseconds.
     pub decode_ms_per_image: f64,
+    /// How the images came down to the models' sizes (reports before it was a choice: exact).
+    #[serde(default = "exact")]
+    pub resize: Resize,
     /// One entry per variant.
     pub variants: Vec<VariantResult>,
 }
@@ -69,8 +72,23 @@ pub struct EvalReport {
 /// Decoded labelled images and the total time their decoding took.
 pub type LoadedImages = (Vec<(LabeledImage, RgbImage)>, Duration);
 
-/// Decodes the labelled images of `dir` (the first `limit` of them).
+fn exact() -> Resize {
+    Resize::Exact
+}
+
+/// Decodes the labelled images of `dir` (the first `limit` of them), in full.
 pub fn load_images(dir: &Path, limit: Option<usize>) -> Result<LoadedImages> {
+    load_images_for(dir, limit, Resize::Exact, 0)
+}
+
+/// [`load_images`] for a resize to `short_target` the `resize` way (`fast`: large JPEGs come at
+/// a reduced scale).
+pub fn load_images_for(
+    dir: &Path,
+    limit: Option<usize>,
+    resize: Resize,
+    short_target: usize,
+) -> Result<LoadedImages> {
     let mut labels = dataset::read_labels(dir)?;
     if let Some(n) = limit {
         labels.truncate(n);
@@ -86,7 +104,7 @@ pub fn load_images(dir: &Path, limit: Option<usize>) -> Result<LoadedImages> {
     for l in labels {
         let bytes = std::fs::read(&l.path).map_err(|e| Error::io(&l.path, e))?;
         let started = Instant::now();
-        let img = decode(&bytes, &DecodeLimits::default())
+        let img = decode_for(&bytes, &DecodeLimits::default(), resize, short_target)
             .map_err(|e| Error::Catalog(format!("{}: {e}", l.path.display())))?;
         decoding += started.elapsed();
         images.push((l, img));
@@ -150,15 +168,15 @@ pub fn eval_variant(
     })
 }
 
-/// Evaluates every variant of `pool`, `jobs` variants at a time; results in catalogue order.
+/// Evaluates `variants` of `pool`, `jobs` variants at a time; results in their order.
 fn eval_all(
     pool: &ModelPool,
+    variants: &[&Variant],
     images: &[(LabeledImage, RgbImage)],
     batch: usize,
     jobs: usize,
     progress: &ProgressBar,
 ) -> Result<Vec<VariantResult>> {
-    let variants = pool.variants();
     let next = AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<Result<VariantResult>>>> =
         variants.iter().map(|_| Mutex::new(None)).collect();
@@ -184,20 +202,55 @@ fn eval_all(
 
 /// The `eval` command: prints a table, and writes JSON and SVG when asked.
 pub fn run(pool: &ModelPool, args: &crate::commands::cli::EvalArgs) -> Result<EvalReport> {
-    let (images, decoding) = load_images(&args.data, args.limit)?;
-    let decode_ms = decoding.as_secs_f64() * 1000.0 / images.len() as f64;
-    println!("decoded {} images: {decode_ms:.3} ms/img", images.len());
+    // Exact decodes once for every variant; fast decodes for each resize target, since the
+    // scale a JPEG is decoded at depends on it.
+    let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (i, v) in pool.variants().iter().enumerate() {
+        let target = match args.resize {
+            Resize::Exact => 0,
+            Resize::Fast => resize_target(v.spec.resolution),
+        };
+        match groups.iter_mut().find(|(t, _)| *t == target) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((target, vec![i])),
+        }
+    }
     let batch = args.batch as usize;
-    let progress = crate::commands::progress::bar(
-        (images.len() * pool.variants().len()) as u64,
-        "{elapsed_precise} [{bar:40}] {pos}/{len} images x variants, {eta} left",
-    );
+    let mut slots: Vec<Option<VariantResult>> = pool.variants().iter().map(|_| None).collect();
+    let (mut decoding, mut decoded, mut count) = (Duration::ZERO, 0usize, 0usize);
     println!(
         "{:<28} {:>7} {:>7} {:>10} {:>9} {:>8} {:>8}",
         "variant", "top-1", "top-5", "published", "ms/img", "img/s", "prep ms"
     );
-    let results = eval_all(pool, &images, batch, args.jobs as usize, &progress)?;
-    drop(progress);
+    for (target, members) in &groups {
+        let (images, took) = load_images_for(&args.data, args.limit, args.resize, *target)?;
+        decoding += took;
+        decoded += images.len();
+        count = images.len();
+        let variants: Vec<&Variant> = members.iter().map(|i| &pool.variants()[*i]).collect();
+        let progress = crate::commands::progress::bar(
+            (images.len() * variants.len()) as u64,
+            "{elapsed_precise} [{bar:40}] {pos}/{len} images x variants, {eta} left",
+        );
+        let results = eval_all(
+            pool,
+            &variants,
+            &images,
+            batch,
+            args.jobs as usize,
+            &progress,
+        )?;
+        drop(progress);
+        for (i, r) in members.iter().zip(results) {
+            slots[*i] = Some(r);
+        }
+    }
+    let results: Vec<VariantResult> = slots.into_iter().flatten().collect();
+    let decode_ms = decoding.as_secs_f64() * 1000.0 / decoded.max(1) as f64;
+    println!(
+        "decoded {count} images ({}): {decode_ms:.3} ms/img",
+        args.resize
+    );
     for r in &results {
         println!(
             "{:<28} {:>6.2}% {:>6.2}% {:>10} {:>9.3} {:>8.1} {:>8.3}",
@@ -214,7 +267,7 @@ pub fn run(pool: &ModelPool, args: &crate::commands::cli::EvalArgs) -> Result<Ev
     }
     let report = EvalReport {
         dataset: args.data.display().to_string(),
-        images: images.len(),
+        images: count,
         batch,
         kernels: pool
             .variants()
@@ -222,6 +275,7 @@ pub fn run(pool: &ModelPool, args: &crate::commands::cli::EvalArgs) -> Result<Ev
             .map(|v| v.model.kernels().tier.to_string())
             .unwrap_or_default(),
         decode_ms_per_image: decode_ms,
+        resize: args.resize,
         variants: results,
     };
     if let Some(path) = &args.json {
@@ -241,8 +295,9 @@ pub fn run(pool: &ModelPool, args: &crate::commands::cli::EvalArgs) -> Result<Ev
             })
             .collect();
         let title = format!(
-            "MobileNet v1: top-1 on {} images against latency ({} kernels, batch {batch})",
-            report.images, report.kernels
+            "MobileNet v1: top-1 on {} images against latency ({} kernels, batch {batch}, \
+             resize {})",
+            report.images, report.kernels, report.resize
         );
         std::fs::write(path, chart::accuracy_vs_latency(&title, &points))
             .map_err(|e| Error::io(path, e))?;

@@ -364,5 +364,6 @@ pub fn service_config(args: &ServeArgs) -> ServiceConfig {
         eval_results: args.eval_results.clone(),
         model_control: control_mode(args),
         repository_poll: Duration::from_secs(args.repository_poll_secs),
+        resize: args.resize,
     }
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::engine::pool::Variant;
 use crate::error::{Error, Result};
+use crate::pipeline::decode::Resize;
 use crate::pipeline::postprocess::{softmax_in_place, top_k};
 use crate::serving::{millis, Admission, Images, InferRequest, Service, Timings};
 use tracing::Instrument;
@@ -267,7 +268,7 @@ async fn infer_inner(
     let served = service.variant(&request.model)?;
     let variant = served.variant();
     check_version(&request.model, &request.version)?;
-    let images = images(variant, request.inputs)?;
+    let images = images(variant, request.inputs, service.config().resize)?;
     let wanted = requested_outputs(variant, request.outputs)?;
     // A client's bound beyond the server's longest is capped rather than refused, as gRPC's
     // grpc-timeout is.
@@ -341,7 +342,7 @@ impl ElementLimits {
 }
 
 /// The one input tensor as the service's images, after checking its name, type and shape.
-fn images(variant: &Variant, inputs: Vec<InputTensor>) -> Result<Images> {
+fn images(variant: &Variant, inputs: Vec<InputTensor>, resize: Resize) -> Result<Images> {
     let mut inputs = inputs.into_iter();
     let (Some(input), None) = (inputs.next(), inputs.next()) else {
         return Err(Error::BadRequest(format!(
@@ -380,7 +381,10 @@ fn images(variant: &Variant, inputs: Vec<InputTensor>) -> Result<Images> {
                 )));
             }
             check_element_count(IMAGE, list.len(), count)?;
-            Ok(Images::Encoded(list))
+            Ok(Images::Encoded {
+                images: list,
+                resize,
+            })
         }
         (INPUT | IMAGE, _) => Err(Error::BadRequest(format!(
             "input `{}` has datatype {}; `{INPUT}` is FP32 and `{IMAGE}` is BYTES",

@@ -4,6 +4,7 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
 
+use super::scaled_jpeg;
 use crate::error::{Error, Result};
 
 /// Bounds on what a client may make us decode (decompression bombs).
@@ -33,10 +34,68 @@ pub const SUPPORTED_FORMATS: [ImageFormat; 5] = [
     ImageFormat::Gif,
 ];
 
+/// How an image comes down to the model's input size.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// A JPEG whose shorter side is at least four times the resize target is decoded at 1/2,
+    /// 1/4 or 1/8 of its size in the DCT domain (keeping at least twice the target), then
+    /// resized like `exact` from there; anything else as `exact`.
+    #[default]
+    Fast,
+    /// The full image, then Pillow's antialiased resize: bit-exact with the reference pipeline.
+    Exact,
+}
+
+impl std::str::FromStr for Resize {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fast" => Ok(Resize::Fast),
+            "exact" => Ok(Resize::Exact),
+            other => Err(Error::BadRequest(format!(
+                "resize must be `fast` or `exact`, not `{other}`"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Resize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Resize::Fast => "fast",
+            Resize::Exact => "exact",
+        })
+    }
+}
+
 /// Decodes an image (format sniffed from its bytes), applies its EXIF orientation and converts it
 /// to 8-bit RGB: grayscale is replicated, alpha dropped, 16-bit scaled, CMYK converted, and an
-/// animation gives its first frame.
+/// animation gives its first frame. The full image: [`Resize::Exact`].
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
+    decode_for(bytes, limits, Resize::Exact, 0)
+}
+
+/// [`decode`], but with [`Resize::Fast`] a large JPEG comes at the smallest of 1/2, 1/4 and 1/8
+/// of its size whose shorter side still covers `short_target` (the resize's target). Both
+/// limits apply to the full size, before anything is decoded.
+pub fn decode_for(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    resize: Resize,
+    short_target: usize,
+) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(Error::Undecodable("the body is empty".into()));
     }
@@ -82,6 +141,17 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    if resize == Resize::Fast && format == ImageFormat::Jpeg {
+        let target = u32::try_from(short_target).unwrap_or(u32::MAX);
+        let denominator = scaled_jpeg::denominator_for(w, h, target);
+        if denominator > 1 {
+            if let Some(small) = scaled_jpeg::decode(bytes, denominator) {
+                let mut img = DynamicImage::ImageRgb8(small);
+                img.apply_orientation(orientation);
+                return Ok(img.into_rgb8());
+            }
+        }
+    }
     let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
@@ -132,6 +202,118 @@ mod tests {
             let err = decode(&jpeg[..cut], &DecodeLimits::default()).unwrap_err();
             assert!(matches!(err, Error::Undecodable(_)), "cut at {cut}: {err}");
         }
+    }
+
+    /// A 1200x900 picture with detail at every scale, encoded by libjpeg (mozjpeg) as
+    /// grayscale, CMYK or (from RGB) YCbCr, progressive or baseline.
+    fn big_jpeg(space: mozjpeg::ColorSpace, progressive: bool) -> Vec<u8> {
+        use mozjpeg::ColorSpace::{JCS_CMYK, JCS_GRAYSCALE, JCS_RGB};
+        let (w, h) = (1200usize, 900usize);
+        let (input, channels) = match space {
+            JCS_CMYK => (JCS_CMYK, 4),
+            JCS_GRAYSCALE => (JCS_GRAYSCALE, 1),
+            _ => (JCS_RGB, 3),
+        };
+        let mut pixels = Vec::with_capacity(w * h * channels);
+        for y in 0..h {
+            for x in 0..w {
+                let r = (x * 255 / w) as u8;
+                let g = (y * 255 / h) as u8;
+                let b = if (x / 37 + y / 23) % 2 == 0 { 220 } else { 30 };
+                let rgbk = [r, g, b, 255 - r];
+                match channels {
+                    1 => pixels.push(r / 2 + b / 2),
+                    n => pixels.extend_from_slice(&rgbk[..n]),
+                }
+            }
+        }
+        let mut c = mozjpeg::Compress::new(input);
+        c.set_size(w, h);
+        c.set_color_space(space);
+        c.set_quality(90.0);
+        if progressive {
+            c.set_progressive_mode();
+        }
+        let mut started = c.start_compress(Vec::new()).unwrap();
+        started.write_scanlines(&pixels).unwrap();
+        started.finish().unwrap()
+    }
+
+    /// Mean absolute difference of two images after the same downscale to 146 px high.
+    fn difference(a: &RgbImage, b: &RgbImage) -> f64 {
+        let small = |i: &RgbImage| {
+            let w = (i.width() as f64 * 146.0 / i.height() as f64).round() as u32;
+            image::imageops::resize(i, w, 146, image::imageops::FilterType::Triangle)
+        };
+        let (a, b) = (small(a), small(b));
+        assert_eq!(a.dimensions(), b.dimensions());
+        let sum: f64 = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+            .sum();
+        sum / a.as_raw().len() as f64
+    }
+
+    #[test]
+    fn fast_decodes_large_jpegs_at_a_reduced_scale_and_the_same_picture() {
+        use mozjpeg::ColorSpace::{JCS_YCbCr, JCS_GRAYSCALE};
+        let limits = DecodeLimits::default();
+        for (space, progressive) in [
+            (JCS_YCbCr, false),
+            (JCS_YCbCr, true),
+            (JCS_GRAYSCALE, false),
+        ] {
+            let jpeg = big_jpeg(space, progressive);
+            let exact = decode_for(&jpeg, &limits, Resize::Exact, 146).unwrap();
+            let fast = decode_for(&jpeg, &limits, Resize::Fast, 146).unwrap();
+            assert_eq!(exact.dimensions(), (1200, 900));
+            // 900 / 2 = 450 keeps twice 146; 900 / 4 = 225 would not.
+            assert_eq!(fast.dimensions(), (600, 450), "{space:?} {progressive}");
+            let diff = difference(&exact, &fast);
+            assert!(diff < 2.0, "{space:?} progressive {progressive}: {diff}");
+            // A target the image is not four times larger than: decoded in full, as exact.
+            let near = decode_for(&jpeg, &limits, Resize::Fast, 256).unwrap();
+            assert_eq!(near, exact);
+        }
+    }
+
+    #[test]
+    fn fast_falls_back_to_the_full_decode_where_libjpeg_gives_no_rgb() {
+        let cmyk = big_jpeg(mozjpeg::ColorSpace::JCS_CMYK, false);
+        let limits = DecodeLimits::default();
+        let exact = decode_for(&cmyk, &limits, Resize::Exact, 146).unwrap();
+        let fast = decode_for(&cmyk, &limits, Resize::Fast, 146).unwrap();
+        assert_eq!(fast, exact);
+    }
+
+    #[test]
+    fn fast_applies_the_exif_orientation_and_the_limits_first() {
+        let jpeg = big_jpeg(mozjpeg::ColorSpace::JCS_YCbCr, false);
+        // An APP1 EXIF segment after SOI: one IFD entry, orientation 6 (rotate 90 clockwise).
+        let mut exif =
+            b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x06\0\0\0\0\0\0\0".to_vec();
+        let len = (exif.len() + 2) as u16;
+        exif.splice(0..0, [0xFF, 0xE1, (len >> 8) as u8, len as u8]);
+        let mut rotated = jpeg[..2].to_vec();
+        rotated.extend(exif);
+        rotated.extend(&jpeg[2..]);
+        let limits = DecodeLimits::default();
+        let exact = decode_for(&rotated, &limits, Resize::Exact, 146).unwrap();
+        let fast = decode_for(&rotated, &limits, Resize::Fast, 146).unwrap();
+        assert_eq!(
+            (exact.dimensions(), fast.dimensions()),
+            ((900, 1200), (450, 600))
+        );
+        assert!(difference(&exact, &fast) < 2.0);
+
+        let tight = DecodeLimits {
+            max_pixels: 1200 * 900 - 1,
+            ..limits
+        };
+        let refused = decode_for(&jpeg, &tight, Resize::Fast, 146).unwrap_err();
+        assert!(matches!(refused, Error::TooLarge(_)), "{refused}");
     }
 
     #[test]

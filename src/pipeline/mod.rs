@@ -1,7 +1,9 @@
-//! Image bytes -> model input -> labelled predictions, as pure functions: decode, preprocess
-//! (resize, crop, normalise), postprocess (softmax, top-k). Uses `kernels` (for its SIMD choice)
+//! Image bytes -> model input -> labelled predictions, as pure functions: decode (large JPEGs
+//! at a reduced scale where asked: [`scaled_jpeg`]), preprocess (resize, crop, normalise),
+//! postprocess (softmax, top-k). Uses `kernels` (for its SIMD choice)
 //! and `error` only.
 
 pub mod decode;
 pub mod postprocess;
 pub mod preprocess;
+pub mod scaled_jpeg;

@@ -43,10 +43,16 @@ pub struct CropPlan {
     pub top: usize,
 }
 
+/// The shorter side an image is resized to for a `rho x rho` input: `round(rho / 0.875)`, with
+/// Python's rounding (146 for 128, 256 for 224).
+pub fn resize_target(rho: usize) -> usize {
+    (rho as f64 / 0.875).round_ties_even() as usize
+}
+
 /// Resize and crop geometry for a `w x h` image and a `rho x rho` model input (torchvision's
 /// `Resize(round(rho / 0.875))` + `CenterCrop(rho)` arithmetic, Python rounding included).
 pub fn crop_plan(w: usize, h: usize, rho: usize) -> CropPlan {
-    let short_target = (rho as f64 / 0.875).round_ties_even() as usize;
+    let short_target = resize_target(rho);
     let (short, long) = if w <= h { (w, h) } else { (h, w) };
     let long_target = (short_target as f64 * long as f64 / short as f64) as usize;
     let (resized_w, resized_h) = if w <= h {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::batcher::BatchPolicy;
 use crate::error::{Error, Result};
-use crate::pipeline::decode::DecodeLimits;
+use crate::pipeline::decode::{DecodeLimits, Resize};
 
 /// The longest deadline `serve` lets a request ask for. There is no flag for it: a request that
 /// needs longer than ten minutes is not an image classification. Tests set a shorter one in
@@ -47,6 +47,8 @@ pub struct ServiceConfig {
     pub model_control: ControlMode,
     /// With [`ControlMode::Poll`]: time between two looks at the models directory.
     pub repository_poll: Duration,
+    /// How images come down to the model's size when a request does not say.
+    pub resize: Resize,
 }
 
 impl ServiceConfig {

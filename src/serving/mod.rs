@@ -345,7 +345,15 @@ impl Service {
         drop(snapshot);
         admission.count_as(served.name());
         let ran = self
-            .run(admission, &served, Images::Encoded(request.images), timeout)
+            .run(
+                admission,
+                &served,
+                Images::Encoded {
+                    images: request.images,
+                    resize: request.resize.unwrap_or(self.config.resize),
+                },
+                timeout,
+            )
             .await?;
 
         let post_started = Instant::now();

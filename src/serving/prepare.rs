@@ -10,8 +10,8 @@ use super::request::Images;
 use crate::engine::pool::Variant;
 use crate::error::{Error, Result};
 use crate::kernels::Tier;
-use crate::pipeline::decode::{decode, DecodeLimits};
-use crate::pipeline::preprocess::{preprocess, Normalization};
+use crate::pipeline::decode::{decode_for, DecodeLimits, Resize};
+use crate::pipeline::preprocess::{preprocess, resize_target, Normalization};
 
 /// A request's images as the engine takes them, and the time it took to get them so.
 #[derive(Debug)]
@@ -43,7 +43,9 @@ pub async fn prepare(
         let _slot = slot;
         let _span = span.enter();
         match images {
-            Images::Encoded(list) => decode_all(&list, &limits, rho, norm, tier),
+            Images::Encoded { images, resize } => {
+                decode_all(&images, &limits, resize, rho, norm, tier)
+            }
             Images::Nchw { data, count } => {
                 let t0 = Instant::now();
                 let inputs = nchw_to_nhwc(&data, count, channels, rho)?;
@@ -63,6 +65,7 @@ pub async fn prepare(
 fn decode_all(
     images: &[Bytes],
     limits: &DecodeLimits,
+    resize: Resize,
     rho: usize,
     norm: Normalization,
     tier: Tier,
@@ -81,7 +84,7 @@ fn decode_all(
             }
         };
         let t0 = Instant::now();
-        let rgb = decode(bytes, limits).map_err(which)?;
+        let rgb = decode_for(bytes, limits, resize, resize_target(rho)).map_err(which)?;
         let t1 = Instant::now();
         prepared
             .inputs

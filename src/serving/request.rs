@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::router::Selection;
+use crate::pipeline::decode::Resize;
 
 /// Largest `top_k` a request may ask for.
 pub const MAX_TOP_K: usize = 1000;
@@ -21,13 +22,20 @@ pub struct ClassifyRequest {
     pub top_k: usize,
     /// The client's deadline, from now (the configured default when `None`).
     pub timeout: Option<Duration>,
+    /// How the images come down to the model's size (the server's `--resize` when `None`).
+    pub resize: Option<Resize>,
 }
 
 /// Images in one of the two forms a request may carry.
 #[derive(Debug, Clone)]
 pub enum Images {
     /// Encoded images (JPEG, PNG, WebP, BMP, GIF), decoded and preprocessed by the service.
-    Encoded(Vec<Bytes>),
+    Encoded {
+        /// The encoded bytes, one entry per image.
+        images: Vec<Bytes>,
+        /// How they come down to the model's size.
+        resize: Resize,
+    },
     /// `count` images already preprocessed the way the ONNX model takes them: normalised, NCHW,
     /// at the variant's resolution, flattened in row-major order.
     Nchw {
@@ -42,7 +50,7 @@ impl Images {
     /// How many images.
     pub fn len(&self) -> usize {
         match self {
-            Images::Encoded(list) => list.len(),
+            Images::Encoded { images, .. } => images.len(),
             Images::Nchw { count, .. } => *count,
         }
     }

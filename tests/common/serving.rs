@@ -60,6 +60,7 @@ pub fn config() -> ServiceConfig {
         eval_results: None,
         model_control: ControlMode::None,
         repository_poll: Duration::from_secs(15),
+        resize: Default::default(),
     }
 }
 

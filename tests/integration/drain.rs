@@ -36,6 +36,7 @@ fn config() -> ServiceConfig {
         eval_results: None,
         model_control: ControlMode::None,
         repository_poll: Duration::from_secs(15),
+        resize: Default::default(),
     }
 }
 

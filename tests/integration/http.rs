@@ -679,6 +679,7 @@ async fn models_list_costs_accuracy_with_its_source_and_live_latency() {
         batch: 1,
         kernels: "scalar".into(),
         decode_ms_per_image: 1.0,
+        resize: Default::default(),
         variants: vec![VariantResult {
             name: SMALL.into(),
             alpha: 0.25,
@@ -944,4 +945,49 @@ async fn an_http1_client_that_hangs_up_while_queued_costs_no_inference() {
     let dropped =
         format!("mobilenet_dropped_images_total{{reason=\"cancelled\",variant=\"{SMALL}\"}} 1");
     assert!(metrics.contains(&dropped), "{metrics}");
+}
+
+/// `resize=fast` (the default) decodes a large JPEG at a reduced scale, `resize=exact` in full;
+/// both classify it alike, and anything else is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resize_parameter_chooses_between_the_scaled_and_the_full_decode() {
+    let s = service(config());
+    s.warm_up().await.unwrap();
+    // A sample image upscaled 4x (908 px): four times 0.25_128's resize target of 146.
+    let small = image::load_from_memory(&jpegs(1).remove(0)).unwrap();
+    let big = small.resize_exact(
+        small.width() * 4,
+        small.height() * 4,
+        image::imageops::FilterType::Lanczos3,
+    );
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    big.to_rgb8()
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    let jpeg = jpeg.into_inner();
+    let mut answers = Vec::new();
+    for mode in ["exact", "fast", ""] {
+        let uri = format!("/classify?model={SMALL}&top_k=1&resize={mode}");
+        let uri = uri.trim_end_matches("&resize=");
+        let r = send(&s, post(uri, "image/jpeg", jpeg.clone())).await;
+        assert_eq!(r.status, StatusCode::OK, "{mode}: {}", r.json);
+        answers.push((
+            r.json["predictions"][0]["index"].clone(),
+            r.json["timings_ms"]["preprocess"].as_f64().unwrap(),
+        ));
+    }
+    assert_eq!(answers[0].0, answers[1].0, "{answers:?}");
+    assert_eq!(answers[1].0, answers[2].0, "{answers:?}");
+    let r = send(
+        &s,
+        post(
+            &format!("/classify?model={SMALL}&resize=nope"),
+            "image/jpeg",
+            jpeg,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.json);
+    let message = r.json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`fast` or `exact`"), "{message}");
 }

@@ -250,6 +250,7 @@ fn named(name: &str, image: Vec<u8>) -> ClassifyRequest {
         selection: Selection::Name(name.into()),
         top_k: 1,
         timeout: None,
+        resize: None,
     }
 }
 

@@ -69,6 +69,7 @@ fn to_request(
             k => k as usize,
         },
         timeout,
+        resize: None,
     })
 }
 

@@ -22,6 +22,7 @@ use crate::api::errors::ErrorBody;
 use crate::engine::network::Precision;
 use crate::engine::pool::Unavailable;
 use crate::error::Error;
+use crate::pipeline::decode::Resize;
 use crate::serving::router::{Selection, SelectionParams};
 use crate::serving::{ClassifyRequest, ClassifyResponse, ModelInfo, Prediction, Service, Timings};
 
@@ -79,6 +80,11 @@ struct ClassifyQuery {
     /// With a target that no variant meets: answer with the fastest instead of 422.
     #[param(inline)]
     fallback: Option<Fallback>,
+    /// `fast`: a JPEG of at least four times the size the model needs is decoded at 1/2, 1/4
+    /// or 1/8 of its size (keeping twice that size), then resized; `exact`: the full image, bit-exact with the reference
+    /// (Pillow) pipeline. Default: the server's `--resize` (`fast` unless set).
+    #[param(inline)]
+    resize: Option<Resize>,
 }
 
 /// What to do when no variant meets the target.
@@ -286,6 +292,7 @@ pub(crate) async fn parse_classify(
             selection,
             top_k: query.top_k.unwrap_or(DEFAULT_TOP_K),
             timeout: query.timeout_ms.map(Duration::from_millis),
+            resize: query.resize,
         },
         several,
     ))
