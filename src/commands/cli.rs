@@ -261,6 +261,11 @@ pub struct ServeArgs {
     /// the reference pipeline; slower on large photos).
     #[arg(long, env = "RESIZE", default_value_t = Resize::Fast)]
     pub resize: Resize,
+    /// `on`: when more than one batch is due at once, the engine threads run one each, alone
+    /// (no per-layer synchronisation); a lone batch still runs split across all of them.
+    /// `off`: every batch is split across all the threads.
+    #[arg(long, env = "THROUGHPUT_MODE", default_value = "on", value_parser = ["on", "off"])]
+    pub throughput_mode: String,
     /// With --model-control-mode explicit: a variant to load at start (repeatable; none by
     /// default, as in Triton).
     #[arg(long = "load-model", value_name = "NAME")]

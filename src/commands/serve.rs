@@ -365,5 +365,6 @@ pub fn service_config(args: &ServeArgs) -> ServiceConfig {
         model_control: control_mode(args),
         repository_poll: Duration::from_secs(args.repository_poll_secs),
         resize: args.resize,
+        throughput_mode: args.throughput_mode == "on",
     }
 }

@@ -49,6 +49,9 @@ pub struct ServiceConfig {
     pub repository_poll: Duration,
     /// How images come down to the model's size when a request does not say.
     pub resize: Resize,
+    /// When more than one batch is due, each engine thread runs one alone (no per-layer
+    /// synchronisation) instead of splitting each batch across all of them.
+    pub throughput_mode: bool,
 }
 
 impl ServiceConfig {

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// Images per engine batch, by variant.
     pub batch_size: HistogramVec,
+    /// Batches run, by variant and mode (`team`: split across every engine thread; `solo`: one
+    /// thread each, beside other batches).
+    pub batches: IntCounterVec,
     /// Images waiting in each variant's queue.
     pub queue_depth: IntGaugeVec,
     /// Requests refused or timed out, by variant and reason.
@@ -95,6 +98,15 @@ impl Metrics {
                 HistogramOpts::from(opts("batch_size", "Images per engine batch."))
                     .buckets(batch_buckets),
                 &["variant"],
+            )?,
+            batches: IntCounterVec::new(
+                opts(
+                    "batches_total",
+                    "Engine batches run, by mode: `team` (split across every engine thread, \
+                     the latency mode) or `solo` (one thread each, beside other batches, when \
+                     more than one batch is due).",
+                ),
+                &["variant", "mode"],
             )?,
             queue_depth: IntGaugeVec::new(
                 opts(
@@ -190,6 +202,7 @@ impl Metrics {
         m.registry.register(Box::new(m.requests.clone()))?;
         m.registry.register(Box::new(m.duration.clone()))?;
         m.registry.register(Box::new(m.batch_size.clone()))?;
+        m.registry.register(Box::new(m.batches.clone()))?;
         m.registry.register(Box::new(m.queue_depth.clone()))?;
         m.registry.register(Box::new(m.rejected.clone()))?;
         m.registry.register(Box::new(m.dropped.clone()))?;

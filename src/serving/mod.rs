@@ -112,6 +112,7 @@ impl Service {
             let ctx = EngineContext {
                 batcher: self.batcher.clone(),
                 metrics: self.metrics.clone(),
+                throughput_mode: self.config.throughput_mode,
             };
             let variants: Vec<Variant> = self
                 .registry

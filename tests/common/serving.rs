@@ -61,6 +61,7 @@ pub fn config() -> ServiceConfig {
         model_control: ControlMode::None,
         repository_poll: Duration::from_secs(15),
         resize: Default::default(),
+        throughput_mode: true,
     }
 }
 

@@ -37,6 +37,7 @@ fn config() -> ServiceConfig {
         model_control: ControlMode::None,
         repository_poll: Duration::from_secs(15),
         resize: Default::default(),
+        throughput_mode: true,
     }
 }
 

@@ -991,3 +991,42 @@ async fn the_resize_parameter_chooses_between_the_scaled_and_the_full_decode() {
     let message = r.json["error"]["message"].as_str().unwrap();
     assert!(message.contains("`fast` or `exact`"), "{message}");
 }
+
+/// Two batches due at once (one per variant) run one per engine thread in throughput mode, and
+/// split across both otherwise; the answers are the engine's either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_due_together_run_one_per_thread_in_throughput_mode() {
+    let img = jpegs(1).remove(0);
+    let reference = pool();
+    for (throughput_mode, mode) in [(true, "solo"), (false, "team")] {
+        let mut cfg = config();
+        cfg.throughput_mode = throughput_mode;
+        let s = stalled_service(cfg);
+        let mut tasks = Vec::new();
+        for variant in [SMALL, MID] {
+            let (s, img) = (s.clone(), img.clone());
+            tasks.push(tokio::spawn(async move {
+                let uri = format!("/classify?model={variant}&top_k=1");
+                send(&s, post(&uri, "image/jpeg", img)).await
+            }));
+        }
+        until_queued(&s, SMALL, 1).await;
+        until_queued(&s, MID, 1).await;
+        s.start_engine().unwrap();
+        for (task, variant) in tasks.into_iter().zip([SMALL, MID]) {
+            let r = task.await.unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+            assert_eq!(
+                top1(&r.json["predictions"]),
+                direct_top1(&reference, variant, &img),
+                "{variant} in {mode} mode"
+            );
+        }
+        let metrics = s.metrics().render();
+        for variant in [SMALL, MID] {
+            let line =
+                format!("mobilenet_batches_total{{mode=\"{mode}\",variant=\"{variant}\"}} 1");
+            assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+        }
+    }
+}

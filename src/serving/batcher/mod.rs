@@ -225,15 +225,35 @@ impl<K: QueueKey> Batcher<K> {
         self.wake.notify_all();
     }
 
+    /// What the policy says of the queues now.
+    fn decide(&self, state: &State<K>, now: Instant) -> Decision {
+        let views: Vec<QueueView> = state.queues.iter().map(|q| view(&q.jobs)).collect();
+        let flush = state.closed || state.incoming == 0;
+        self.policy.decide(now, &views, flush)
+    }
+
+    /// A batch that is due now, if any, without waiting: for an engine thread that could run
+    /// another batch beside the one it has.
+    pub fn try_next_batch(&self) -> Option<Batch<K>> {
+        let mut state = self.lock();
+        loop {
+            let now = Instant::now();
+            let Decision::Run(variant) = self.decide(&state, now) else {
+                return None;
+            };
+            if let Some(batch) = self.take(&mut state, variant, now) {
+                return Some(batch);
+            }
+        }
+    }
+
     /// Blocks until a batch is due and returns it; `None` once closed and empty. For engine
     /// threads only (it blocks the calling OS thread).
     pub fn next_batch(&self) -> Option<Batch<K>> {
         let mut state = self.lock();
         loop {
             let now = Instant::now();
-            let views: Vec<QueueView> = state.queues.iter().map(|q| view(&q.jobs)).collect();
-            let flush = state.closed || state.incoming == 0;
-            match self.policy.decide(now, &views, flush) {
+            match self.decide(&state, now) {
                 Decision::Run(variant) => {
                     if let Some(batch) = self.take(&mut state, variant, now) {
                         return Some(batch);
@@ -515,6 +535,24 @@ mod tests {
         b.submit(&m, vec![third]).unwrap();
         drop(coming);
         assert_eq!(b.next_batch().unwrap().jobs.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_due_now_is_taken_without_waiting() {
+        let b = batcher(4, 10);
+        let a = model(1, "a");
+        assert!(b.try_next_batch().is_none(), "nothing queued");
+        let (six, _rx): (Vec<Job>, Vec<_>) =
+            (0..6).map(|i| Job::new(vec![i as f32], far())).unzip();
+        b.submit(&a, six).unwrap();
+        // Nothing is on its way, so the queue is due; its front first.
+        let first = b.try_next_batch().unwrap();
+        assert_eq!(
+            first.jobs.iter().map(|j| j.input[0]).collect::<Vec<_>>(),
+            [0.0, 1.0, 2.0, 3.0]
+        );
+        assert_eq!(b.try_next_batch().unwrap().jobs.len(), 2);
+        assert!(b.try_next_batch().is_none(), "all taken");
     }
 
     #[test]
