@@ -13,7 +13,9 @@ ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS chef
-# nasm: libjpeg-turbo's SIMD in mozjpeg-sys (the scaled JPEG decode of `resize=fast`).
+# nasm: libjpeg-turbo's SIMD in mozjpeg-sys (the scaled JPEG decode of `resize=fast`). Not
+# pinned: a build tool of the discarded builder stage, at the base image's Debian release.
+# hadolint ignore=DL3008
 RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nasm \
  && rm -rf /var/lib/apt/lists/*
 RUN cargo install cargo-chef --locked --version 0.1.78
