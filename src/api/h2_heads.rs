@@ -8,8 +8,8 @@
 //! preface, then 9-byte frame headers whose payloads it skips. While a head is incomplete (the
 //! preface, a frame header, a HEADERS or CONTINUATION payload, or a header block without
 //! END_HEADERS), it must complete within the deadline counted from the read it began in;
-//! otherwise reads fail with `TimedOut`, which ends the connection. Between requests and while bodies stream,
-//! there is no deadline: idle connections are the pings' business.
+//! otherwise reads fail with `TimedOut`, which ends the connection. Between requests and while
+//! bodies stream, there is no deadline: idle connections are the pings' business.
 
 use std::future::Future;
 use std::io;

@@ -88,8 +88,8 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
 }
 
 /// [`decode`], but with [`Resize::Fast`] a large JPEG comes at the smallest of 1/2, 1/4 and 1/8
-/// of its size whose shorter side still covers `short_target` (the resize's target). Both
-/// limits apply to the full size, before anything is decoded.
+/// of its size whose shorter side keeps [`scaled_jpeg::MARGIN`] times `short_target` (the
+/// resize's target). Both limits apply to the full size, before anything is decoded.
 pub fn decode_for(
     bytes: &[u8],
     limits: &DecodeLimits,

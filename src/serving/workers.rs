@@ -62,8 +62,8 @@ fn lower_priority(nice: i32) {
 }
 
 /// The largest batch worth running on one thread beside others rather than split across all of
-/// them: throughput mode starts only from a batch no larger. Engine-only on 2 cores (`bench --threads 2` against `--threads 1 --streams 2`, same
-/// run): at batch 1 to 4, one batch per thread gave 1.1-1.9x the images per second of split
+/// them: throughput mode starts only from a batch no larger. Engine-only on 2 cores
+/// (`bench --threads 2` against `--threads 1 --streams 2`, same run): at batch 1 to 4, one batch per thread gave 1.1-1.9x the images per second of split
 /// batches (0.25_128: 5,900-6,100 img/s against 3,100-5,500; 0.5_160: 1,170-1,230 against
 /// 810-1,160); at batch 8 splitting was as fast or faster (0.25_128: 6,650 against 5,580).
 pub const SOLO_MAX_BATCH: usize = 4;

@@ -5,6 +5,7 @@
 #
 # Needs: wrk (apt install wrk), a release build (cargo build --release), and a Python with
 # tests/load/requirements.txt (PYTHON=path/to/venv/bin/python).
+# PHOTO=1 sends a 12 MP photo instead of a 227 px image (below).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODELS_DIR=${MODELS_DIR:-../shared/models}
@@ -23,15 +24,33 @@ OUT=target/load
 BIN=target/release/mobilenet-serve
 mkdir -p "$OUT"
 
-# The request: a 227x227 JPEG made from the first labelled sample image.
-IMAGE="$OUT/request.jpg"
+# The request: a 227x227 JPEG made from the first labelled sample image, or with PHOTO=1 a
+# 12 MP "phone photo" (4032x3024, quality 90): a mosaic of the first samples, detailed
+# everywhere as a camera's picture is (4-5 MB). The peer decodes it with Pillow as a Python user
+# would (Image.open, convert, resize: no draft mode); we with the default resize=fast.
 first=$(awk -F'\t' '!/^#/ {print $1; exit}' "$DATASET_DIR/labels.tsv")
-"$PYTHON" -c "
+if [ "${PHOTO:-0}" = 1 ]; then
+  IMAGE="$OUT/photo.jpg"
+  "$PYTHON" -c "
+import os
+from PIL import Image
+names = [l.split('\t')[0] for l in open('$DATASET_DIR/labels.tsv') if l.strip() and not l.startswith('#')]
+photo = Image.new('RGB', (4032, 3024))
+for k, (y, x) in enumerate((y, x) for y in range(0, 3024, 227) for x in range(0, 4032, 227)):
+    photo.paste(Image.open(os.path.join('$DATASET_DIR', names[k % len(names)])).convert('RGB'), (x, y))
+photo.save('$IMAGE', quality=90)
+"
+  size=4032x3024
+else
+  IMAGE="$OUT/request.jpg"
+  "$PYTHON" -c "
 from PIL import Image
 Image.open('$DATASET_DIR/$first').convert('RGB').resize((227, 227), Image.BILINEAR).save('$IMAGE', quality=95)
 "
+  size=227x227
+fi
 export IMAGE
-echo "request image: $IMAGE ($(stat -c %s "$IMAGE") bytes, 227x227)"
+echo "request image: $IMAGE ($(stat -c %s "$IMAGE") bytes, $size)"
 
 wait_for() { # url
   for _ in $(seq 1 600); do

@@ -81,8 +81,9 @@ struct ClassifyQuery {
     #[param(inline)]
     fallback: Option<Fallback>,
     /// `fast`: a JPEG of at least four times the size the model needs is decoded at 1/2, 1/4
-    /// or 1/8 of its size (keeping twice that size), then resized; `exact`: the full image, bit-exact with the reference
-    /// (Pillow) pipeline. Default: the server's `--resize` (`fast` unless set).
+    /// or 1/8 of its size (keeping twice that size), then resized; `exact`: the full image,
+    /// bit-exact with the reference (Pillow) pipeline. Default: the server's `--resize` (`fast`
+    /// unless set).
     #[param(inline)]
     resize: Option<Resize>,
 }
