@@ -266,6 +266,11 @@ pub struct ServeArgs {
     /// `off`: every batch is split across all the threads.
     #[arg(long, env = "THROUGHPUT_MODE", default_value = "on", value_parser = ["on", "off"])]
     pub throughput_mode: String,
+    /// Threads that decode and preprocess images at most (tokio's blocking pool); 0: twice the
+    /// cores, at least 4. They share the cores with the engine threads.
+    #[arg(long, env = "DECODE_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(usize))]
+    pub decode_threads: usize,
     /// With --model-control-mode explicit: a variant to load at start (repeatable; none by
     /// default, as in Triton).
     #[arg(long = "load-model", value_name = "NAME")]
