@@ -445,3 +445,48 @@ async fn a_cancelled_call_costs_no_inference() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// `resize` chooses the decode per request, as over HTTP; anything but fast or exact is
+/// INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_is_chosen_per_request() {
+    let s = service(config());
+    s.warm_up().await.unwrap();
+    let (addr, _stop) = start_grpc(s.clone()).await;
+    let mut c = client(addr).await;
+    // A sample upscaled 4x (908 px): the fast decode applies to 0.25_128.
+    let small = image::load_from_memory(&jpegs(1).remove(0)).unwrap();
+    let big = small.resize_exact(908, 908, image::imageops::FilterType::Lanczos3);
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    big.to_rgb8()
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    let jpeg = jpeg.into_inner();
+    let mut tops = Vec::new();
+    for resize in ["exact", "fast"] {
+        let answer = c
+            .classify(ClassifyRequest {
+                model: Some(SMALL.into()),
+                resize: Some(resize.into()),
+                top_k: 1,
+                ..request(vec![jpeg.clone()])
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tops.push(answer.images[0].predictions[0].index);
+    }
+    assert_eq!(tops[0], tops[1]);
+    let refused = c
+        .classify(ClassifyRequest {
+            resize: Some("nearest".into()),
+            ..request(vec![jpeg])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("`fast` or `exact`"),
+        "{refused:?}"
+    );
+}

@@ -69,7 +69,7 @@ fn to_request(
             k => k as usize,
         },
         timeout,
-        resize: None,
+        resize: msg.resize.as_deref().map(str::parse).transpose()?,
     })
 }
 
