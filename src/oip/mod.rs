@@ -41,6 +41,9 @@ pub const PROBS: &str = "probs";
 pub const CLASSIFICATION: &str = "classification";
 /// Request parameter bounding the request's time, in microseconds (Triton's convention).
 pub const TIMEOUT: &str = "timeout";
+/// Request parameter: `fast` or `exact` decoding of encoded images (the server's `--resize` when
+/// absent).
+pub const RESIZE: &str = "resize";
 
 /// One tensor's description in metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -188,6 +191,8 @@ pub struct Request {
     pub outputs: Vec<RequestedOutput>,
     /// The client's time bound.
     pub timeout: Option<Duration>,
+    /// How encoded images come down to the model's size (the server's default when `None`).
+    pub resize: Option<Resize>,
 }
 
 /// An output tensor's elements (in JSON, a flat array of numbers or of strings).
@@ -268,7 +273,8 @@ async fn infer_inner(
     let served = service.variant(&request.model)?;
     let variant = served.variant();
     check_version(&request.model, &request.version)?;
-    let images = images(variant, request.inputs, service.config().resize)?;
+    let resize = request.resize.unwrap_or(service.config().resize);
+    let images = images(variant, request.inputs, resize)?;
     let wanted = requested_outputs(variant, request.outputs)?;
     // A client's bound beyond the server's longest is capped rather than refused, as gRPC's
     // grpc-timeout is.

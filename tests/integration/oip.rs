@@ -863,3 +863,73 @@ async fn grpc_refuses_requests_that_would_expand_when_decoded() {
         .into_inner();
     assert_eq!(answer.outputs[0].shape[0], 8);
 }
+
+/// The request parameter `resize` (`fast` or `exact`) chooses the decode over both bindings:
+/// a JPEG four times the model's size gives other logits each way, the same over REST and gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resize_parameter_chooses_the_decode_over_rest_and_grpc() {
+    let s = service(config());
+    s.warm_up().await.unwrap();
+    let small = image::load_from_memory(&jpegs(1).remove(0)).unwrap();
+    let big = small.resize_exact(908, 908, image::imageops::FilterType::Lanczos3);
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    big.to_rgb8()
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    let images = vec![jpeg.into_inner()];
+    let raw = bytes_to_raw(&images);
+    let rest = |resize: Value| {
+        json!({
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                        "parameters": {"binary_data_size": raw.len()}}],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": true}}],
+            "parameters": {"resize": resize},
+        })
+    };
+    let mut logits = Vec::new();
+    for mode in ["exact", "fast"] {
+        let r = send(&s, infer_binary(INFER, &rest(json!(mode)), &raw)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        logits.push(fp32_from_le(r.binary()).unwrap());
+    }
+    assert_ne!(logits[0], logits[1], "the two decodes gave the same logits");
+    assert_eq!(argmax(&logits[0]), argmax(&logits[1]));
+    for bad in [json!("nope"), json!(3)] {
+        let r = send(&s, infer_binary(INFER, &rest(bad.clone()), &raw)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    let (addr, _stop) = start_grpc(s.clone()).await;
+    let mut c = GrpcInferenceServiceClient::new(grpc_channel(addr).await);
+    let request = |mode: &str| pb::ModelInferRequest {
+        model_name: SMALL.into(),
+        inputs: vec![grpc_input("image", "BYTES", vec![1])],
+        outputs: vec![model_infer_request::InferRequestedOutputTensor {
+            name: "logits".into(),
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw.clone()],
+        parameters: [(
+            "resize".to_string(),
+            pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(
+                    mode.into(),
+                )),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    for (mode, rest_logits) in ["exact", "fast"].into_iter().zip(&logits) {
+        let answer = c.model_infer(request(mode)).await.unwrap().into_inner();
+        let got = fp32_from_le(&answer.raw_output_contents[0]).unwrap();
+        assert_eq!(&got, rest_logits, "{mode}");
+    }
+    let refused = c.model_infer(request("nope")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+}

@@ -101,6 +101,20 @@ impl InferenceApi {
     }
 }
 
+fn string_param<'a>(
+    params: &'a HashMap<String, pb::InferParameter>,
+    key: &str,
+) -> Result<Option<&'a str>> {
+    use pb::infer_parameter::ParameterChoice;
+    match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::StringParam(s)) => Ok(Some(s)),
+        Some(_) => Err(Error::BadRequest(format!(
+            "parameter `{key}` must be a string"
+        ))),
+    }
+}
+
 fn int_param(params: &HashMap<String, pb::InferParameter>, key: &str) -> Result<Option<i64>> {
     use pb::infer_parameter::ParameterChoice;
     match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
@@ -124,6 +138,9 @@ pub(crate) fn to_request(
 ) -> Result<oip::Request> {
     let asked = oip::timeout_from_micros(int_param(&msg.parameters, oip::TIMEOUT)?)?;
     let timeout = request_timeout(asked, deadline, longest)?;
+    let resize = string_param(&msg.parameters, oip::RESIZE)?
+        .map(str::parse)
+        .transpose()?;
     let raw = msg.raw_input_contents;
     if !raw.is_empty() && raw.len() != msg.inputs.len() {
         return Err(Error::BadRequest(format!(
@@ -186,6 +203,7 @@ pub(crate) fn to_request(
         inputs,
         outputs,
         timeout,
+        resize,
     })
 }
 

@@ -224,6 +224,9 @@ pub fn parse_request(
         });
     }
     let timeout = oip::timeout_from_micros(integer(&rest.parameters, oip::TIMEOUT)?)?;
+    let resize = text(&rest.parameters, oip::RESIZE)?
+        .map(str::parse)
+        .transpose()?;
     Ok(Parsed {
         request: oip::Request {
             model,
@@ -231,6 +234,7 @@ pub fn parse_request(
             inputs,
             outputs,
             timeout,
+            resize,
         },
         id: rest.id,
         binary: BinaryOutputs {
@@ -297,6 +301,16 @@ fn flag(params: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
         Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(other) => Err(Error::BadRequest(format!(
             "parameter `{key}` must be a boolean, got {other}"
+        ))),
+    }
+}
+
+fn text<'a>(params: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, Error> {
+    match params.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(Error::BadRequest(format!(
+            "parameter `{key}` must be a string, got {other}"
         ))),
     }
 }
