@@ -96,7 +96,6 @@ impl Frames {
         match kind {
             HEADERS | PUSH_PROMISE => self.block_open = !ends,
             CONTINUATION if ends => self.block_open = false,
-            CONTINUATION => {}
             _ => {}
         }
         self.head_payload =

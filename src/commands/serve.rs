@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -210,21 +210,14 @@ async fn serve_http(
         let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let ended = match opening(&tcp).await {
-                Opening::Http1 => {
-                    let connection = builder.serve_connection(TokioIo::new(tcp), app_service(app));
-                    watcher.watch(connection).await
-                }
+            match opening(&tcp).await {
+                Opening::Http1 => serve_connection(&builder, tcp, app, watcher).await,
+                // h2 has no deadline on request heads of its own.
                 Opening::Http2 => {
-                    // h2 has no deadline on request heads of its own.
                     let io = HeadDeadline::new(tcp, HEADER_READ_TIMEOUT);
-                    let connection = builder.serve_connection(TokioIo::new(io), app_service(app));
-                    watcher.watch(connection).await
+                    serve_connection(&builder, io, app, watcher).await
                 }
-                Opening::Silent => return,
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+                Opening::Silent => {}
             }
         });
     }
@@ -233,8 +226,19 @@ async fn serve_http(
     Ok(())
 }
 
-fn app_service(app: axum::Router) -> TowerToHyperService<axum::Router> {
-    TowerToHyperService::new(app)
+/// Serves one connection's requests with `app` until it ends or the server shuts down.
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    app: axum::Router,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
 }
 
 /// What a connection's first bytes say.

@@ -65,6 +65,18 @@ pub fn config() -> ServiceConfig {
     }
 }
 
+/// The first sample image (227 px) upscaled 4x with Lanczos to 908x908 and re-encoded as JPEG:
+/// four times 0.25_128's resize target of 146, so `resize=fast` decodes it at a reduced scale.
+pub fn upscaled_jpeg() -> Vec<u8> {
+    let small = image::load_from_memory(&jpegs(1).remove(0)).unwrap();
+    let big = small.resize_exact(908, 908, image::imageops::FilterType::Lanczos3);
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    big.to_rgb8()
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    jpeg.into_inner()
+}
+
 /// A running service over [`pool`].
 pub fn service(config: ServiceConfig) -> Arc<Service> {
     Service::new(pool(), config).unwrap()

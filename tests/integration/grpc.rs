@@ -454,14 +454,7 @@ async fn resize_is_chosen_per_request() {
     s.warm_up().await.unwrap();
     let (addr, _stop) = start_grpc(s.clone()).await;
     let mut c = client(addr).await;
-    // A sample upscaled 4x (908 px): the fast decode applies to 0.25_128.
-    let small = image::load_from_memory(&jpegs(1).remove(0)).unwrap();
-    let big = small.resize_exact(908, 908, image::imageops::FilterType::Lanczos3);
-    let mut jpeg = std::io::Cursor::new(Vec::new());
-    big.to_rgb8()
-        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
-        .unwrap();
-    let jpeg = jpeg.into_inner();
+    let jpeg = common::serving::upscaled_jpeg();
     let mut tops = Vec::new();
     for resize in ["exact", "fast"] {
         let answer = c

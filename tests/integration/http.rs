@@ -953,18 +953,7 @@ async fn an_http1_client_that_hangs_up_while_queued_costs_no_inference() {
 async fn the_resize_parameter_chooses_between_the_scaled_and_the_full_decode() {
     let s = service(config());
     s.warm_up().await.unwrap();
-    // A sample image upscaled 4x (908 px): four times 0.25_128's resize target of 146.
-    let small = image::load_from_memory(&jpegs(1).remove(0)).unwrap();
-    let big = small.resize_exact(
-        small.width() * 4,
-        small.height() * 4,
-        image::imageops::FilterType::Lanczos3,
-    );
-    let mut jpeg = std::io::Cursor::new(Vec::new());
-    big.to_rgb8()
-        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
-        .unwrap();
-    let jpeg = jpeg.into_inner();
+    let jpeg = common::serving::upscaled_jpeg();
     let mut answers = Vec::new();
     for mode in ["exact", "fast", ""] {
         let uri = format!("/classify?model={SMALL}&top_k=1&resize={mode}");

@@ -870,13 +870,7 @@ async fn grpc_refuses_requests_that_would_expand_when_decoded() {
 async fn the_resize_parameter_chooses_the_decode_over_rest_and_grpc() {
     let s = service(config());
     s.warm_up().await.unwrap();
-    let small = image::load_from_memory(&jpegs(1).remove(0)).unwrap();
-    let big = small.resize_exact(908, 908, image::imageops::FilterType::Lanczos3);
-    let mut jpeg = std::io::Cursor::new(Vec::new());
-    big.to_rgb8()
-        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
-        .unwrap();
-    let images = vec![jpeg.into_inner()];
+    let images = vec![common::serving::upscaled_jpeg()];
     let raw = bytes_to_raw(&images);
     let rest = |resize: Value| {
         json!({

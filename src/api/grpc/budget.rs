@@ -174,11 +174,12 @@ fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], Malformed> {
     Ok(head)
 }
 
-/// Calls `each` with every field of the message `wire`: its number and value.
-fn fields<'a>(
+/// The sum of `cost_of(number, value)` over every field of the message `wire`.
+fn field_costs<'a>(
     mut wire: &'a [u8],
-    mut each: impl FnMut(u64, Value<'a>) -> Result<(), Malformed>,
-) -> Result<(), Malformed> {
+    mut cost_of: impl FnMut(u64, Value<'a>) -> Result<usize, Malformed>,
+) -> Result<usize, Malformed> {
+    let mut cost = 0usize;
     while !wire.is_empty() {
         let key = varint(&mut wire)?;
         let number = key >> 3;
@@ -195,9 +196,9 @@ fn fields<'a>(
             5 => take(&mut wire, 4).map(|_| Value::Fixed)?,
             _ => return Err(Malformed::Key(key)),
         };
-        each(number, value)?;
+        cost = cost.saturating_add(cost_of(number, value)?);
     }
-    Ok(())
+    Ok(cost)
 }
 
 /// How a repeated scalar is encoded.
@@ -229,53 +230,44 @@ fn len_of(value: Value<'_>) -> usize {
 
 /// An upper estimate of the memory `inference.ModelInferRequest` takes decoded from `wire`.
 fn request_cost(wire: &[u8], sizes: &InferSizes) -> Result<usize, Malformed> {
-    let mut cost = sizes.request;
-    fields(wire, |number, value| {
-        cost = cost.saturating_add(match (number, value) {
+    let fields = field_costs(wire, |number, value| {
+        Ok(match (number, value) {
             (4, Value::Len(entry)) => sizes.parameter + entry.len(),
             (5, Value::Len(input)) => sizes.input.saturating_add(input_cost(input, sizes)?),
             (6, Value::Len(output)) => sizes.output.saturating_add(output_cost(output, sizes)?),
             (7, Value::Len(raw)) => sizes.bytes + raw.len(),
             (_, other) => len_of(other),
-        });
-        Ok(())
+        })
     })?;
-    Ok(cost)
+    Ok(sizes.request.saturating_add(fields))
 }
 
 /// `InferInputTensor`: name, datatype, shape, parameters, contents.
 fn input_cost(wire: &[u8], sizes: &InferSizes) -> Result<usize, Malformed> {
-    let mut cost = 0usize;
-    fields(wire, |number, value| {
-        cost = cost.saturating_add(match (number, value) {
+    field_costs(wire, |number, value| {
+        Ok(match (number, value) {
             (3, shape) => 8 * elements(shape, Scalar::Varint),
             (4, Value::Len(entry)) => sizes.parameter + entry.len(),
             (5, Value::Len(contents)) => contents_cost(contents, sizes)?,
             (_, other) => len_of(other),
-        });
-        Ok(())
-    })?;
-    Ok(cost)
+        })
+    })
 }
 
 /// `InferRequestedOutputTensor`: name, parameters.
 fn output_cost(wire: &[u8], sizes: &InferSizes) -> Result<usize, Malformed> {
-    let mut cost = 0usize;
-    fields(wire, |number, value| {
-        cost = cost.saturating_add(match (number, value) {
+    field_costs(wire, |number, value| {
+        Ok(match (number, value) {
             (2, Value::Len(entry)) => sizes.parameter + entry.len(),
             (_, other) => len_of(other),
-        });
-        Ok(())
-    })?;
-    Ok(cost)
+        })
+    })
 }
 
 /// `InferTensorContents`: one repeated field per datatype, in its Rust element size.
 fn contents_cost(wire: &[u8], sizes: &InferSizes) -> Result<usize, Malformed> {
-    let mut cost = 0usize;
-    fields(wire, |number, value| {
-        cost = cost.saturating_add(match number {
+    field_costs(wire, |number, value| {
+        Ok(match number {
             1 => elements(value, Scalar::Varint),
             2 | 4 => 4 * elements(value, Scalar::Varint),
             3 | 5 => 8 * elements(value, Scalar::Varint),
@@ -283,10 +275,8 @@ fn contents_cost(wire: &[u8], sizes: &InferSizes) -> Result<usize, Malformed> {
             7 => 8 * elements(value, Scalar::Fixed64),
             8 => sizes.bytes + len_of(value),
             _ => len_of(value),
-        });
-        Ok(())
-    })?;
-    Ok(cost)
+        })
+    })
 }
 
 #[cfg(test)]
