@@ -4,7 +4,7 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
 
-use super::scaled_jpeg;
+use super::{scaled_jpeg, webp};
 use crate::error::{Error, Result};
 
 /// Bounds on what a client may make us decode (decompression bombs).
@@ -151,6 +151,11 @@ pub fn decode_for(
                 return Ok(img.into_rgb8());
             }
         }
+    }
+    if format == ImageFormat::WebP {
+        let mut img = DynamicImage::ImageRgb8(webp::decode(bytes, w, h)?);
+        img.apply_orientation(orientation);
+        return Ok(img.into_rgb8());
     }
     let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     img.apply_orientation(orientation);

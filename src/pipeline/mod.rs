@@ -1,5 +1,5 @@
 //! Image bytes -> model input -> labelled predictions, as pure functions: decode (large JPEGs
-//! at a reduced scale where asked: [`scaled_jpeg`]), preprocess (resize, crop, normalise),
+//! at a reduced scale where asked: [`scaled_jpeg`]; WebP through libwebp: [`webp`]), preprocess (resize, crop, normalise),
 //! postprocess (softmax, top-k). Uses `kernels` (for its SIMD choice)
 //! and `error` only.
 
@@ -7,3 +7,4 @@ pub mod decode;
 pub mod postprocess;
 pub mod preprocess;
 pub mod scaled_jpeg;
+pub mod webp;

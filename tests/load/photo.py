@@ -1,8 +1,8 @@
 """Server-side time of large photos, `resize=exact` against `resize=fast`, on a running server.
 
 Makes the photos with Pillow (a 12 MP "phone photo" two ways, progressive, grayscale, a 1080p
-PNG) unless they exist, posts each REPEAT times per mode, and prints the median of each stage of
-the server's own `timings_ms` and the ratio fast / exact. A benchmark: it prints numbers.
+PNG and WebP) unless they exist, posts each REPEAT times per mode, and prints the median of each
+stage of the server's own `timings_ms` and the ratio fast / exact. A benchmark: it prints numbers.
 
     python tests/load/photo.py --url http://127.0.0.1:8000 --data ../shared/imagenet/val1300 \
         --model mobilenet_v1_0.25_128 --out target/photos
@@ -27,6 +27,8 @@ def make_photos(data, out):
         "12mp_progressive.jpg": "the mosaic, progressive",
         "12mp_gray.jpg": "the smooth photo in grayscale",
         "1080p.png": "the mosaic at 1920x1080, PNG",
+        "1080p.webp": "the mosaic at 1920x1080, lossy WebP (quality 90)",
+        "1080p_lossless.webp": "the mosaic at 1920x1080, lossless WebP",
     }
     if all(os.path.exists(os.path.join(out, p)) for p in paths):
         return paths
@@ -42,7 +44,10 @@ def make_photos(data, out):
     mosaic.save(os.path.join(out, "12mp_detailed.jpg"), quality=90)
     mosaic.save(os.path.join(out, "12mp_progressive.jpg"), quality=90, progressive=True)
     smooth.convert("L").save(os.path.join(out, "12mp_gray.jpg"), quality=90)
-    mosaic.resize((1920, 1080), Image.BILINEAR).save(os.path.join(out, "1080p.png"))
+    hd = mosaic.resize((1920, 1080), Image.BILINEAR)
+    hd.save(os.path.join(out, "1080p.png"))
+    hd.save(os.path.join(out, "1080p.webp"), quality=90)
+    hd.save(os.path.join(out, "1080p_lossless.webp"), lossless=True)
     return paths
 
 
@@ -67,7 +72,7 @@ def main():
     print(f"{'image':<22} {'mode':<6} " + " ".join(f"{s:>10}" for s in stages) + "  fast/exact")
     for name, what in photos.items():
         body = open(os.path.join(args.out, name), "rb").read()
-        kind = "image/png" if name.endswith(".png") else "image/jpeg"
+        kind = {"png": "image/png", "webp": "image/webp"}.get(name.rsplit(".", 1)[1], "image/jpeg")
         totals = {}
         for mode in args.modes.split(","):
             url = f"{args.url}/classify?model={args.model}&top_k=1&resize={mode}"
