@@ -4,7 +4,7 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
 
-use super::{scaled_jpeg, webp};
+use super::{jpeg_structure, scaled_jpeg, webp};
 use crate::error::{Error, Result};
 
 /// Bounds on what a client may make us decode (decompression bombs).
@@ -113,12 +113,22 @@ pub fn decode_for(
             "{format:?} (supported: JPEG, PNG, WebP, BMP, GIF)"
         )));
     }
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        // The JPEG decoder fills a truncated scan with gray and succeeds: refuse instead of
-        // classifying a partial picture.
-        return Err(Error::Undecodable(
-            "the JPEG is truncated (no end-of-image marker after its last scan)".into(),
-        ));
+    if format == ImageFormat::Jpeg {
+        let structure = jpeg_structure::read(bytes);
+        if !structure.complete {
+            // The JPEG decoders fill a truncated scan with gray and succeed: refuse instead of
+            // classifying a partial picture.
+            return Err(Error::Undecodable(
+                "the JPEG is truncated (no end-of-image marker after its last scan)".into(),
+            ));
+        }
+        if structure.scans > jpeg_structure::MAX_SCANS {
+            return Err(Error::Undecodable(format!(
+                "the JPEG has {} scans, more than the {} decoded here (encoders write about 10)",
+                structure.scans,
+                jpeg_structure::MAX_SCANS
+            )));
+        }
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut io_limits = image::Limits::default();
@@ -160,17 +170,6 @@ pub fn decode_for(
     let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
-}
-
-/// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). Inside
-/// entropy-coded data an FF byte is always followed by 00 or a restart marker, so these pairs
-/// are real markers; an EXIF thumbnail's own markers come before the main image's scans.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    match last_scan {
-        Some(at) => bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]),
-        None => false,
-    }
 }
 
 fn map_image_error(e: ImageError) -> Error {
@@ -319,6 +318,38 @@ mod tests {
         };
         let refused = decode_for(&jpeg, &tight, Resize::Fast, 146).unwrap_err();
         assert!(matches!(refused, Error::TooLarge(_)), "{refused}");
+    }
+
+    /// A progressive JPEG whose last scan is repeated until it has `scans` scans: each repeat
+    /// costs a few bytes and a pass over every block.
+    fn with_scans(scans: usize) -> Vec<u8> {
+        let jpeg = big_jpeg(mozjpeg::ColorSpace::JCS_YCbCr, true);
+        let last = jpeg.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+        let end = jpeg.len() - 2;
+        let have = jpeg_structure::read(&jpeg).scans;
+        let mut out = jpeg[..end].to_vec();
+        for _ in have..scans {
+            out.extend_from_slice(&jpeg[last..end]);
+        }
+        out.extend_from_slice(&[0xFF, 0xD9]);
+        assert_eq!(jpeg_structure::read(&out).scans, scans);
+        out
+    }
+
+    #[test]
+    fn a_jpeg_with_more_scans_than_the_limit_is_refused_before_decoding() {
+        let limits = DecodeLimits::default();
+        let at_limit = with_scans(jpeg_structure::MAX_SCANS);
+        let over = with_scans(jpeg_structure::MAX_SCANS + 1);
+        for resize in [Resize::Exact, Resize::Fast] {
+            let ok = decode_for(&at_limit, &limits, resize, 146);
+            assert!(ok.is_ok(), "{resize}: {}", ok.unwrap_err());
+            let err = decode_for(&over, &limits, resize, 146).unwrap_err();
+            assert!(
+                matches!(&err, Error::Undecodable(m) if m.contains("101 scans")),
+                "{resize}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,174 @@
+//! A JPEG's marker structure, read without decoding: how many scans it has and whether an
+//! end-of-image marker closes them. Both are checked before any decoder runs.
+//!
+//! Why count scans: each scan of a progressive JPEG visits every block of the components it
+//! codes, yet costs only a few bytes when it codes nothing (end-of-band runs). A 98 KB file of
+//! 1,010 such scans at 12 MP kept libjpeg busy for 7.8 s, and 5,010 at 36 MP for 106 s;
+//! zune-jpeg refuses more than 100 scans. libjpeg-turbo's scan limit (TJPARAM_SCANLIMIT, after
+//! the LJT-01-004 audit finding) exists for the same reason.
+
+/// The most scans decoded: zune-jpeg's own limit, so that `resize=fast` (libjpeg) and
+/// `resize=exact` (zune-jpeg) refuse the same files. Encoders write about 10 (libjpeg's
+/// `jpeg_simple_progression`: 10 for colour, 6 for grayscale; baseline files have 1 per colour
+/// component at most).
+pub const MAX_SCANS: usize = 100;
+
+/// What [`read`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Structure {
+    /// Start-of-scan markers of the main image (not of an embedded thumbnail, whose segment is
+    /// skipped whole).
+    pub scans: usize,
+    /// Whether an end-of-image marker follows the last scan's entropy-coded data.
+    pub complete: bool,
+}
+
+/// Walks the markers from the start-of-image marker to the first end-of-image marker after a
+/// scan. Segments are skipped by their length and entropy-coded data up to the next marker (in
+/// it, an FF byte is followed by 00 or a restart marker). Bytes that are not a marker where one
+/// should be are skipped, as libjpeg does; a file that ends first is not complete.
+pub fn read(bytes: &[u8]) -> Structure {
+    let mut scans = 0;
+    let mut at = 2; // after FF D8
+    loop {
+        // The next marker: FF, any fill FFs, then its code.
+        let Some(ff) = memchr::memchr(0xFF, bytes.get(at..).unwrap_or_default()) else {
+            return Structure {
+                scans,
+                complete: false,
+            };
+        };
+        at += ff;
+        while bytes.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let Some(&code) = bytes.get(at + 1) else {
+            return Structure {
+                scans,
+                complete: false,
+            };
+        };
+        at += 2;
+        match code {
+            0xD9 if scans > 0 => {
+                return Structure {
+                    scans,
+                    complete: true,
+                }
+            }
+            // Standalone markers (no length), and a stuffed zero outside a scan: skipped.
+            0x00 | 0x01 | 0xD0..=0xD9 => {}
+            _ => {
+                let Some(len) = bytes.get(at..at + 2) else {
+                    return Structure {
+                        scans,
+                        complete: false,
+                    };
+                };
+                at += usize::from(u16::from_be_bytes([len[0], len[1]]));
+                if code == 0xDA {
+                    scans += 1;
+                    at = end_of_entropy_data(bytes, at);
+                }
+            }
+        }
+    }
+}
+
+/// The offset of the first marker after entropy-coded data that starts at `at` (or the end).
+fn end_of_entropy_data(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(ff) = memchr::memchr(0xFF, bytes.get(at..).unwrap_or_default()) {
+        at += ff;
+        match bytes.get(at + 1) {
+            Some(0x00 | 0xD0..=0xD7) => at += 2,
+            _ => return at,
+        }
+    }
+    bytes.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SOI, an APP0-like segment, SOF, then `scans` scans of entropy data with a stuffed FF 00
+    /// and a restart marker in each, then EOI.
+    fn synthetic(scans: usize) -> Vec<u8> {
+        let mut out = vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 6, 0xFF, 0xDA, 0xFF, 0xD9];
+        out.extend([0xFF, 0xC2, 0, 3, 9]);
+        for _ in 0..scans {
+            out.extend([
+                0xFF, 0xDA, 0, 4, 1, 2, 0x11, 0xFF, 0x00, 0x22, 0xFF, 0xD3, 0x33,
+            ]);
+        }
+        out.extend([0xFF, 0xD9]);
+        out
+    }
+
+    #[test]
+    fn scans_are_counted_past_stuffed_bytes_restarts_and_segment_contents() {
+        for n in [1, 10, 101] {
+            let jpeg = synthetic(n);
+            assert_eq!(
+                read(&jpeg),
+                Structure {
+                    scans: n,
+                    complete: true
+                }
+            );
+            for cut in 0..jpeg.len() - 1 {
+                assert!(!read(&jpeg[..cut]).complete, "{n} scans, cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn fill_bytes_junk_and_trailing_data_are_tolerated() {
+        let mut jpeg = synthetic(3);
+        // Fill bytes before a marker, junk between segments, data after the end.
+        jpeg.splice(2..2, [0xFF, 0xFF, 0xFF]);
+        jpeg.splice(2..2, [0x12, 0x34]);
+        jpeg.extend(b"trailing \xFF\xDA\x00\x02 bytes");
+        assert_eq!(
+            read(&jpeg),
+            Structure {
+                scans: 3,
+                complete: true
+            }
+        );
+    }
+
+    #[test]
+    fn real_encoders_files_have_few_scans() {
+        let (w, h) = (64, 48);
+        let pixels: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let image = image::RgbImage::from_raw(w as u32, h as u32, pixels.clone()).unwrap();
+        let mut baseline = std::io::Cursor::new(Vec::new());
+        image
+            .write_to(&mut baseline, image::ImageFormat::Jpeg)
+            .unwrap();
+        assert_eq!(
+            read(baseline.get_ref()),
+            Structure {
+                scans: 1,
+                complete: true
+            }
+        );
+        // mozjpeg's defaults (its own optimised progression), then libjpeg's simple one.
+        for simple in [false, true] {
+            let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+            c.set_size(w, h);
+            if simple {
+                c.set_progressive_mode();
+            }
+            let mut started = c.start_compress(Vec::new()).unwrap();
+            started.write_scanlines(&pixels).unwrap();
+            let structure = read(&started.finish().unwrap());
+            assert!(structure.complete);
+            assert!(
+                (2..=MAX_SCANS / 4).contains(&structure.scans),
+                "simple {simple}: {structure:?}"
+            );
+        }
+    }
+}
