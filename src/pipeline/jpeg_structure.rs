@@ -90,6 +90,7 @@ fn end_of_entropy_data(bytes: &[u8], mut at: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// SOI, an APP0-like segment, SOF, then `scans` scans of entropy data with a stuffed FF 00
     /// and a restart marker in each, then EOI.
@@ -119,6 +120,68 @@ mod tests {
             for cut in 0..jpeg.len() - 1 {
                 assert!(!read(&jpeg[..cut]).complete, "{n} scans, cut at {cut}");
             }
+        }
+    }
+
+    /// Bytes rich in what a marker is made of.
+    fn byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            Just(0xFF),
+            Just(0xDA),
+            Just(0xD9),
+            Just(0xD8),
+            Just(0),
+            any::<u8>()
+        ]
+    }
+
+    /// A segment (any non-scan marker, contents of any bytes) or a scan (header, then entropy
+    /// data whose FF bytes are followed by 00 or a restart marker, as an encoder writes).
+    fn part() -> impl Strategy<Value = (bool, Vec<u8>)> {
+        let segment = (0xC0u8..=0xFE, proptest::collection::vec(byte(), 0..40))
+            .prop_filter("not a scan or a standalone marker", |(code, _)| {
+                !matches!(code, 0xD0..=0xDA)
+            })
+            .prop_map(|(code, body)| {
+                let len = (body.len() + 2) as u16;
+                let mut out = vec![0xFF, code, (len >> 8) as u8, len as u8];
+                out.extend(body);
+                (false, out)
+            });
+        let scan = proptest::collection::vec(byte(), 0..40).prop_map(|data| {
+            let mut out = vec![0xFF, 0xDA, 0, 3, 1];
+            for (i, b) in data.into_iter().enumerate() {
+                out.push(b);
+                if b == 0xFF {
+                    out.push(if i % 3 == 0 { 0xD0 + (i % 8) as u8 } else { 0 });
+                }
+            }
+            (true, out)
+        });
+        prop_oneof![segment, scan]
+    }
+
+    proptest! {
+        #[test]
+        fn any_file_of_segments_and_scans_is_read_exactly(
+            parts in proptest::collection::vec(part(), 1..30)
+        ) {
+            let mut jpeg = vec![0xFF, 0xD8];
+            for (_, bytes) in &parts {
+                jpeg.extend(bytes);
+            }
+            jpeg.extend([0xFF, 0xD9]);
+            let scans = parts.iter().filter(|(scan, _)| *scan).count();
+            prop_assert_eq!(read(&jpeg), Structure { scans, complete: scans > 0 });
+            for cut in 0..jpeg.len() - 1 {
+                prop_assert!(!read(&jpeg[..cut]).complete);
+            }
+        }
+
+        #[test]
+        fn any_bytes_are_read_without_panicking(bytes in proptest::collection::vec(byte(), 0..400)) {
+            let structure = read(&bytes);
+            prop_assert!(structure.scans <= bytes.len() / 4);
         }
     }
 
