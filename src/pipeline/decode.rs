@@ -133,7 +133,8 @@ pub fn decode_for(
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut io_limits = image::Limits::default();
     // Room for the largest accepted image at 16-bit RGBA plus the decoder's own buffers.
-    io_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    let max_alloc = limits.max_pixels.saturating_mul(8).saturating_add(64 << 20);
+    io_limits.max_alloc = Some(max_alloc);
     reader.limits(io_limits);
     let decoder = reader.into_decoder().map_err(map_image_error)?;
     let (w, h) = decoder.dimensions();
@@ -163,7 +164,7 @@ pub fn decode_for(
         }
     }
     if format == ImageFormat::WebP {
-        let mut img = DynamicImage::ImageRgb8(webp::decode(bytes, w, h)?);
+        let mut img = DynamicImage::ImageRgb8(webp::decode(bytes, w, h, max_alloc)?);
         img.apply_orientation(orientation);
         return into_rgb8(img);
     }

@@ -24,9 +24,11 @@ pub struct Structure {
 }
 
 /// Walks the markers from the start-of-image marker to the first end-of-image marker after a
-/// scan. Segments are skipped by their length and entropy-coded data up to the next marker (in
-/// it, an FF byte is followed by 00 or a restart marker). Bytes that are not a marker where one
-/// should be are skipped, as libjpeg does; a file that ends first is not complete.
+/// scan. Segments (markers from SOF0 up, but restarts, SOI and EOI) are skipped by their length
+/// and entropy-coded data up to the next marker (in it, an FF byte is followed by 00 or a
+/// restart marker). Bytes that are not a marker where one should be are skipped, as libjpeg
+/// does; a file that ends first is not complete. Where libjpeg would read on, so does this
+/// count: it may count more scans than a decoder reaches, never fewer.
 pub fn read(bytes: &[u8]) -> Structure {
     let mut scans = 0;
     let mut at = 2; // after FF D8
@@ -56,8 +58,11 @@ pub fn read(bytes: &[u8]) -> Structure {
                     complete: true,
                 }
             }
-            // Standalone markers (no length), and a stuffed zero outside a scan: skipped.
-            0x00 | 0x01 | 0xD0..=0xD9 => {}
+            // Standalone markers (no length), a stuffed zero outside a scan, and the reserved
+            // codes below SOF0: skipped alone. libjpeg, resynchronising after a bad restart,
+            // discards a reserved marker and reads on byte by byte, so a length after one must
+            // not hide the scans that follow from this count.
+            0x00..=0xBF | 0xD0..=0xD9 => {}
             _ => {
                 let Some(len) = bytes.get(at..at + 2) else {
                     return Structure {
@@ -159,6 +164,25 @@ mod tests {
             (true, out)
         });
         prop_oneof![segment, scan]
+    }
+
+    #[test]
+    fn a_reserved_marker_cannot_hide_scans_behind_a_length() {
+        // FF 02 then what a segment length would be (0x7F00): libjpeg, resynchronising after a
+        // bad restart, drops the marker and finds the scans behind it.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xDD, 0, 4, 0, 1];
+        jpeg.extend([0xFF, 0xDA, 0, 3, 1, 0x11, 0xFF, 0x02, 0x7F, 0x00]);
+        for _ in 0..200 {
+            jpeg.extend([0xFF, 0xDA, 0, 3, 1, 0x22]);
+        }
+        jpeg.extend([0xFF, 0xD9]);
+        assert_eq!(
+            read(&jpeg),
+            Structure {
+                scans: 201,
+                complete: true
+            }
+        );
     }
 
     proptest! {

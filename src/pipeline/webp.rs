@@ -13,9 +13,64 @@ use libwebp_sys::{
 
 use crate::error::{Error, Result};
 
+/// Peak bytes per canvas pixel of an animation's first frame: libwebp's two RGBA canvases (this
+/// frame's and the previous one's), a lossless frame's own ARGB pixels, and our RGB copy. A
+/// still image takes at most 7 (lossless: ARGB and RGB), within the `image` crate's budget.
+const ANIMATION_BYTES_PER_PIXEL: u64 = 4 + 4 + 4 + 3;
+
 /// Decodes a WebP whose headers gave `width` x `height` (already checked against the limits) to
-/// RGB8, dropping any alpha as Pillow's `convert("RGB")` does; an animation gives its first frame.
-pub fn decode(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage> {
+/// RGB8, dropping any alpha as Pillow's `convert("RGB")` does; an animation gives its first
+/// frame, if decoding it takes at most `max_alloc` bytes.
+pub fn decode(bytes: &[u8], width: u32, height: u32, max_alloc: u64) -> Result<RgbImage> {
+    select_functions_once();
+    let config = features(bytes, width, height)?;
+    if config.input.has_animation == 0 {
+        return still(config, bytes, width, height);
+    }
+    let need = u64::from(width) * u64::from(height) * ANIMATION_BYTES_PER_PIXEL;
+    if need > max_alloc {
+        return Err(Error::TooLarge(format!(
+            "an animated WebP of {width}x{height} takes about {} MiB to decode, over the {} MiB \
+             allowed",
+            need >> 20,
+            max_alloc >> 20
+        )));
+    }
+    first_frame(bytes, width, height)
+}
+
+/// libwebp chooses its SIMD functions on first use, without a lock (this build does not define
+/// WEBP_USE_THREAD), so requests decoding their first WebPs at once would race on those
+/// pointers. One small lossy file with alpha and one lossless file, decoded before anything
+/// else, make that choice once.
+fn select_functions_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let rgba: Vec<u8> = (0..16 * 16 * 4).map(|i| (i * 37 % 256) as u8).collect();
+        for lossless in [false, true] {
+            let mut out: *mut u8 = std::ptr::null_mut();
+            // SAFETY: `rgba` holds 16 x 16 pixels at a stride of 64 bytes; libwebp allocates
+            // `out`, which is freed once its bytes have been decoded.
+            unsafe {
+                let len = if lossless {
+                    libwebp_sys::WebPEncodeLosslessRGBA(rgba.as_ptr(), 16, 16, 64, &mut out)
+                } else {
+                    libwebp_sys::WebPEncodeRGBA(rgba.as_ptr(), 16, 16, 64, 75.0, &mut out)
+                };
+                if len > 0 {
+                    let bytes = std::slice::from_raw_parts(out, len);
+                    if let Ok(config) = features(bytes, 16, 16) {
+                        let _ = still(config, bytes, 16, 16);
+                    }
+                }
+                libwebp_sys::WebPFree(out.cast());
+            }
+        }
+    });
+}
+
+/// The bitstream's features, checked to give the size the `image` crate read.
+fn features(bytes: &[u8], width: u32, height: u32) -> Result<WebPDecoderConfig> {
     let mut config = WebPDecoderConfig::new()
         .map_err(|()| Error::Internal("libwebp's ABI version does not match".into()))?;
     // SAFETY: `bytes` is a live slice of the length given, and `config.input` is a plain struct
@@ -29,9 +84,11 @@ pub fn decode(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage> {
             config.input.width, config.input.height
         )));
     }
-    if config.input.has_animation != 0 {
-        return first_frame(bytes, width, height);
-    }
+    Ok(config)
+}
+
+/// A still image, into a buffer of ours.
+fn still(mut config: WebPDecoderConfig, bytes: &[u8], width: u32, height: u32) -> Result<RgbImage> {
     let stride = width as usize * 3;
     let mut pixels = vec![0u8; stride * height as usize];
     config.output.colorspace = WEBP_CSP_MODE::MODE_RGB;
@@ -188,7 +245,7 @@ mod tests {
         for lossless in [false, true] {
             for alpha in [false, true] {
                 let bytes = encode(&img, lossless, alpha);
-                let ours = decode(&bytes, 301, 203).unwrap();
+                let ours = decode(&bytes, 301, 203, u64::MAX).unwrap();
                 assert_eq!(
                     ours,
                     by_image_webp(&bytes),
@@ -243,22 +300,26 @@ mod tests {
         let second = image::RgbaImage::from_pixel(40, 30, image::Rgba([9, 9, 9, 255]));
         let bytes = animation(&[first.clone(), second]);
         let want = image::DynamicImage::ImageRgba8(first).into_rgb8();
-        assert!(decode(&bytes, 40, 30).unwrap() == want);
+        assert!(decode(&bytes, 40, 30, u64::MAX).unwrap() == want);
         let limits = crate::pipeline::decode::DecodeLimits::default();
         assert!(crate::pipeline::decode::decode(&bytes, &limits).unwrap() == want);
-        let cut = decode(&bytes[..bytes.len() - 200], 40, 30).unwrap_err();
+        let cut = decode(&bytes[..bytes.len() - 200], 40, 30, u64::MAX).unwrap_err();
         assert!(matches!(cut, Error::Undecodable(_)), "{cut}");
+        // 40 x 30 pixels at 15 bytes each: 18,000 bytes.
+        assert!(decode(&bytes, 40, 30, 18_000).is_ok());
+        let over = decode(&bytes, 40, 30, 17_999).unwrap_err();
+        assert!(matches!(over, Error::TooLarge(_)), "{over}");
     }
 
     #[test]
     fn broken_webps_are_refused_with_their_reason() {
         let bytes = encode(&pattern(64, 48), false, false);
-        let truncated = decode(&bytes[..bytes.len() * 2 / 3], 64, 48).unwrap_err();
+        let truncated = decode(&bytes[..bytes.len() * 2 / 3], 64, 48, u64::MAX).unwrap_err();
         assert!(
             matches!(&truncated, Error::Undecodable(m) if m.contains("truncated")),
             "{truncated}"
         );
-        let wrong_size = decode(&bytes, 64, 49).unwrap_err();
+        let wrong_size = decode(&bytes, 64, 49, u64::MAX).unwrap_err();
         assert!(
             matches!(&wrong_size, Error::Undecodable(m) if m.contains("disagree")),
             "{wrong_size}"
@@ -267,7 +328,7 @@ mod tests {
         for b in &mut corrupt[40..] {
             *b ^= 0xA5;
         }
-        match decode(&corrupt, 64, 48) {
+        match decode(&corrupt, 64, 48, u64::MAX) {
             // Lossy VP8 has no checksum: flipped bits may decode to other pixels.
             Ok(_) => {}
             Err(e) => assert!(matches!(e, Error::Undecodable(_)), "{e}"),
