@@ -152,25 +152,25 @@ pub fn decode_for(
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let upright_rgb = |mut img: DynamicImage| {
+        img.apply_orientation(orientation);
+        into_rgb8(img)
+    };
     if resize == Resize::Fast && format == ImageFormat::Jpeg {
         let target = u32::try_from(short_target).unwrap_or(u32::MAX);
         let denominator = scaled_jpeg::denominator_for(w, h, target);
         if denominator > 1 {
             if let Some(small) = scaled_jpeg::decode(bytes, denominator) {
-                let mut img = DynamicImage::ImageRgb8(small);
-                img.apply_orientation(orientation);
-                return into_rgb8(img);
+                return upright_rgb(DynamicImage::ImageRgb8(small));
             }
         }
     }
     if format == ImageFormat::WebP {
-        let mut img = DynamicImage::ImageRgb8(webp::decode(bytes, w, h, max_alloc)?);
-        img.apply_orientation(orientation);
-        return into_rgb8(img);
+        return upright_rgb(DynamicImage::ImageRgb8(webp::decode(
+            bytes, w, h, max_alloc,
+        )?));
     }
-    let mut img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
-    img.apply_orientation(orientation);
-    into_rgb8(img)
+    upright_rgb(DynamicImage::from_decoder(decoder).map_err(map_image_error)?)
 }
 
 /// `DynamicImage::into_rgb8` with the 8-bit layouts done here: `image` 0.25 converts them

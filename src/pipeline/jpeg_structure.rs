@@ -31,48 +31,34 @@ pub struct Structure {
 /// count: it may count more scans than a decoder reaches, never fewer.
 pub fn read(bytes: &[u8]) -> Structure {
     let mut scans = 0;
+    let complete = walk(bytes, &mut scans).is_some();
+    Structure { scans, complete }
+}
+
+/// [`read`]'s walk, counting into `scans`: `Some` at the end-of-image marker after a scan,
+/// `None` where the bytes end first.
+fn walk(bytes: &[u8], scans: &mut usize) -> Option<()> {
     let mut at = 2; // after FF D8
     loop {
         // The next marker: FF, any fill FFs, then its code.
-        let Some(ff) = memchr::memchr(0xFF, bytes.get(at..).unwrap_or_default()) else {
-            return Structure {
-                scans,
-                complete: false,
-            };
-        };
-        at += ff;
+        at += memchr::memchr(0xFF, bytes.get(at..)?)?;
         while bytes.get(at + 1) == Some(&0xFF) {
             at += 1;
         }
-        let Some(&code) = bytes.get(at + 1) else {
-            return Structure {
-                scans,
-                complete: false,
-            };
-        };
+        let code = *bytes.get(at + 1)?;
         at += 2;
         match code {
-            0xD9 if scans > 0 => {
-                return Structure {
-                    scans,
-                    complete: true,
-                }
-            }
+            0xD9 if *scans > 0 => return Some(()),
             // Standalone markers (no length), a stuffed zero outside a scan, and the reserved
             // codes below SOF0: skipped alone. libjpeg, resynchronising after a bad restart,
             // discards a reserved marker and reads on byte by byte, so a length after one must
             // not hide the scans that follow from this count.
             0x00..=0xBF | 0xD0..=0xD9 => {}
             _ => {
-                let Some(len) = bytes.get(at..at + 2) else {
-                    return Structure {
-                        scans,
-                        complete: false,
-                    };
-                };
+                let len = bytes.get(at..at + 2)?;
                 at += usize::from(u16::from_be_bytes([len[0], len[1]]));
                 if code == 0xDA {
-                    scans += 1;
+                    *scans += 1;
                     at = end_of_entropy_data(bytes, at);
                 }
             }

@@ -48,25 +48,45 @@ fn select_functions_once() {
     ONCE.call_once(|| {
         let rgba: Vec<u8> = (0..16 * 16 * 4).map(|i| (i * 37 % 256) as u8).collect();
         for lossless in [false, true] {
-            let mut out: *mut u8 = std::ptr::null_mut();
-            // SAFETY: `rgba` holds 16 x 16 pixels at a stride of 64 bytes; libwebp allocates
-            // `out`, which is freed once its bytes have been decoded.
-            unsafe {
-                let len = if lossless {
-                    libwebp_sys::WebPEncodeLosslessRGBA(rgba.as_ptr(), 16, 16, 64, &mut out)
-                } else {
-                    libwebp_sys::WebPEncodeRGBA(rgba.as_ptr(), 16, 16, 64, 75.0, &mut out)
-                };
-                if len > 0 {
-                    let bytes = std::slice::from_raw_parts(out, len);
-                    if let Ok(config) = features(bytes, 16, 16) {
-                        let _ = still(config, bytes, 16, 16);
-                    }
+            if let Some(bytes) = encode(&rgba, 16, 16, 4, lossless) {
+                if let Ok(config) = features(&bytes, 16, 16) {
+                    let _ = still(config, &bytes, 16, 16);
                 }
-                libwebp_sys::WebPFree(out.cast());
             }
         }
     });
+}
+
+/// `pixels` (`channels` 3: RGB, or 4: RGBA; `width` x `height`, rows packed) encoded by libwebp,
+/// lossy at quality 90 or lossless; `None` where libwebp refuses.
+fn encode(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    channels: u32,
+    lossless: bool,
+) -> Option<Vec<u8>> {
+    let fits = u64::from(width) * u64::from(height) * u64::from(channels) <= pixels.len() as u64;
+    let (w, h) = (i32::try_from(width).ok()?, i32::try_from(height).ok()?);
+    let stride = w.checked_mul(i32::try_from(channels).ok()?)?;
+    if !fits || !matches!(channels, 3 | 4) {
+        return None;
+    }
+    let px = pixels.as_ptr();
+    let mut out: *mut u8 = std::ptr::null_mut();
+    // SAFETY: `pixels` holds `height` rows of `stride` bytes (checked above); libwebp allocates
+    // `out`, which WebPFree releases once its bytes are copied.
+    unsafe {
+        let len = match (lossless, channels) {
+            (false, 3) => libwebp_sys::WebPEncodeRGB(px, w, h, stride, 90.0, &mut out),
+            (false, _) => libwebp_sys::WebPEncodeRGBA(px, w, h, stride, 90.0, &mut out),
+            (true, 3) => libwebp_sys::WebPEncodeLosslessRGB(px, w, h, stride, &mut out),
+            (true, _) => libwebp_sys::WebPEncodeLosslessRGBA(px, w, h, stride, &mut out),
+        };
+        let bytes = (len > 0).then(|| std::slice::from_raw_parts(out, len).to_vec());
+        libwebp_sys::WebPFree(out.cast());
+        bytes
+    }
 }
 
 /// The bitstream's features, checked to give the size the `image` crate read.
@@ -205,31 +225,13 @@ mod tests {
 
     /// libwebp's own encoder: lossy at quality 90, or lossless; with alpha or without.
     fn encode(img: &image::RgbaImage, lossless: bool, alpha: bool) -> Vec<u8> {
-        let (w, h) = (img.width() as i32, img.height() as i32);
         let rgb = image::DynamicImage::ImageRgba8(img.clone()).into_rgb8();
-        let mut out: *mut u8 = std::ptr::null_mut();
-        // SAFETY: the pixel buffers hold w x h pixels at the strides given; libwebp allocates
-        // `out`, which WebPFree releases after the copy.
-        unsafe {
-            let len = match (lossless, alpha) {
-                (false, false) => {
-                    libwebp_sys::WebPEncodeRGB(rgb.as_ptr(), w, h, w * 3, 90.0, &mut out)
-                }
-                (false, true) => {
-                    libwebp_sys::WebPEncodeRGBA(img.as_ptr(), w, h, w * 4, 90.0, &mut out)
-                }
-                (true, false) => {
-                    libwebp_sys::WebPEncodeLosslessRGB(rgb.as_ptr(), w, h, w * 3, &mut out)
-                }
-                (true, true) => {
-                    libwebp_sys::WebPEncodeLosslessRGBA(img.as_ptr(), w, h, w * 4, &mut out)
-                }
-            };
-            assert!(len > 0, "libwebp failed to encode");
-            let bytes = std::slice::from_raw_parts(out, len).to_vec();
-            libwebp_sys::WebPFree(out.cast());
-            bytes
-        }
+        let (pixels, channels) = match alpha {
+            true => (img.as_raw(), 4),
+            false => (rgb.as_raw(), 3),
+        };
+        super::encode(pixels, img.width(), img.height(), channels, lossless)
+            .expect("libwebp failed to encode")
     }
 
     fn by_image_webp(bytes: &[u8]) -> RgbImage {
